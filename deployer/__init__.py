@@ -1,0 +1,1 @@
+"""The deployer daemon: claim jobs, fetch source, build, publish, promote."""

@@ -1,0 +1,49 @@
+"""``python -m deployer``: run one deployer process."""
+
+from __future__ import annotations
+
+import sys
+
+import anyio
+
+from deployer.worker import Deployer
+from shared.daemon import run_until_signalled
+from shared.errors import ConfigError
+from shared.logsetup import configure_logging
+from shared.redis_client import make_redis
+from shared.settings import Settings, get_settings
+from shared.storage import Storage, make_s3_client
+from shared.workers import new_worker_id
+
+
+async def serve(settings: Settings) -> None:
+    redis = make_redis(settings)
+    storage = Storage(
+        make_s3_client(settings), settings.s3_bucket, concurrency=settings.upload_concurrency
+    )
+    deployer = Deployer(
+        settings,
+        redis,
+        storage,
+        worker_id=new_worker_id("deployer"),
+        slots=settings.deployer_slots,
+        blocking_redis=lambda: make_redis(settings, blocking=True),
+    )
+    try:
+        await run_until_signalled(deployer.run, name="deployer")
+    finally:
+        await redis.aclose()
+
+
+def main() -> None:
+    try:
+        settings = get_settings()
+    except ConfigError as exc:
+        print(f"buildq deployer: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    configure_logging(settings.log_level, json=settings.log_json)
+    anyio.run(serve, settings)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,38 @@
+"""Upload a build's output to ``sites/<id>/`` with bounded concurrency."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import anyio
+import anyio.to_thread
+
+from shared.archive import Entry, walk_tree
+from shared.storage import Storage, content_type
+
+
+async def publish_dir(
+    storage: Storage,
+    root: Path,
+    prefix: str,
+    *,
+    max_files: int,
+    max_bytes: int,
+    concurrency: int,
+    on_skip: Callable[[str, str], None] | None = None,
+) -> tuple[int, int]:
+    """Upload every regular file under ``root`` to ``prefix``; returns (files, bytes)."""
+    entries: list[Entry] = await anyio.to_thread.run_sync(
+        lambda: list(walk_tree(root, max_files=max_files, max_bytes=max_bytes, on_skip=on_skip))
+    )
+    pending = iter(entries)
+
+    async def uploader() -> None:
+        for entry in pending:
+            await storage.put_file(prefix + entry.rel, entry.path, mime=content_type(entry.rel))
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(min(concurrency, len(entries)) or 1):
+            tg.start_soon(uploader)
+    return len(entries), sum(e.size for e in entries)

@@ -1,0 +1,67 @@
+"""The deployer daemon: a consumer pool over ``{ns}:queue`` running the job pipeline."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import anyio
+from redis.asyncio import Redis
+
+from deployer.pipeline import JobRunner
+from shared.consumer import Consumer
+from shared.jobs import JobStore, Status
+from shared.keys import Keys
+from shared.settings import Settings
+from shared.storage import Storage
+
+
+class Deployer:
+    """One deployer process: ``slots`` concurrent jobs."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        redis: Redis,
+        storage: Storage,
+        *,
+        worker_id: str,
+        slots: int,
+        blocking_redis: Callable[[], Redis],
+    ) -> None:
+        keys = Keys(settings.namespace)
+        store = JobStore(redis, keys, settings)
+        work_root = settings.work_dir or Path(tempfile.gettempdir()) / "buildq-work"
+        self.work_root = work_root / worker_id
+        self.runner = JobRunner(
+            settings=settings,
+            keys=keys,
+            redis=redis,
+            store=store,
+            storage=storage,
+            worker_id=worker_id,
+            active_key=keys.active(worker_id),
+            work_root=self.work_root,
+        )
+        self.consumer = Consumer(
+            redis,
+            keys,
+            store,
+            source=keys.queue,
+            kind="deployer",
+            worker_id=worker_id,
+            slots=slots,
+            handler=self.runner.run,
+            blocking_redis=blocking_redis,
+            requeue_status=Status.QUEUED,
+            grace_period_s=settings.grace_period_s,
+        )
+
+    async def run(self, stopping: anyio.Event) -> None:
+        self.work_root.mkdir(parents=True, exist_ok=True)
+        try:
+            await self.consumer.run(stopping)
+        finally:
+            shutil.rmtree(self.work_root, ignore_errors=True)

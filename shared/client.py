@@ -1,0 +1,90 @@
+"""A small client of the uploader API, for the CLI and the demo."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+
+from shared.errors import BuildqError
+
+
+class ApiError(BuildqError):
+    """The API refused a request or could not be reached."""
+
+
+class Client:
+    """Calls the uploader's HTTP API at ``base_url``."""
+
+    def __init__(self, base_url: str, *, token: str | None = None, timeout_s: float = 30) -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.http = httpx.Client(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout_s)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self.http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise ApiError(f"cannot reach {self.http.base_url}: {exc}") from exc
+        if response.status_code >= 400:
+            try:
+                message = response.json()["error"]["message"]
+            except (ValueError, KeyError, TypeError):
+                message = response.text[:500]
+            raise ApiError(f"{response.status_code}: {message}")
+        return response.json()
+
+    def submit(self, repo_url: str, **fields: Any) -> dict[str, Any]:
+        body = {"repo_url": repo_url, **{k: v for k, v in fields.items() if v is not None}}
+        result: dict[str, Any] = self._call("POST", "/deployments", json=body)
+        return result
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("GET", f"/deployments/{job_id}")
+        return result
+
+    def jobs(self, limit: int = 20) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self._call("GET", "/deployments", params={"limit": limit})
+        return result
+
+    def queue(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("GET", "/queue")
+        return result
+
+    def follow(self, job_id: str) -> Iterator[dict[str, Any]]:
+        """Log entries as the job runs (server-sent events), until it ends.
+
+        Reconnects with Last-Event-ID if the stream drops before the end.
+        """
+        last_id: str | None = None
+        for _ in range(20):
+            headers = {"Accept": "text/event-stream"}
+            if last_id:
+                headers["Last-Event-ID"] = last_id
+            try:
+                with self.http.stream(
+                    "GET", f"/deployments/{job_id}/logs", headers=headers, timeout=None
+                ) as response:
+                    if response.status_code >= 400:
+                        raise ApiError(f"{response.status_code}: cannot follow logs")
+                    event_id, data = None, None
+                    for line in response.iter_lines():
+                        if line.startswith("id: "):
+                            event_id = line[4:]
+                        elif line.startswith("data: "):
+                            data = line[6:]
+                        elif line == "" and data is not None:
+                            last_id = event_id
+                            entry: dict[str, Any] = json.loads(data)
+                            yield entry
+                            if entry.get("kind") == "end":
+                                return
+                            event_id, data = None, None
+                return
+            except httpx.HTTPError:
+                continue
+        raise ApiError("lost the log stream too many times")

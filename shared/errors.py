@@ -1,0 +1,23 @@
+"""The one base error of buildq and its families."""
+
+from __future__ import annotations
+
+
+class BuildqError(Exception):
+    """Base class of every error buildq raises on purpose."""
+
+
+class ConfigError(BuildqError):
+    """A setting is missing, unknown or invalid."""
+
+
+class ValidationError(BuildqError):
+    """Input from outside (a URL, a name, a path, an archive) was refused."""
+
+
+class StorageError(BuildqError):
+    """S3 could not be reached or refused an operation."""
+
+
+class QueueError(BuildqError):
+    """Redis could not be reached or refused a queue operation."""

@@ -1,0 +1,83 @@
+"""Every Redis key buildq uses, built in one place.
+
+The namespace is wrapped in a hash tag (``{buildq}:...``) so every multi-key Lua
+script stays valid on Redis Cluster: all keys of one deployment hash to one slot.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """Key names for one namespace."""
+
+    namespace: str = "buildq"
+
+    @property
+    def prefix(self) -> str:
+        return "{" + self.namespace + "}"
+
+    @property
+    def ingest(self) -> str:
+        return f"{self.prefix}:ingest"
+
+    @property
+    def queue(self) -> str:
+        return f"{self.prefix}:queue"
+
+    @property
+    def delayed(self) -> str:
+        return f"{self.prefix}:delayed"
+
+    @property
+    def dead(self) -> str:
+        return f"{self.prefix}:dead"
+
+    @property
+    def workers(self) -> str:
+        return f"{self.prefix}:workers"
+
+    @property
+    def jobs(self) -> str:
+        return f"{self.prefix}:jobs"
+
+    @property
+    def events(self) -> str:
+        return f"{self.prefix}:events"
+
+    @property
+    def staging(self) -> str:
+        return f"{self.prefix}:staging"
+
+    @property
+    def fleet(self) -> str:
+        return f"{self.prefix}:fleet"
+
+    def active(self, worker_id: str) -> str:
+        return f"{self.prefix}:active:{worker_id}"
+
+    def worker(self, worker_id: str) -> str:
+        return f"{self.prefix}:worker:{worker_id}"
+
+    def job(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}"
+
+    def logs(self, job_id: str) -> str:
+        return f"{self.prefix}:logs:{job_id}"
+
+    def lock(self, service: str) -> str:
+        return f"{self.prefix}:lock:{service}"
+
+    def fence(self, service: str) -> str:
+        return f"{self.prefix}:fence:{service}"
+
+    def site(self, service: str) -> str:
+        return f"{self.prefix}:site:{service}"
+
+    def seq(self, service: str) -> str:
+        return f"{self.prefix}:seq:{service}"
+
+    def idem(self, key: str) -> str:
+        return f"{self.prefix}:idem:{key}"

@@ -1,0 +1,109 @@
+"""One frozen settings object, built from ``BUILDQ_*`` environment variables."""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.errors import ConfigError
+
+ENV_PREFIX = "BUILDQ_"
+
+
+class Settings(BaseSettings):
+    """Everything an operator can set. Unknown ``BUILDQ_*`` variables are errors."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="forbid")
+
+    namespace: str = Field("buildq", pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$")
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    s3_endpoint_url: str | None = None
+    s3_bucket: str = "buildq"
+    s3_region: str = "us-east-1"
+
+    api_url: str = "http://127.0.0.1:8000"
+    public_url: str | None = None
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    api_tokens: SecretStr | None = None
+
+    allow_local_repos: bool = False
+    clone_timeout_s: float = Field(120.0, gt=0)
+    build_timeout_s: float = Field(600.0, gt=0)
+    ingest_slots: int = Field(2, ge=1, le=64)
+    deployer_slots: int = Field(2, ge=1, le=256)
+    upload_concurrency: int = Field(16, ge=1, le=256)
+
+    job_ttl_s: int = Field(7 * 24 * 3600, ge=60)
+    jobs_index_max: int = Field(10_000, ge=100)
+    log_max_entries: int = Field(20_000, ge=100)
+    log_max_bytes: int = Field(2 * 1024 * 1024, ge=1024)
+    events_max_entries: int = Field(10_000, ge=100)
+
+    max_source_bytes: int = Field(512 * 1024 * 1024, ge=1024)
+    max_source_files: int = Field(100_000, ge=1)
+    max_output_bytes: int = Field(1024 * 1024 * 1024, ge=1024)
+    max_output_files: int = Field(100_000, ge=1)
+
+    build_cpu_s: int = Field(900, ge=1)
+    build_memory_mb: int = Field(4096, ge=64)
+    build_file_mb: int = Field(1024, ge=1)
+    grace_period_s: float = Field(25.0, ge=0)
+
+    data_dir: Path = Path(".buildq")
+    work_dir: Path | None = None
+    log_level: str = "info"
+    log_json: bool | None = None
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        if value.lower() not in {"debug", "info", "warning", "error"}:
+            raise ValueError("must be one of debug, info, warning, error")
+        return value.lower()
+
+    @property
+    def site_base_url(self) -> str:
+        """Base URL under which live sites are served (``/sites/<service>/``)."""
+        return (self.public_url or self.api_url).rstrip("/")
+
+
+def _unknown_keys(environ: dict[str, str]) -> list[str]:
+    known = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
+    return sorted(k for k in environ if k.startswith(ENV_PREFIX) and k not in known)
+
+
+def load_settings(environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
+    """Build settings from ``environ`` (default: the process environment).
+
+    Fails at once, naming the key, on an unknown or invalid ``BUILDQ_*`` variable.
+    """
+    env = dict(os.environ if environ is None else environ)
+    unknown = _unknown_keys(env)
+    if unknown:
+        raise ConfigError(f"unknown setting(s): {', '.join(unknown)}")
+    values: dict[str, Any] = {
+        name: env[ENV_PREFIX + name.upper()]
+        for name in Settings.model_fields
+        if ENV_PREFIX + name.upper() in env
+    }
+    values.update(overrides)
+    try:
+        return Settings.model_validate(values)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{ENV_PREFIX}{'.'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigError(f"invalid settings: {problems}") from exc
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return load_settings()

@@ -1,0 +1,167 @@
+"""``buildq up``: run the whole stack as supervised child processes.
+
+Embedded valkey-server and moto start when no Redis/S3 is configured. The uploader
+and N deployers run as ``python -m uploader`` / ``python -m deployer``. Every
+child runs in its own session; stopping sends SIGTERM to the services first (they
+drain), then to valkey (it flushes its append-only file) and moto, and SIGKILLs
+whatever outlives its grace period. All data lives under one directory.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import IO
+
+import httpx
+
+from shared.embedded import (
+    EMBEDDED_AWS_ENV,
+    free_port,
+    start_moto,
+    start_valkey,
+    stop_process,
+    wait_for_port,
+)
+from shared.errors import ConfigError
+
+SERVICE_STOP_TIMEOUT_S = 35.0
+
+
+@dataclass
+class Child:
+    """One supervised process and its log file."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    log: IO[bytes] | None = None
+
+
+@dataclass
+class Stack:
+    """The processes of one ``buildq up``."""
+
+    data_dir: Path
+    port: int
+    deployers: int
+    environ: dict[str, str] = field(default_factory=lambda: dict(os.environ))
+    infra: list[Child] = field(default_factory=list)
+    services: list[Child] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    stop_requested: bool = False
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _log(self, name: str) -> IO[bytes]:
+        logs = self.data_dir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        return (logs / f"{name}.log").open("ab")
+
+    def start(self, say: Callable[[str], None] = print) -> None:
+        """Start infrastructure and services; returns once the API is ready."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        env = dict(self.environ)
+        embedded = False
+        if "BUILDQ_REDIS_URL" not in env:
+            port = free_port()
+            log = self._log("valkey")
+            proc = start_valkey(self.data_dir / "valkey", port, log=log)
+            self.infra.append(Child("valkey", proc, log))
+            env["BUILDQ_REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
+            embedded = True
+            say(f"valkey-server   127.0.0.1:{port}  (append-only file in {self.data_dir}/valkey)")
+        if "BUILDQ_S3_ENDPOINT_URL" not in env:
+            port = free_port()
+            log = self._log("s3")
+            self.infra.append(Child("s3", start_moto(port, log=log), log))
+            env["BUILDQ_S3_ENDPOINT_URL"] = f"http://127.0.0.1:{port}"
+            for key, value in EMBEDDED_AWS_ENV.items():
+                env.setdefault(key, value)
+            embedded = True
+            say(f"S3 (moto)       127.0.0.1:{port}  (in memory)")
+        if embedded:
+            env.setdefault("BUILDQ_ALLOW_LOCAL_REPOS", "true")
+        env["BUILDQ_PORT"] = str(self.port)
+        env["BUILDQ_API_URL"] = self.api_url
+        env.setdefault("BUILDQ_WORK_DIR", str((self.data_dir / "work").resolve()))
+        env.setdefault("BUILDQ_LOG_JSON", "true")
+        self.env = env
+        self._spawn("uploader", "uploader")
+        for index in range(self.deployers):
+            self._spawn(f"deployer-{index + 1}", "deployer")
+        wait_for_port(self.port, 30, self.services[0].proc)
+        self._wait_ready(30)
+        logs = self.data_dir / "logs"
+        say(f"uploader API    {self.api_url}  ({self.deployers} deployers; logs in {logs})")
+
+    def _spawn(self, name: str, module: str) -> None:
+        log = self._log(name)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", module],
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.services.append(Child(name, proc, log))
+
+    def _wait_ready(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        last = ""
+        while time.monotonic() < deadline:
+            self.check_children()
+            try:
+                response = httpx.get(f"{self.api_url}/readyz", timeout=2)
+                if response.status_code == 200:
+                    return
+                last = response.text
+            except httpx.HTTPError as exc:
+                last = str(exc)
+            time.sleep(0.1)
+        raise ConfigError(f"uploader not ready after {timeout_s:g}s: {last}")
+
+    def check_children(self) -> None:
+        """Raise ConfigError if any child has exited."""
+        for child in [*self.infra, *self.services]:
+            if child.proc.poll() is not None:
+                raise ConfigError(
+                    f"{child.name} exited with status {child.proc.returncode}; "
+                    f"see {self.data_dir}/logs/{child.name}.log"
+                )
+
+    def stop(self) -> None:
+        """Stop services (they drain), then infrastructure; nothing is left running."""
+        for child in self.services:
+            if child.proc.poll() is None:
+                child.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + SERVICE_STOP_TIMEOUT_S
+        for child in self.services:
+            stop_process(child.proc, max(0.1, deadline - time.monotonic()))
+        for child in reversed(self.infra):
+            stop_process(child.proc, 10)
+        for child in [*self.services, *self.infra]:
+            if child.log is not None:
+                child.log.close()
+
+    def install_signal_handlers(self) -> None:
+        def handler(signum: int, _: FrameType | None) -> None:
+            self.stop_requested = True
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+    def wait(self) -> None:
+        """Block until SIGINT/SIGTERM, or until a child dies (ConfigError)."""
+        while not self.stop_requested:
+            self.check_children()
+            time.sleep(0.2)

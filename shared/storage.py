@@ -1,0 +1,148 @@
+"""S3 storage: boto3 calls in worker threads behind a limiter; errors translated here."""
+
+from __future__ import annotations
+
+import functools
+import json
+import mimetypes
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import anyio
+import anyio.to_thread
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from shared.errors import StorageError
+from shared.settings import Settings
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+T = TypeVar("T")
+
+NOT_FOUND_CODES = frozenset({"404", "NoSuchKey", "NotFound", "NoSuchBucket"})
+TEXT_TYPES = ("text/", "application/javascript", "application/json", "image/svg+xml")
+
+
+class ObjectNotFound(StorageError):
+    """The object (or bucket) does not exist."""
+
+
+def content_type(name: str) -> str:
+    """The Content-Type to publish ``name`` with (UTF-8 for text)."""
+    guessed, _ = mimetypes.guess_type(name, strict=False)
+    if name.endswith(".mjs"):
+        guessed = "text/javascript"
+    guessed = guessed or "application/octet-stream"
+    if guessed.startswith(TEXT_TYPES) and "charset" not in guessed:
+        guessed += "; charset=utf-8"
+    return guessed
+
+
+def make_s3_client(settings: Settings) -> S3Client:
+    """A boto3 S3 client for the configured endpoint (credentials from AWS_*)."""
+    config = Config(
+        retries={"max_attempts": 3, "mode": "standard"},
+        connect_timeout=5,
+        read_timeout=60,
+        max_pool_connections=max(10, settings.upload_concurrency + 4),
+        s3={"addressing_style": "path"},
+    )
+    client: S3Client = boto3.session.Session().client(
+        "s3",
+        endpoint_url=settings.s3_endpoint_url,
+        region_name=settings.s3_region,
+        config=config,
+    )
+    return client
+
+
+class Storage:
+    """The bucket, as async methods; at most ``concurrency`` calls run at once."""
+
+    def __init__(self, client: S3Client, bucket: str, *, concurrency: int = 16) -> None:
+        self.client = client
+        self.bucket = bucket
+        self.limiter = anyio.CapacityLimiter(concurrency)
+
+    async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        call = functools.partial(_translate, fn, *args, **kwargs)
+        return await anyio.to_thread.run_sync(call, limiter=self.limiter)
+
+    async def ensure_bucket(self) -> None:
+        """Create the bucket if it does not exist."""
+        try:
+            await self._run(self.client.head_bucket, Bucket=self.bucket)
+        except ObjectNotFound:
+            await self._run(self.client.create_bucket, Bucket=self.bucket)
+
+    async def check(self) -> None:
+        """Raise StorageError unless the bucket is reachable."""
+        await self._run(self.client.head_bucket, Bucket=self.bucket)
+
+    async def put_file(self, key: str, path: Path, *, mime: str | None = None) -> None:
+        extra = {"ContentType": mime or content_type(key)}
+        await self._run(self.client.upload_file, str(path), self.bucket, key, ExtraArgs=extra)
+
+    async def put_bytes(self, key: str, data: bytes, *, mime: str) -> None:
+        await self._run(
+            self.client.put_object, Bucket=self.bucket, Key=key, Body=data, ContentType=mime
+        )
+
+    async def put_json(self, key: str, value: Any) -> None:
+        data = json.dumps(value, separators=(",", ":"), sort_keys=True).encode()
+        await self.put_bytes(key, data, mime="application/json")
+
+    async def get_to_file(self, key: str, path: Path) -> None:
+        await self._run(self.client.download_file, self.bucket, key, str(path))
+
+    async def get(self, key: str) -> tuple[bytes, str]:
+        """The whole object and its Content-Type."""
+
+        def read() -> tuple[bytes, str]:
+            obj = self.client.get_object(Bucket=self.bucket, Key=key)
+            return obj["Body"].read(), obj.get("ContentType", "application/octet-stream")
+
+        return await self._run(read)
+
+    async def exists(self, key: str) -> bool:
+        try:
+            await self._run(self.client.head_object, Bucket=self.bucket, Key=key)
+        except ObjectNotFound:
+            return False
+        return True
+
+
+def _translate(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    try:
+        return fn(*args, **kwargs)
+    except ClientError as exc:
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        if code in NOT_FOUND_CODES:
+            raise ObjectNotFound(code) from exc
+        raise StorageError(f"S3 refused the request: {code or exc}") from exc
+    except BotoCoreError as exc:
+        raise StorageError(f"S3 unreachable: {exc}") from exc
+
+
+def source_key(job_id: str) -> str:
+    """Where a deployment's source archive lives."""
+    return f"sources/{job_id}.tar.gz"
+
+
+def site_prefix(job_id: str) -> str:
+    """The prefix under which a deployment's published files live."""
+    return f"sites/{job_id}/"
+
+
+def record_key(job_id: str) -> str:
+    """The durable copy of a finished job's record."""
+    return f"deployments/{job_id}.json"
+
+
+def alias_key(service: str) -> str:
+    """The durable copy of a service's live alias."""
+    return f"aliases/{service}.json"

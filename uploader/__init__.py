@@ -1,0 +1,1 @@
+"""The uploader: HTTP API, ingest (clone, archive, upload, enqueue) and site serving."""

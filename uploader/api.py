@@ -1,0 +1,224 @@
+"""Deployment and status routes."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+from redis.exceptions import RedisError
+
+from shared.jobs import JobRecord, Status, new_job_id
+from shared.logs import follow_log, read_log
+from shared.names import service_from_repo_url, validate_name, validate_relative_dir
+from shared.queue import Queue
+from shared.redis_client import make_redis
+from shared.workers import list_workers
+from uploader.repourl import validate_ref, validate_repo_url
+from uploader.state import Services, services
+
+router = APIRouter()
+JOB_ID_RE = re.compile(r"^[0-9a-f]{20}$")
+SSE_BLOCK_MS = 5000
+
+Svc = Annotated[Services, Depends(services)]
+
+
+class BuildSpec(BaseModel):
+    """A build that overrides the repository's own configuration."""
+
+    model_config = ConfigDict(extra="forbid")
+    command: str | None = Field(None, min_length=1, max_length=4096)
+    output: str | None = Field(None, min_length=1, max_length=255)
+    env: dict[str, str] | None = Field(None, max_length=100)
+
+
+class DeploymentRequest(BaseModel):
+    """``POST /deployments`` body."""
+
+    model_config = ConfigDict(extra="forbid")
+    repo_url: str = Field(min_length=1, max_length=2048)
+    ref: str | None = Field(None, max_length=255)
+    service: str | None = Field(None, max_length=63)
+    root_dir: str | None = Field(None, max_length=255)
+    build: BuildSpec | None = None
+
+
+class Accepted(BaseModel):
+    id: str
+    status: Status
+    service: str
+    seq: int
+    links: dict[str, str]
+
+
+def _links(svc: Services, job_id: str, service: str) -> dict[str, str]:
+    base = svc.settings.api_url.rstrip("/")
+    site = svc.settings.site_base_url
+    return {
+        "self": f"{base}/deployments/{job_id}",
+        "logs": f"{base}/deployments/{job_id}/logs",
+        "site": f"{site}/sites/{service}/",
+        "preview": f"{site}/preview/{job_id}/",
+    }
+
+
+@router.post("/deployments", status_code=202, response_model=Accepted)
+async def create_deployment(
+    body: DeploymentRequest,
+    svc: Svc,
+    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+) -> Accepted:
+    """Accept a repository for deployment; it is cloned and built in the background."""
+    del idempotency_key  # honoured once the retry/idempotency issue lands
+    validate_repo_url(body.repo_url, allow_local=svc.settings.allow_local_repos)
+    service = validate_name(body.service) if body.service else service_from_repo_url(body.repo_url)
+    ref = validate_ref(body.ref) if body.ref else None
+    root_dir = validate_relative_dir(body.root_dir) or None if body.root_dir else None
+    build = body.build.model_dump(exclude_none=True) if body.build else None
+    if build and "output" in build:
+        build["output"] = validate_relative_dir(build["output"], "build output") or "."
+    job_id = new_job_id()
+    seq = await svc.store.submit(
+        job_id, service=service, repo_url=body.repo_url, ref=ref, root_dir=root_dir, build=build
+    )
+    return Accepted(
+        id=job_id,
+        status=Status.ACCEPTED,
+        service=service,
+        seq=seq,
+        links=_links(svc, job_id, service),
+    )
+
+
+@router.get("/deployments", response_model=list[JobRecord])
+async def list_deployments(
+    svc: Svc,
+    service: Annotated[str | None, Query(max_length=63)] = None,
+    status: Status | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> list[JobRecord]:
+    """Recent jobs, newest first."""
+    if service is not None:
+        validate_name(service)
+    return await svc.store.recent(limit=limit, service=service, status=status)
+
+
+async def _job_or_404(svc: Services, job_id: str) -> JobRecord:
+    record = await svc.store.get(job_id) if JOB_ID_RE.fullmatch(job_id) else None
+    if record is None:
+        raise HTTPException(404, f"no deployment {job_id[:40]!r}")
+    return record
+
+
+@router.get("/deployments/{job_id}", response_model=JobRecord)
+async def get_deployment(job_id: str, svc: Svc) -> JobRecord:
+    """One job record with per-phase timings."""
+    return await _job_or_404(svc, job_id)
+
+
+@router.get("/deployments/{job_id}/logs", response_model=None)
+async def get_logs(
+    job_id: str,
+    request: Request,
+    svc: Svc,
+    last_event_id: Annotated[str | None, Header(max_length=64)] = None,
+) -> Response:
+    """The build log: text, or ``text/event-stream`` that follows until the job ends."""
+    await _job_or_404(svc, job_id)
+    if "text/event-stream" not in request.headers.get("accept", ""):
+        entries = await read_log(svc.redis, svc.keys, job_id)
+        return PlainTextResponse("".join(e.render() + "\n" for e in entries))
+    after = last_event_id if last_event_id and re.fullmatch(r"\d+-\d+", last_event_id) else "0"
+    return StreamingResponse(
+        _sse(svc, job_id, after, request),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+async def _sse(svc: Services, job_id: str, after: str, request: Request) -> AsyncIterator[str]:
+    conn = make_redis(svc.settings, blocking=True)
+    try:
+        while not await request.is_disconnected():
+            entries = await follow_log(conn, svc.keys, job_id, after=after, block_ms=SSE_BLOCK_MS)
+            if not entries:
+                if await svc.redis.exists(svc.keys.job(job_id)) == 0:
+                    return
+                yield ": keep-alive\n\n"
+                continue
+            for entry in entries:
+                after = entry.id
+                data = json.dumps({"kind": entry.kind, "text": entry.text, "status": entry.status})
+                yield f"id: {entry.id}\nevent: {entry.kind}\ndata: {data}\n\n"
+                if entry.kind == "end":
+                    return
+    finally:
+        await conn.aclose()
+
+
+@router.get("/queue")
+async def queue_status(svc: Svc) -> dict[str, Any]:
+    """The status endpoint: queue, workers with heartbeat age, active jobs."""
+    k = svc.keys
+    queue = Queue(svc.redis, k.queue, "")
+    workers = await list_workers(svc.redis, k)
+    pipe = svc.redis.pipeline(transaction=False)
+    pipe.llen(k.queue)
+    pipe.llen(k.ingest)
+    pipe.zcard(k.delayed)
+    pipe.llen(k.dead)
+    pipe.hget(k.fleet, "paused")
+    for w in workers:
+        pipe.lrange(k.active(w.id), 0, -1)
+    length, ingest, delayed, dead, paused, *active = await pipe.execute()
+    return {
+        "length": length,
+        "pending": await queue.pending(100),
+        "ingest": ingest,
+        "delayed": delayed,
+        "dead": dead,
+        "paused": paused == "1",
+        "active": {w.id: ids for w, ids in zip(workers, active, strict=True)},
+        "workers": [
+            {
+                "id": w.id,
+                "kind": w.kind,
+                "host": w.host,
+                "pid": w.pid,
+                "slots": w.slots,
+                "busy": w.busy,
+                "version": w.version,
+                "heartbeat_age_ms": w.heartbeat_age_ms,
+            }
+            for w in workers
+        ],
+    }
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """Liveness: the process answers."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", response_model=None)
+async def readyz(svc: Svc) -> JSONResponse:
+    """Readiness: Redis and S3 both answer."""
+    checks: dict[str, str] = {}
+    try:
+        await svc.redis.ping()
+        checks["redis"] = "ok"
+    except RedisError as exc:
+        checks["redis"] = f"error: {exc}"
+    try:
+        await svc.storage.check()
+        checks["s3"] = "ok"
+    except Exception as exc:
+        checks["s3"] = f"error: {exc}"
+    ready = all(v == "ok" for v in checks.values())
+    return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)

@@ -1,0 +1,93 @@
+"""The FastAPI application and its lifespan (clients, ingest loop)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+import structlog
+from fastapi import FastAPI
+from fastapi.responses import HTMLResponse
+
+from shared import __version__
+from shared.consumer import Consumer
+from shared.errors import StorageError
+from shared.jobs import JobStore, Status
+from shared.keys import Keys
+from shared.redis_client import make_redis
+from shared.settings import Settings
+from shared.storage import Storage, make_s3_client
+from shared.workers import new_worker_id
+from uploader import api, serving
+from uploader.errors import install_error_handlers
+from uploader.ingest import Ingest
+from uploader.state import Services
+
+log = structlog.get_logger("uploader")
+
+INDEX_HTML = """<!doctype html><meta charset="utf-8"><title>buildq</title>
+<h1>buildq</h1><ul><li><a href="/queue">queue status</a></li>
+<li><a href="/deployments">recent deployments</a></li><li><a href="/docs">API</a></li></ul>"""
+
+
+def create_app(settings: Settings, *, run_ingest: bool = True) -> FastAPI:
+    """The uploader app; ``run_ingest`` also runs the ingest stage in this process."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        keys = Keys(settings.namespace)
+        redis = make_redis(settings)
+        storage = Storage(
+            make_s3_client(settings), settings.s3_bucket, concurrency=settings.upload_concurrency
+        )
+        try:
+            await storage.ensure_bucket()
+        except StorageError as exc:
+            log.warning("uploader.bucket_unavailable", error=str(exc))
+        store = JobStore(redis, keys, settings)
+        app.state.services = Services(settings, keys, redis, storage, store)
+        stopping = anyio.Event()
+        async with anyio.create_task_group() as tg:
+            if run_ingest:
+                worker_id = new_worker_id("ingest")
+                ingest = Ingest(
+                    settings=settings,
+                    keys=keys,
+                    redis=redis,
+                    store=store,
+                    storage=storage,
+                    worker_id=worker_id,
+                    active_key=keys.active(worker_id),
+                    git_limiter=anyio.CapacityLimiter(settings.ingest_slots),
+                )
+                consumer = Consumer(
+                    redis,
+                    keys,
+                    store,
+                    source=keys.ingest,
+                    kind="ingest",
+                    worker_id=worker_id,
+                    slots=settings.ingest_slots,
+                    handler=ingest.run,
+                    blocking_redis=lambda: make_redis(settings, blocking=True),
+                    requeue_status=Status.ACCEPTED,
+                    grace_period_s=settings.grace_period_s,
+                )
+                tg.start_soon(consumer.run, stopping)
+            try:
+                yield
+            finally:
+                stopping.set()
+        await redis.aclose()
+
+    app = FastAPI(title="buildq", version=__version__, lifespan=lifespan)
+    install_error_handlers(app)
+    app.include_router(api.router)
+    app.include_router(serving.router)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index() -> str:
+        return INDEX_HTML
+
+    return app

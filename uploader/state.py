@@ -1,0 +1,30 @@
+"""What every request handler needs, built once per process in the app's lifespan."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fastapi import Request
+from redis.asyncio import Redis
+
+from shared.jobs import JobStore
+from shared.keys import Keys
+from shared.settings import Settings
+from shared.storage import Storage
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    """Clients and stores shared by the routes."""
+
+    settings: Settings
+    keys: Keys
+    redis: Redis
+    storage: Storage
+    store: JobStore
+
+
+def services(request: Request) -> Services:
+    """FastAPI dependency: the process's :class:`Services`."""
+    svc: Services = request.app.state.services
+    return svc
