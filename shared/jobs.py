@@ -82,7 +82,7 @@ class Phase(BaseModel):
 
 
 class JobRecord(BaseModel):
-    """A job as the API shows it."""
+    """A job as the API shows it; ``attempts`` counts build attempts by deployers."""
 
     id: str
     status: Status

@@ -41,7 +41,7 @@ class Ingest:
 
     async def run(self, job_id: str) -> Status:
         changed, raw = await self.store.transition(
-            job_id, Status.CLONING, fetch=True, attempt=True, worker=self.worker_id
+            job_id, Status.CLONING, fetch=True, worker=self.worker_id
         )
         if not changed:
             await self.redis.lrem(self.active_key, 0, job_id)

@@ -1,0 +1,90 @@
+"""Real infrastructure for integration tests: one valkey-server and one moto S3
+server per session (started here, stopped by PID), a fresh namespace and bucket
+per test."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import pytest
+
+from shared.embedded import EMBEDDED_AWS_ENV, free_port, start_moto, start_valkey, stop_process
+from shared.settings import Settings, load_settings
+from tests.integration.helpers import Stack
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="session")
+def valkey_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = free_port()
+    data = tmp_path_factory.mktemp("valkey")
+    with (data / "valkey.log").open("ab") as log:
+        proc = start_valkey(data, port, appendonly=False, log=log)
+        yield f"redis://127.0.0.1:{port}/0"
+        stop_process(proc)
+
+
+@pytest.fixture(scope="session")
+def s3_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    for key, value in EMBEDDED_AWS_ENV.items():
+        os.environ.setdefault(key, value)
+    port = free_port()
+    with (tmp_path_factory.mktemp("moto") / "moto.log").open("ab") as log:
+        proc = start_moto(port, log=log)
+        yield f"http://127.0.0.1:{port}"
+        stop_process(proc)
+
+
+@pytest.fixture
+def bq_env(valkey_url: str, s3_url: str, tmp_path: Path) -> dict[str, str]:
+    """Environment for buildq processes: a fresh namespace and bucket."""
+    tag = uuid.uuid4().hex[:10]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BUILDQ_")}
+    env.update(EMBEDDED_AWS_ENV)
+    env.update(
+        {
+            "BUILDQ_REDIS_URL": valkey_url,
+            "BUILDQ_S3_ENDPOINT_URL": s3_url,
+            "BUILDQ_S3_BUCKET": f"t-{tag}",
+            "BUILDQ_NAMESPACE": f"t{tag}",
+            "BUILDQ_ALLOW_LOCAL_REPOS": "true",
+            "BUILDQ_WORK_DIR": str(tmp_path / "work"),
+            "BUILDQ_LOG_JSON": "true",
+            "BUILDQ_GRACE_PERIOD_S": "5",
+        }
+    )
+    return env
+
+
+@pytest.fixture
+def bq_settings(bq_env: dict[str, str]) -> Settings:
+    return load_settings(bq_env)
+
+
+@pytest.fixture
+def s3_client(s3_url: str, bq_settings: Settings):  # type: ignore[no-untyped-def]
+    client = boto3.client("s3", endpoint_url=s3_url, region_name="us-east-1")
+    client.create_bucket(Bucket=bq_settings.s3_bucket)
+    return client
+
+
+@pytest.fixture
+def stack(bq_env: dict[str, str], tmp_path: Path, s3_client: object) -> Iterator[Stack]:
+    """An uploader and one deployer (2 slots) as real processes."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    running = Stack(bq_env, logs).start(deployers=1, slots=2)
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"

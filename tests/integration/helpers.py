@@ -1,0 +1,121 @@
+"""Helpers for integration tests: git repositories, processes, waiting on jobs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from shared.demo_repo import GIT_IDENTITY
+from shared.embedded import free_port, wait_for_port
+
+TERMINAL = {"live", "failed", "cancelled", "superseded"}
+
+
+def make_repo(path: Path, files: Mapping[str, str | bytes], *, branch: str = "main") -> Path:
+    """A one-commit git repository at ``path`` holding ``files``."""
+    path.mkdir(parents=True, exist_ok=True)
+    for rel, content in files.items():
+        target = path / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, bytes):
+            target.write_bytes(content)
+        else:
+            target.write_text(content, "utf-8")
+    env = {**os.environ, **GIT_IDENTITY}
+    for argv in (
+        ["git", "init", "--quiet", f"--initial-branch={branch}"],
+        ["git", "add", "--all"],
+        ["git", "commit", "--quiet", "--message", "test"],
+    ):
+        subprocess.run(argv, cwd=path, env=env, check=True, capture_output=True)
+    return path
+
+
+def spawn(module: str, env: Mapping[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """Start ``python -m module`` in its own session, output to ``log``."""
+    with log.open("ab") as fh:
+        return subprocess.Popen(
+            [sys.executable, "-m", module],
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def stop(proc: subprocess.Popen[bytes], timeout_s: float = 30) -> int:
+    """SIGTERM, then SIGKILL after ``timeout_s``; returns the exit status."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+    return proc.wait()
+
+
+@dataclass
+class Stack:
+    """An uploader and deployers as real processes, for one test module."""
+
+    env: dict[str, str]
+    logs: Path
+    port: int = field(default_factory=free_port)
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, deployers: int = 1, slots: int = 2) -> Stack:
+        self.env["BUILDQ_PORT"] = str(self.port)
+        self.env["BUILDQ_API_URL"] = self.url
+        self.procs.append(spawn("uploader", self.env, self.logs / "uploader.log"))
+        for index in range(deployers):
+            self.add_deployer(slots, index)
+        wait_for_port(self.port, 30, self.procs[0])
+        return self
+
+    def add_deployer(self, slots: int, index: int = 0) -> subprocess.Popen[bytes]:
+        env = {**self.env, "BUILDQ_DEPLOYER_SLOTS": str(slots)}
+        proc = spawn("deployer", env, self.logs / f"deployer-{index}.log")
+        self.procs.append(proc)
+        return proc
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            stop(proc)
+
+    def deploy(self, repo: Path | str, **fields: Any) -> str:
+        url = repo if isinstance(repo, str) else f"file://{repo}"
+        response = httpx.post(f"{self.url}/deployments", json={"repo_url": url, **fields})
+        assert response.status_code == 202, response.text
+        job_id: str = response.json()["id"]
+        return job_id
+
+    def wait(self, job_id: str, timeout_s: float = 60) -> dict[str, Any]:
+        """Poll the job until it ends (tests may poll; the product never does)."""
+        deadline = time.monotonic() + timeout_s
+        record: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            record = httpx.get(f"{self.url}/deployments/{job_id}").json()
+            if record.get("status") in TERMINAL:
+                return record
+            time.sleep(0.05)
+        raise AssertionError(f"job {job_id} did not end within {timeout_s}s: {record}")
+
+    def logs_text(self, job_id: str) -> str:
+        return httpx.get(f"{self.url}/deployments/{job_id}/logs").text
