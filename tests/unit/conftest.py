@@ -1,0 +1,70 @@
+"""Fixtures for the fast unit tests: fakeredis (with Lua), a controllable clock."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+
+import fakeredis
+import pytest
+
+from shared.jobs import JobStore
+from shared.keys import Keys
+from shared.settings import Settings, load_settings
+
+
+class FakeClock:
+    """A clock that only moves when told to; callable like ``time.time``."""
+
+    def __init__(self, start_s: float = 1_700_000_000.0) -> None:
+        self.now_s = start_s
+
+    def __call__(self) -> float:
+        return self.now_s
+
+    def advance(self, seconds: float) -> None:
+        self.now_s += seconds
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(autouse=True)
+def _no_buildq_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The developer's or CI's own ``BUILDQ_*`` variables never reach a unit test."""
+    for name in list(os.environ):
+        if name.upper().startswith("BUILDQ_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return load_settings({})
+
+
+@pytest.fixture
+def keys() -> Keys:
+    return Keys("unit")
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+async def redis() -> AsyncIterator[fakeredis.FakeAsyncRedis]:
+    client = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer(), decode_responses=True)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+def store(
+    redis: fakeredis.FakeAsyncRedis, keys: Keys, settings: Settings, clock: FakeClock
+) -> JobStore:
+    return JobStore(redis, keys, settings, clock=clock)
