@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -33,6 +34,16 @@ from shared.embedded import (
 from shared.errors import ConfigError
 
 SERVICE_STOP_TIMEOUT_S = 35.0
+
+
+def port_is_free(port: int) -> bool:
+    """Whether a listener could bind ``127.0.0.1:port`` now."""
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 @dataclass
@@ -69,6 +80,8 @@ class Stack:
     def start(self, say: Callable[[str], None] = print) -> None:
         """Start infrastructure and services; returns once the API is ready."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        if not port_is_free(self.port):
+            raise ConfigError(f"port {self.port} is already in use; pass --port")
         env = dict(self.environ)
         embedded = False
         if "BUILDQ_REDIS_URL" not in env:
