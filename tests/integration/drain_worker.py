@@ -33,7 +33,7 @@ async def main(url: str, source: str, active: str, consumers: int, out: Path) ->
     async with anyio.create_task_group() as tg:
         for _ in range(consumers):
             tg.start_soon(consume, url, source, active, seen)
-    out.write_text("\n".join(seen))
+    await anyio.Path(out).write_text("\n".join(seen))
 
 
 if __name__ == "__main__":

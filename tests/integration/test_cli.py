@@ -21,16 +21,23 @@ pytestmark = pytest.mark.integration
 BUILDQ = [sys.executable, "-m", "shared.cli"]
 
 
-def _cli(args: list[str], env: dict[str, str], timeout_s: float = 90) -> subprocess.CompletedProcess[str]:
+def _cli(
+    args: list[str], env: dict[str, str], timeout_s: float = 90
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*BUILDQ, *args], env=env, capture_output=True, text=True, timeout=timeout_s, check=False
     )
 
 
-def test_buildq_deploy_shows_phases_and_log_and_prints_live_url(stack: Stack, tmp_path: Path) -> None:
+def test_buildq_deploy_shows_phases_and_log_and_prints_live_url(
+    stack: Stack, tmp_path: Path
+) -> None:
     repo = make_repo(
         tmp_path / "cli-site",
-        {"buildq.toml": '[build]\ncommand = "mkdir out && echo hello-cli | tee out/index.html"\noutput = "out"\n'},
+        {
+            "buildq.toml": '[build]\ncommand = "mkdir out && echo hello-cli | tee out/index.html"\n'
+            'output = "out"\n'
+        },
     )
     result = _cli(["deploy", f"file://{repo}", "--api", stack.url], stack.env)
     assert result.returncode == 0, result.stderr
@@ -42,20 +49,25 @@ def test_buildq_deploy_shows_phases_and_log_and_prints_live_url(stack: Stack, tm
     assert httpx.get(f"{stack.url}/sites/cli-site/").text.strip() == "hello-cli"
 
     status = _cli(["status", "--api", stack.url], stack.env)
-    assert "live" in status.stdout and "cli-site" in status.stdout
+    assert "live" in status.stdout
+    assert "cli-site" in status.stdout
     queue = _cli(["queue", "--api", stack.url], stack.env)
-    assert queue.returncode == 0 and "deployer-" in queue.stdout
+    assert queue.returncode == 0
+    assert "deployer-" in queue.stdout
 
 
 def test_buildq_deploy_exits_nonzero_with_error_on_failure(stack: Stack, tmp_path: Path) -> None:
     repo = make_repo(tmp_path / "cli-broken", {"buildq.toml": '[build]\ncommand = "exit 7"\n'})
-    result = _cli(["deploy", f"file://{repo}", "--service", "cli-broken", "--api", stack.url], stack.env)
+    result = _cli(
+        ["deploy", f"file://{repo}", "--service", "cli-broken", "--api", stack.url], stack.env
+    )
     assert result.returncode == 1
     assert "failed: build exited with status 7" in result.stderr
 
     refused = _cli(["deploy", "ext::sh", "--api", stack.url], stack.env)
     assert refused.returncode == 1
-    assert "422" in refused.stderr and "remote-helper" in refused.stderr
+    assert "422" in refused.stderr
+    assert "remote-helper" in refused.stderr
 
 
 def _descendants(pid: int) -> list[psutil.Process]:
@@ -72,7 +84,10 @@ def test_buildq_up_demo_serves_the_site_and_stops_every_child(tmp_path: Path) ->
     data = tmp_path / "data"
     proc = subprocess.Popen(
         [*BUILDQ, "up", "--demo", "--port", str(port), "--data-dir", str(data)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
         start_new_session=True,
     )
     lines: list[str] = []
@@ -97,12 +112,14 @@ def test_buildq_up_demo_serves_the_site_and_stops_every_child(tmp_path: Path) ->
         assert httpx.get(f"{url}style.css").headers["content-type"].startswith("text/css")
         children = _descendants(proc.pid)
         names = " ".join(" ".join(c.cmdline()) for c in children)
-        assert "valkey-server" in names and "moto.server" in names
-        assert names.count("-m deployer") == 2 and "-m uploader" in names
+        assert "valkey-server" in names
+        assert "moto.server" in names
+        assert names.count("-m deployer") == 2
+        assert "-m uploader" in names
 
         proc.send_signal(signal.SIGINT)
         assert proc.wait(60) == 0
-        gone, alive = psutil.wait_procs(children, timeout=5)
+        _gone, alive = psutil.wait_procs(children, timeout=5)
         assert not alive, f"left running: {alive}"
         assert (data / "valkey" / "appendonlydir").is_dir()
         assert (data / "logs" / "uploader.log").is_file()

@@ -22,7 +22,9 @@ STATIC_FILES = {
 }
 
 
-def test_static_site_goes_live_with_phases_and_is_served(stack: Stack, tmp_path: Path, s3_client: Any) -> None:
+def test_static_site_goes_live_with_phases_and_is_served(
+    stack: Stack, tmp_path: Path, s3_client: Any
+) -> None:
     repo = make_repo(tmp_path / "My_Static.Site", STATIC_FILES)
     job_id = stack.deploy(repo)
     record = stack.wait(job_id)
@@ -34,7 +36,8 @@ def test_static_site_goes_live_with_phases_and_is_served(stack: Stack, tmp_path:
     assert record["attempts"] == 1
     for phase in ("accepted", "cloning", "uploading", "queued", "building", "publishing"):
         timing = record["phases"][phase]
-        assert timing["duration_ms"] is not None and timing["duration_ms"] >= 0, phase
+        assert timing["duration_ms"] is not None, phase
+        assert timing["duration_ms"] >= 0, phase
     assert record["error"] is None
 
     home = httpx.get(record["url"])
@@ -48,7 +51,8 @@ def test_static_site_goes_live_with_phases_and_is_served(stack: Stack, tmp_path:
     assert "javascript" in httpx.get(f"{record['url']}app.js").headers["content-type"]
     assert httpx.get(f"{record['url']}data/info.json").json() == {"ok": True}
     about = httpx.get(f"{record['url']}about", follow_redirects=False)
-    assert about.status_code == 308 and about.headers["location"].endswith("/about/")
+    assert about.status_code == 308
+    assert about.headers["location"].endswith("/about/")
     assert httpx.get(f"{record['url']}about/").text == STATIC_FILES["about/index.html"]
     assert httpx.get(f"{record['url']}missing.html").status_code == 404
     assert httpx.get(f"{record['url']}../../etc/passwd").status_code == 404
@@ -59,13 +63,19 @@ def test_static_site_goes_live_with_phases_and_is_served(stack: Stack, tmp_path:
     keys = {o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket)["Contents"]}
     assert f"sources/{job_id}.tar.gz" in keys
     assert {f"sites/{job_id}/{name}" for name in STATIC_FILES} <= keys
-    saved = json.loads(s3_client.get_object(Bucket=bucket, Key=f"deployments/{job_id}.json")["Body"].read())
-    assert saved["status"] == "live" and saved["id"] == job_id
-    alias = json.loads(s3_client.get_object(Bucket=bucket, Key="aliases/my-static-site.json")["Body"].read())
+    saved = json.loads(
+        s3_client.get_object(Bucket=bucket, Key=f"deployments/{job_id}.json")["Body"].read()
+    )
+    assert saved["status"] == "live"
+    assert saved["id"] == job_id
+    alias = json.loads(
+        s3_client.get_object(Bucket=bucket, Key="aliases/my-static-site.json")["Body"].read()
+    )
     assert alias["id"] == job_id
 
     log = stack.logs_text(job_id)
-    assert "==> building" in log and "==> live" in log
+    assert "==> building" in log
+    assert "==> live" in log
     assert "publishing the repository as is" in log
 
 
@@ -79,7 +89,9 @@ print("built for", os.environ["BUILDQ_SERVICE"])
 """
 
 
-def test_buildq_toml_build_runs_in_scrubbed_env_and_publishes_output(stack: Stack, tmp_path: Path) -> None:
+def test_buildq_toml_build_runs_in_scrubbed_env_and_publishes_output(
+    stack: Stack, tmp_path: Path
+) -> None:
     repo = make_repo(
         tmp_path / "built",
         {
@@ -112,7 +124,9 @@ def test_request_build_overrides_repository_config(stack: Stack, tmp_path: Path)
     assert httpx.get(record["url"]).text.strip() == "override"
 
 
-def test_failing_build_fails_job_with_stderr_in_log_and_promotes_nothing(stack: Stack, tmp_path: Path) -> None:
+def test_failing_build_fails_job_with_stderr_in_log_and_promotes_nothing(
+    stack: Stack, tmp_path: Path
+) -> None:
     repo = make_repo(
         tmp_path / "broken",
         {"buildq.toml": '[build]\ncommand = "echo compiling; echo boom-on-stderr >&2; exit 3"\n'},
@@ -123,7 +137,8 @@ def test_failing_build_fails_job_with_stderr_in_log_and_promotes_nothing(stack: 
     assert record["status"] == "failed"
     assert record["error"] == "build exited with status 3"
     log = stack.logs_text(job_id)
-    assert "compiling" in log and "boom-on-stderr" in log
+    assert "compiling" in log
+    assert "boom-on-stderr" in log
     assert "==> failed" in log
     assert httpx.get(f"{stack.url}/sites/broken/").status_code == 404
     assert httpx.get(f"{stack.url}/preview/{job_id}/").status_code == 404
@@ -174,7 +189,8 @@ def test_ref_and_root_dir_select_what_is_built(stack: Stack, tmp_path: Path) -> 
 
     record = stack.wait(stack.deploy(repo, service="mono", ref="release", root_dir="site"))
     assert record["status"] == "live", record
-    assert record["ref"] == "release" and record["root_dir"] == "site"
+    assert record["ref"] == "release"
+    assert record["root_dir"] == "site"
     assert httpx.get(record["url"]).text == "release branch"
     assert httpx.get(f"{record['url']}other/x").status_code == 404
 
@@ -186,6 +202,7 @@ def test_queue_endpoint_shows_workers_with_heartbeats(stack: Stack) -> None:
     for worker in status["workers"]:
         assert worker["heartbeat_age_ms"] < 10_000
         assert status["active"][worker["id"]] == []
-    assert status["length"] == 0 and status["pending"] == []
+    assert status["length"] == 0
+    assert status["pending"] == []
     assert status["paused"] is False
     assert httpx.get(f"{stack.url}/readyz").json()["ready"] is True

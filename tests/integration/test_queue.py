@@ -115,8 +115,14 @@ def test_two_processes_of_four_consumers_claim_each_of_1000_ids_exactly_once(
     procs = []
     for n in range(2):
         argv = [
-            sys.executable, "-m", "tests.integration.drain_worker", bq_settings.redis_url,
-            keys.queue, keys.active(f"proc{n}"), "4", str(tmp_path / f"out{n}.txt"),
+            sys.executable,
+            "-m",
+            "tests.integration.drain_worker",
+            bq_settings.redis_url,
+            keys.queue,
+            keys.active(f"proc{n}"),
+            "4",
+            str(tmp_path / f"out{n}.txt"),
         ]
         procs.append(subprocess.Popen(argv))
     try:
@@ -137,5 +143,6 @@ def test_two_processes_of_four_consumers_claim_each_of_1000_ids_exactly_once(
     assert max(counts.values()) == 1, "an id was consumed twice"
     assert all(n > 0 for n in per_process), per_process
     assert client.llen(keys.queue) == 0
-    assert client.llen(keys.active("proc0")) == 0 and client.llen(keys.active("proc1")) == 0
+    assert client.llen(keys.active("proc0")) == 0
+    assert client.llen(keys.active("proc1")) == 0
     client.close()
