@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import stat
 import tarfile
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -127,6 +128,11 @@ def extract(archive: Path, dest: Path, *, max_files: int, max_bytes: int) -> int
                             f"archive exceeds {max_files} files or {max_bytes} bytes"
                         )
                 tar.extract(member, dest, filter="data")
-    except (tarfile.TarError, EOFError, OSError) as exc:
+            # tarfile stops at the first unreadable header as if it were the end;
+            # reading the stream to EOF makes gzip verify its CRC32 and length.
+            assert tar.fileobj is not None
+            while tar.fileobj.read(1 << 20):
+                pass
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
         raise ValidationError(f"source archive is corrupt or unreadable: {exc}") from exc
     return files

@@ -18,6 +18,8 @@ if redis.call('HEXISTS', KEYS[1], 'ended_at') == 1 then
 end
 if current ~= status then
   redis.call('HSET', KEYS[1], 'p:' .. current .. ':end', now, 'p:' .. status .. ':start', now)
+  -- Re-entering a phase (a retry) starts it afresh.
+  redis.call('HDEL', KEYS[1], 'p:' .. status .. ':end')
 end
 redis.call('HSET', KEYS[1], 'status', status, 'updated_at', now)
 for i = 8, #ARGV, 2 do

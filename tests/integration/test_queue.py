@@ -110,8 +110,6 @@ def test_two_processes_of_four_consumers_claim_each_of_1000_ids_exactly_once(
     keys = Keys(bq_settings.namespace)
     ids = [f"job-{n:04d}" for n in range(1000)]
     client = redis_sync.Redis.from_url(bq_settings.redis_url, decode_responses=True)
-    for start in range(0, len(ids), 100):
-        client.lpush(keys.queue, *ids[start : start + 100])
     procs = []
     for n in range(2):
         argv = [
@@ -126,6 +124,14 @@ def test_two_processes_of_four_consumers_claim_each_of_1000_ids_exactly_once(
         ]
         procs.append(subprocess.Popen(argv))
     try:
+        # Both processes' consumers are connected and blocked before any id exists.
+        deadline = time.monotonic() + 30
+        while not all((tmp_path / f"out{n}.txt.ready").exists() for n in range(2)):
+            assert time.monotonic() < deadline, "consumers did not start"
+            assert all(p.poll() is None for p in procs)
+            time.sleep(0.02)
+        for start in range(0, len(ids), 10):
+            client.lpush(keys.queue, *ids[start : start + 10])
         for proc in procs:
             assert proc.wait(60) == 0
     finally:
