@@ -83,7 +83,7 @@ def detect(checkout: Path, requested: Mapping[str, Any] | None = None) -> BuildC
             raise ValidationError("buildq.toml: [build] must be a table")
         return _from_table(build, "buildq.toml")
     pkg_path = checkout / "package.json"
-    if pkg_path.exists() and not pkg_path.is_symlink():
+    if pkg_path.exists() or pkg_path.is_symlink():
         try:
             pkg = json.loads(_read_small(pkg_path))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:

@@ -58,7 +58,7 @@ def walk_tree(
     skip_dirs: frozenset[str] = SKIP_DIRS,
     on_skip: Skipped | None = None,
 ) -> Iterator[Entry]:
-    """Yield every regular file under ``root`` (sorted, depth first), never following links.
+    """Yield every regular file under ``root`` in a stable order, never following links.
 
     Raises ValidationError past ``max_files`` or ``max_bytes``, or on a bad name.
     """
