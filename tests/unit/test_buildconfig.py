@@ -245,3 +245,11 @@ def test_resolve_output_refuses_a_dotdot_output(tmp_path: Path) -> None:
 
     with pytest.raises(ValidationError, match="outside the checkout"):
         resolve_output(checkout, BuildConfig("request", "make", ("..",)))
+
+
+def test_symlinked_package_json_is_refused_not_treated_as_static(tmp_path: Path) -> None:
+    real = tmp_path.parent / f"{tmp_path.name}-package.json"
+    real.write_text(json.dumps({"scripts": {"build": "vite build"}}))
+    (tmp_path / "package.json").symlink_to(real)
+    with pytest.raises(ValidationError, match=r"package\.json must be a regular file"):
+        detect(tmp_path)
