@@ -22,6 +22,7 @@ from shared.jobs import JobRecord, JobStore, Status, now_ms
 from shared.keys import Keys
 from shared.logs import LogWriter
 from shared.settings import Settings
+from shared.sites import Outcome, Sites
 from shared.storage import Storage, alias_key, record_key, site_prefix, source_key
 
 log = structlog.get_logger("deployer")
@@ -29,6 +30,10 @@ log = structlog.get_logger("deployer")
 
 class BuildFailed(Exception):
     """The build itself failed (its exit status or its output); never retried."""
+
+
+class PromotionRefused(Exception):
+    """The job may not go live: it ended meanwhile, or its deploy lock was lost."""
 
 
 @dataclass
@@ -43,6 +48,9 @@ class JobRunner:
     worker_id: str
     active_key: str
     work_root: Path
+
+    def __post_init__(self) -> None:
+        self.sites = Sites(self.redis, self.keys, events_max=self.settings.events_max_entries)
 
     async def run(self, job_id: str) -> Status:
         """Run ``job_id`` (already in our active list) to an end state and ack it."""
@@ -66,7 +74,7 @@ class JobRunner:
         workdir = self.work_root / job_id
         try:
             status, fields = await self._execute(record, writer, workdir)
-        except (BuildFailed, ValidationError, BuildTimeout) as exc:
+        except (BuildFailed, ValidationError, BuildTimeout, PromotionRefused) as exc:
             status, fields = Status.FAILED, {"error": str(exc)}
         except (StorageError, RedisError, OSError) as exc:
             # Retried with backoff once the retry machinery lands; for now the job
@@ -167,23 +175,27 @@ class JobRunner:
             raise BuildFailed(f"build exited with status {code}")
 
     async def _promote(self, record: JobRecord, writer: LogWriter) -> tuple[Status, dict[str, str]]:
-        at = now_ms()
-        result = await self.store.scripts.promote(
-            keys=[self.keys.site(record.service), self.keys.events],
-            args=[record.id, record.seq, "", at, self.settings.events_max_entries, record.service],
-        )
+        result = await self.sites.promote(record.service, record.id, record.seq)
         base = self.settings.site_base_url
-        if int(result[0]) == 1:
+        if result.outcome is Outcome.PROMOTED:
             await self.storage.put_json(
                 alias_key(record.service),
-                {"service": record.service, "id": record.id, "seq": record.seq, "promoted_at": at},
+                {
+                    "service": record.service,
+                    "id": record.id,
+                    "seq": record.seq,
+                    "promoted_at": now_ms(),
+                },
             )
             await writer.line(f"buildq: {record.service} now serves {record.id}")
             return Status.LIVE, {"url": f"{base}/sites/{record.service}/"}
-        await writer.line(
-            f"buildq: not promoted: submission {result[2]} ({result[1]}) is newer and already live"
-        )
-        return Status.SUPERSEDED, {"url": f"{base}/preview/{record.id}/"}
+        if result.outcome is Outcome.SUPERSEDED:
+            await writer.line(
+                f"buildq: not promoted: submission {result.live_seq} ({result.live_id}) "
+                "is newer and already live"
+            )
+            return Status.SUPERSEDED, {"url": f"{base}/preview/{record.id}/"}
+        raise PromotionRefused(f"promotion refused: {result.outcome.value} {result.detail}")
 
     async def _save_record(self, job_id: str, raw: dict[str, str]) -> None:
         try:

@@ -1,7 +1,19 @@
--- Point a service's live alias at a deployment, only forward in submission order.
--- KEYS: site:<service>, events stream
--- ARGV: id, seq, fence, now_ms, events_max, service
--- Returns {1} when promoted, {0, live_id, live_seq} when a newer or equal seq is live.
+-- Point a service's live alias at a deployment: only forward in submission order,
+-- only for a job that has not ended (a cancelled job never goes live), and, when a
+-- fence is given, only while it is still the service's current fencing token.
+-- KEYS: site:<service>, events stream, job, fence:<service>
+-- ARGV: id, seq, fence ('' = no lock held), now_ms, events_max, service
+-- Returns {1} promoted; {0, live_id, live_seq} a newer or equal seq is live;
+-- {-1, current_fence} the fence is stale; {-2, status} the job has ended.
+if redis.call('HEXISTS', KEYS[3], 'ended_at') == 1 then
+  return {-2, redis.call('HGET', KEYS[3], 'status') or 'missing'}
+end
+if ARGV[3] ~= '' then
+  local current = redis.call('GET', KEYS[4])
+  if current ~= ARGV[3] then
+    return {-1, current or ''}
+  end
+end
 local live_seq = redis.call('HGET', KEYS[1], 'seq')
 if live_seq and tonumber(live_seq) >= tonumber(ARGV[2]) then
   return {0, redis.call('HGET', KEYS[1], 'id'), live_seq}

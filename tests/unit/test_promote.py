@@ -1,72 +1,96 @@
-"""promote.lua via Scripts: a service's live alias only moves forward in seq."""
+"""Sites.promote (promote.lua): a live alias moves only forward, only with a current
+fence, and never to a job that has ended."""
 
 from __future__ import annotations
 
 import fakeredis
 import pytest
 
+from shared.jobs import JobStore, Status
 from shared.keys import Keys
 from shared.scripts import SCRIPT_NAMES, Scripts
+from shared.sites import Outcome, Promotion, Sites
+from tests.unit.conftest import FakeClock
 
 pytestmark = pytest.mark.anyio
 
 
-async def promote(
-    redis: fakeredis.FakeAsyncRedis, keys: Keys, job_id: str, seq: int, *, at: int = 1000
-) -> list[object]:
-    scripts = Scripts(redis)
-    result = await scripts.promote(
-        keys=[keys.site("web"), keys.events], args=[job_id, seq, "7", at, 1000, "web"]
-    )
-    return list(result)
+@pytest.fixture
+def sites(redis: fakeredis.FakeAsyncRedis, keys: Keys, clock: FakeClock) -> Sites:
+    return Sites(redis, keys, events_max=1000, clock=clock)
+
+
+async def promote(sites: Sites, job_id: str, seq: int, fence: int | None = None) -> Promotion:
+    return await sites.promote("web", job_id, seq, fence=fence)
 
 
 async def test_first_promotion_sets_the_alias_and_emits_an_event(
-    redis: fakeredis.FakeAsyncRedis, keys: Keys
+    sites: Sites, redis: fakeredis.FakeAsyncRedis, keys: Keys, clock: FakeClock
 ) -> None:
-    assert await promote(redis, keys, "job-1", 1) == [1]
+    assert await promote(sites, "job-1", 1) == Promotion(Outcome.PROMOTED, "job-1", 1)
 
-    assert await redis.hgetall(keys.site("web")) == {
-        "id": "job-1",
-        "seq": "1",
-        "fence": "7",
-        "promoted_at": "1000",
-    }
+    at = str(int(clock() * 1000))
+    assert await sites.live("web") == {"id": "job-1", "seq": "1", "fence": "", "promoted_at": at}
     events = [f for _, f in await redis.xrange(keys.events)]
-    assert events == [{"kind": "site", "service": "web", "id": "job-1", "seq": "1", "at": "1000"}]
+    assert events == [{"kind": "site", "service": "web", "id": "job-1", "seq": "1", "at": at}]
 
 
-async def test_higher_seq_promotes(redis: fakeredis.FakeAsyncRedis, keys: Keys) -> None:
-    await promote(redis, keys, "job-1", 1)
+async def test_higher_seq_promotes(sites: Sites) -> None:
+    await promote(sites, "job-1", 1)
 
-    assert await promote(redis, keys, "job-5", 5, at=2000) == [1]
+    assert (await promote(sites, "job-5", 5)).outcome is Outcome.PROMOTED
 
-    assert await redis.hget(keys.site("web"), "id") == "job-5"
-    assert await redis.hget(keys.site("web"), "seq") == "5"
+    assert (await sites.live("web"))["id"] == "job-5"
 
 
 @pytest.mark.parametrize("seq", [4, 5])
 async def test_lower_or_equal_seq_is_refused_with_the_live_deployment(
-    redis: fakeredis.FakeAsyncRedis, keys: Keys, seq: int
+    sites: Sites, redis: fakeredis.FakeAsyncRedis, keys: Keys, seq: int
 ) -> None:
-    await promote(redis, keys, "job-5", 5)
-    alias = await redis.hgetall(keys.site("web"))
+    await promote(sites, "job-5", 5)
+    alias = await sites.live("web")
     n_events = await redis.xlen(keys.events)
 
-    result = await promote(redis, keys, "job-old", seq, at=9999)
+    result = await promote(sites, "job-old", seq)
 
-    assert result == [0, "job-5", "5"]
-    assert await redis.hgetall(keys.site("web")) == alias
+    assert result == Promotion(Outcome.SUPERSEDED, "job-5", 5)
+    assert await sites.live("web") == alias
     assert await redis.xlen(keys.events) == n_events
 
 
-async def test_seq_is_compared_numerically_not_as_text(
-    redis: fakeredis.FakeAsyncRedis, keys: Keys
-) -> None:
-    await promote(redis, keys, "job-9", 9)
+async def test_seq_is_compared_numerically_not_as_text(sites: Sites) -> None:
+    await promote(sites, "job-9", 9)
 
-    assert await promote(redis, keys, "job-10", 10) == [1]
-    assert (await promote(redis, keys, "job-9b", 9))[0] == 0
+    assert (await promote(sites, "job-10", 10)).outcome is Outcome.PROMOTED
+    assert (await promote(sites, "job-9b", 9)).outcome is Outcome.SUPERSEDED
+
+
+async def test_a_stale_fence_is_refused_and_the_current_one_promotes(
+    sites: Sites, redis: fakeredis.FakeAsyncRedis, keys: Keys
+) -> None:
+    await redis.set(keys.fence("web"), 3)
+
+    stale = await promote(sites, "job-1", 1, fence=2)
+    assert stale.outcome is Outcome.FENCED
+    assert await sites.live("web") == {}
+
+    assert (await promote(sites, "job-1", 1, fence=3)).outcome is Outcome.PROMOTED
+    assert (await sites.live("web"))["fence"] == "3"
+
+
+async def test_a_fence_without_any_lock_ever_taken_is_refused(sites: Sites) -> None:
+    assert (await promote(sites, "job-1", 1, fence=1)).outcome is Outcome.FENCED
+
+
+async def test_an_ended_job_never_goes_live(sites: Sites, store: JobStore) -> None:
+    seq = await store.submit("job-c", service="web", repo_url="https://h/o/web")
+    await store.transition("job-c", Status.CANCELLED)
+
+    result = await sites.promote("web", "job-c", seq)
+
+    assert result.outcome is Outcome.ENDED
+    assert result.detail == "cancelled"
+    assert await sites.live("web") == {}
 
 
 async def test_every_script_file_is_registered(redis: fakeredis.FakeAsyncRedis) -> None:
