@@ -55,6 +55,21 @@ class Keys:
     def fleet(self) -> str:
         return f"{self.prefix}:fleet"
 
+    @property
+    def recovery_lock(self) -> str:
+        """Held by the one worker recovering stale workers' jobs at a time."""
+        return f"{self.prefix}:recovery"
+
+    @property
+    def permits(self) -> str:
+        """zset of slot -> expiry (ms): claim permits under fleet max_concurrency."""
+        return f"{self.prefix}:permits"
+
+    @property
+    def control_channel(self) -> str:
+        """Pub/sub channel for cancel and fleet-change notices to workers."""
+        return f"{self.prefix}:control"
+
     def active(self, worker_id: str) -> str:
         return f"{self.prefix}:active:{worker_id}"
 

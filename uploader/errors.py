@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException
 
 from shared.errors import StorageError, ValidationError
@@ -51,6 +52,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ValidationError)
     async def refused(_: Request, exc: ValidationError) -> JSONResponse:
         return error_response(422, str(exc))
+
+    @app.exception_handler(RedisError)
+    async def redis_down(_: Request, exc: RedisError) -> JSONResponse:
+        return error_response(503, f"redis unavailable: {exc}")
 
     @app.exception_handler(StorageError)
     async def storage_down(_: Request, exc: StorageError) -> JSONResponse:
