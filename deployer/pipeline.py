@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,7 +10,6 @@ import anyio
 import anyio.to_thread
 import structlog
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from deployer.build import BuildTimeout, Limits, build_env, run_build
 from deployer.buildconfig import BuildConfig, detect, resolve_output
@@ -21,8 +19,9 @@ from shared.errors import StorageError, ValidationError
 from shared.jobs import JobRecord, JobStore, Status, now_ms
 from shared.keys import Keys
 from shared.logs import LogWriter
+from shared.outcome import Outcome
 from shared.settings import Settings
-from shared.sites import Outcome, Sites
+from shared.sites import Sites, Verdict
 from shared.storage import Storage, alias_key, record_key, site_prefix, source_key
 
 log = structlog.get_logger("deployer")
@@ -45,60 +44,23 @@ class JobRunner:
     redis: Redis
     store: JobStore
     storage: Storage
-    worker_id: str
-    active_key: str
     work_root: Path
 
     def __post_init__(self) -> None:
         self.sites = Sites(self.redis, self.keys, events_max=self.settings.events_max_entries)
 
-    async def run(self, job_id: str) -> Status:
-        """Run ``job_id`` (already in our active list) to an end state and ack it."""
-        changed, raw = await self.store.transition(
-            job_id, Status.BUILDING, fetch=True, attempt=True, worker=self.worker_id
-        )
-        if not changed:
-            await self.redis.lrem(self.active_key, 0, job_id)
-            log.info("job.skipped", job_id=job_id, status=raw.get("status", "missing"))
-            return Status(raw["status"]) if raw.get("status") else Status.CANCELLED
-        record = JobRecord.from_hash(raw)
-        structlog.contextvars.bind_contextvars(job_id=job_id, service=record.service)
-        started = time.monotonic()
-        writer = LogWriter(
-            self.redis,
-            self.keys,
-            job_id,
-            max_bytes=self.settings.log_max_bytes,
-            max_entries=self.settings.log_max_entries,
-        )
-        workdir = self.work_root / job_id
+    async def run(self, record: JobRecord, writer: LogWriter) -> Outcome:
+        """Build and publish a started job. Failures of the build itself end it;
+        transient faults (S3, Redis, the disk) propagate so the consumer retries."""
+        workdir = self.work_root / record.id
         try:
             status, fields = await self._execute(record, writer, workdir)
         except (BuildFailed, ValidationError, BuildTimeout, PromotionRefused) as exc:
             status, fields = Status.FAILED, {"error": str(exc)}
-        except (StorageError, RedisError, OSError) as exc:
-            # Retried with backoff once the retry machinery lands; for now the job
-            # fails with a message that names the infrastructure, not the build.
-            status, fields = Status.FAILED, {"error": f"infrastructure error: {exc}"}
         finally:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(shutil.rmtree, workdir, True)
-        if status is Status.FAILED:
-            await writer.line(f"buildq: deployment failed: {fields['error']}")
-        await writer.close()
-        _, final = await self.store.transition(
-            job_id, status, ack=self.active_key, fetch=True, **fields
-        )
-        if final:
-            await self._save_record(job_id, final)
-        log.info(
-            "job.finished",
-            status=status.value,
-            duration_ms=int((time.monotonic() - started) * 1000),
-            error=fields.get("error"),
-        )
-        structlog.contextvars.unbind_contextvars("job_id", "service")
-        return status
+        return Outcome(status, fields)
 
     async def _execute(
         self, record: JobRecord, writer: LogWriter, workdir: Path
@@ -177,7 +139,7 @@ class JobRunner:
     async def _promote(self, record: JobRecord, writer: LogWriter) -> tuple[Status, dict[str, str]]:
         result = await self.sites.promote(record.service, record.id, record.seq)
         base = self.settings.site_base_url
-        if result.outcome is Outcome.PROMOTED:
+        if result.outcome is Verdict.PROMOTED:
             await self.storage.put_json(
                 alias_key(record.service),
                 {
@@ -189,7 +151,7 @@ class JobRunner:
             )
             await writer.line(f"buildq: {record.service} now serves {record.id}")
             return Status.LIVE, {"url": f"{base}/sites/{record.service}/"}
-        if result.outcome is Outcome.SUPERSEDED:
+        if result.outcome is Verdict.SUPERSEDED:
             await writer.line(
                 f"buildq: not promoted: submission {result.live_seq} ({result.live_id}) "
                 "is newer and already live"
@@ -197,9 +159,10 @@ class JobRunner:
             return Status.SUPERSEDED, {"url": f"{base}/preview/{record.id}/"}
         raise PromotionRefused(f"promotion refused: {result.outcome.value} {result.detail}")
 
-    async def _save_record(self, job_id: str, raw: dict[str, str]) -> None:
+    async def save_record(self, raw: dict[str, str]) -> None:
+        """Keep the final record in S3 (``deployments/<id>.json``), beyond Redis TTLs."""
         try:
             record = JobRecord.from_hash(raw)
-            await self.storage.put_json(record_key(job_id), record.model_dump(mode="json"))
+            await self.storage.put_json(record_key(record.id), record.model_dump(mode="json"))
         except StorageError as exc:
             log.warning("job.record_not_saved", error=str(exc))

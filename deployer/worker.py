@@ -32,31 +32,30 @@ class Deployer:
         blocking_redis: Callable[[], Redis],
     ) -> None:
         keys = Keys(settings.namespace)
-        store = JobStore(redis, keys, settings)
         work_root = settings.work_dir or Path(tempfile.gettempdir()) / "buildq-work"
         self.work_root = work_root / worker_id
         self.runner = JobRunner(
             settings=settings,
             keys=keys,
             redis=redis,
-            store=store,
+            store=JobStore(redis, keys, settings),
             storage=storage,
-            worker_id=worker_id,
-            active_key=keys.active(worker_id),
             work_root=self.work_root,
         )
         self.consumer = Consumer(
             redis,
             keys,
-            store,
+            settings,
             source=keys.queue,
             kind="deployer",
             worker_id=worker_id,
             slots=slots,
             handler=self.runner.run,
             blocking_redis=blocking_redis,
-            requeue_status=Status.QUEUED,
-            grace_period_s=settings.grace_period_s,
+            start_status=Status.BUILDING,
+            attempts_field="attempts",
+            obey_fleet=True,
+            on_end=self.runner.save_record,
         )
 
     async def run(self, stopping: anyio.Event) -> None:

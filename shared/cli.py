@@ -98,7 +98,7 @@ def _run_demo(stack: Any, started: float) -> int:
 
 def _follow(client: Client, job_id: str, *, quiet_lines: bool = False) -> int:
     for entry in client.follow(job_id):
-        if entry["kind"] == "phase":
+        if entry["kind"] in ("phase", "end"):
             click.echo(f"==> {entry['status']}")
         elif entry["kind"] == "line" and not quiet_lines:
             click.echo(f"    {entry['text']}")

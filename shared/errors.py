@@ -15,9 +15,13 @@ class ValidationError(BuildqError):
     """Input from outside (a URL, a name, a path, an archive) was refused."""
 
 
-class StorageError(BuildqError):
+class TransientError(BuildqError):
+    """An infrastructure fault (network, Redis, S3, a dead worker) worth retrying."""
+
+
+class StorageError(TransientError):
     """S3 could not be reached or refused an operation."""
 
 
-class QueueError(BuildqError):
-    """Redis could not be reached or refused a queue operation."""
+class ControlError(BuildqError):
+    """A control request (cancel, retry, fleet) cannot be carried out."""

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -98,6 +99,10 @@ class JobRecord(BaseModel):
     error: str | None = None
     url: str | None = None
     build: dict[str, Any] | None = None
+    ingest_attempts: int = 0
+    retry_stage: str | None = None
+    dead: bool = False
+    holder: str | None = None
     phases: dict[str, Phase] = {}
 
     @classmethod
@@ -124,6 +129,39 @@ class JobRecord(BaseModel):
         return self.status in TERMINAL
 
 
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """What a transition did; unpacks as ``(changed, record)``."""
+
+    code: int  # 1 changed, 0 job already ended, 2 not where expected, -1 unknown job
+    status: str | None = None
+    record: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def changed(self) -> bool:
+        return self.code == 1
+
+    def __iter__(self) -> Iterator[Any]:
+        record = self.record if self.changed else ({"status": self.status} if self.status else {})
+        return iter((self.changed, record))
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A job claimed and started by :meth:`JobStore.claim`."""
+
+    job_id: str
+    started: Transition
+
+
+def _decode_transition(result: Any) -> Transition:
+    code = int(result[0])
+    if code == 1:
+        payload = _text(result[1]) if len(result) > 1 else ""
+        return Transition(1, record=json.loads(payload) if payload else {})
+    return Transition(code, _text(result[1]) if len(result) > 1 else None)
+
+
 class JobStore:
     """Creates, reads and moves job records; every change is one Lua call."""
 
@@ -136,6 +174,41 @@ class JobStore:
         self.clock = clock
         self.scripts = Scripts(redis)
 
+    async def _submit(
+        self,
+        job_id: str,
+        idem_key: str | None,
+        *,
+        service: str,
+        repo_url: str,
+        ref: str | None,
+        root_dir: str | None,
+        build: Mapping[str, Any] | None,
+    ) -> tuple[int, str | int]:
+        fields: list[str] = ["service", service, "repo_url", redact_url(repo_url)]
+        if ref:
+            fields += ["ref", ref]
+        if root_dir:
+            fields += ["root_dir", root_dir]
+        if build:
+            fields += ["build", json.dumps(dict(build), separators=(",", ":"))]
+        k = self.keys
+        keys = [k.job(job_id), k.jobs, k.seq(service), k.ingest, k.events]
+        if idem_key is not None:
+            keys.append(k.idem(idem_key))
+        result = await self.scripts.submit(
+            keys=keys,
+            args=[
+                job_id,
+                now_ms(self.clock),
+                self.settings.jobs_index_max,
+                self.settings.events_max_entries,
+                self.settings.idempotency_ttl_s * 1000,
+                *fields,
+            ],
+        )
+        return int(result[0]), (int(result[1]) if int(result[0]) else _text(result[1]))
+
     async def submit(
         self,
         job_id: str,
@@ -147,55 +220,44 @@ class JobStore:
         build: Mapping[str, Any] | None = None,
     ) -> int:
         """Create the record and push the id onto ingest; returns the submission seq."""
-        fields: list[str] = ["service", service, "repo_url", redact_url(repo_url)]
-        if ref:
-            fields += ["ref", ref]
-        if root_dir:
-            fields += ["root_dir", root_dir]
-        if build:
-            fields += ["build", json.dumps(dict(build), separators=(",", ":"))]
-        k = self.keys
-        seq = await self.scripts.submit(
-            keys=[k.job(job_id), k.jobs, k.seq(service), k.ingest, k.events],
-            args=[
-                job_id,
-                now_ms(self.clock),
-                self.settings.jobs_index_max,
-                self.settings.events_max_entries,
-                *fields,
-            ],
+        _, seq = await self._submit(
+            job_id,
+            None,
+            service=service,
+            repo_url=repo_url,
+            ref=ref,
+            root_dir=root_dir,
+            build=build,
         )
         return int(seq)
 
-    async def transition(
+    async def submit_once(
         self,
         job_id: str,
-        status: Status,
+        idem_key: str,
         *,
-        ack: str | None = None,
-        push: str | None = None,
-        head: bool = False,
-        attempt: bool = False,
-        fetch: bool = False,
-        **fields: str | int | None,
-    ) -> tuple[bool, dict[str, str]]:
-        """Move ``job_id`` to ``status``, optionally LREM-ing it from ``ack`` and
-        pushing it onto ``push`` (at the head when ``head``: claimed next) in the
-        same atomic step; ``attempt`` counts one more attempt.
+        service: str,
+        repo_url: str,
+        ref: str | None = None,
+        root_dir: str | None = None,
+        build: Mapping[str, Any] | None = None,
+    ) -> tuple[str, bool]:
+        """Like :meth:`submit`, but a repeated ``idem_key`` (hashed by the caller)
+        returns the first job's id; returns ``(id, created)``."""
+        created, value = await self._submit(
+            job_id,
+            idem_key,
+            service=service,
+            repo_url=repo_url,
+            ref=ref,
+            root_dir=root_dir,
+            build=build,
+        )
+        return (job_id, True) if created else (str(value), False)
 
-        Returns ``(changed, record)``; ``changed`` is false when the job is gone or
-        has already ended (ended jobs never change again). ``record`` is filled when
-        ``fetch`` is set, or with the current status when nothing changed.
-        """
-        k = self.keys
-        keys = [k.job(job_id), k.events, k.logs(job_id)]
-        flags = ("r" if fetch else "") + ("i" if attempt else "")
-        if ack is not None or push is not None:
-            keys.append(ack if ack is not None else k.job(job_id))
-            flags += "a" if ack is not None else ""
-        if push is not None:
-            keys.append(push)
-            flags += "h" if head else "p"
+    def _args(
+        self, job_id: str, status: Status, flags: str, score: int, fields: Mapping[str, Any]
+    ) -> list[str | int]:
         args: list[str | int] = [
             job_id,
             status.value,
@@ -204,17 +266,97 @@ class JobStore:
             self.settings.job_ttl_s,
             self.settings.events_max_entries,
             flags or "-",
+            score,
         ]
         for name, value in fields.items():
             if value is not None:
                 args += [name, str(value)]
-        result = await self.scripts.transition(keys=keys, args=args)
+        return args
+
+    async def transition(
+        self,
+        job_id: str,
+        status: Status,
+        *,
+        ack: str | None = None,
+        strict: bool = False,
+        from_delayed: bool = False,
+        push: str | None = None,
+        head: bool = False,
+        delay_until_ms: int | None = None,
+        attempt: bool = False,
+        fetch: bool = False,
+        **fields: str | int | None,
+    ) -> Transition:
+        """Move ``job_id`` to ``status`` in one atomic step, optionally:
+
+        - taking it off ``ack`` (a list; with ``strict``, only if it is still there)
+          or off ``{ns}:delayed`` (``from_delayed``, only if it is still there);
+        - putting it on ``push`` (the tail, or the head with ``head``) or on
+          ``{ns}:delayed`` due at ``delay_until_ms``.
+
+        Fields named ``+name`` are incremented; ``attempt`` is ``+attempts=1``.
+        Ended jobs never change again.
+        """
+        k = self.keys
+        keys = [k.job(job_id), k.events, k.logs(job_id)]
+        flags = "r" if fetch else ""
+        source = k.delayed if from_delayed else ack
+        if source is not None:
+            flags += "z" if from_delayed else ("A" if strict else "a")
+        destination = k.delayed if delay_until_ms is not None else push
+        if destination is not None:
+            keys.append(source if source is not None else k.job(job_id))
+            keys.append(destination)
+            flags += "d" if delay_until_ms is not None else ("h" if head else "p")
+        elif source is not None:
+            keys.append(source)
+        values: dict[str, Any] = dict(fields)
+        if attempt:
+            values["+attempts"] = 1
+        args = self._args(job_id, status, flags, delay_until_ms or 0, values)
+        return _decode_transition(await self.scripts.transition(keys=keys, args=args))
+
+    async def claim(
+        self, source: str, active: str, status: Status, **fields: str | int | None
+    ) -> Claimed | None:
+        """Move the oldest id of ``source`` into ``active`` and start it, in one call.
+
+        Returns None when ``source`` is empty (block in BLMOVE then). A claimed job
+        that has ended or vanished is dropped from ``active`` by the same call.
+        """
+        k = self.keys
+        args = [k.job(""), k.logs(""), *self._args("", status, "rx", 0, fields)[1:]]
+        result = await self.scripts.claim(keys=[source, active, k.events], args=args)
         if not result:
-            return False, {}
-        changed, payload = int(result[0]), result[1]
-        if not changed:
-            return False, {"status": _text(payload)}
-        return True, _pairs(payload)
+            return None
+        return Claimed(_text(result[0]), _decode_transition(result[1]))
+
+    async def cancel(self, job_id: str, reason: str) -> Transition:
+        """End a job as cancelled wherever it is; running workers are notified."""
+        k = self.keys
+        result = await self.scripts.cancel(
+            keys=[k.job(job_id), k.events, k.logs(job_id), k.ingest, k.queue, k.delayed],
+            args=[
+                job_id,
+                now_ms(self.clock),
+                self.settings.job_ttl_s,
+                self.settings.events_max_entries,
+                k.control_channel,
+                reason,
+            ],
+        )
+        return Transition(int(result[0]), _text(result[1]) if len(result) > 1 else None)
+
+    async def revive(self, job_id: str, status: Status) -> Transition:
+        """Put a failed/cancelled/dead job back at ``status``'s queue (ingest or build)."""
+        k = self.keys
+        destination = k.ingest if status is Status.ACCEPTED else k.queue
+        result = await self.scripts.revive(
+            keys=[k.job(job_id), k.events, k.logs(job_id), k.dead, destination],
+            args=[job_id, now_ms(self.clock), self.settings.events_max_entries, status.value],
+        )
+        return Transition(int(result[0]), _text(result[1]) if len(result) > 1 else None)
 
     async def get_raw(self, job_id: str) -> dict[str, str]:
         raw = await self.redis.hgetall(self.keys.job(job_id))
@@ -251,8 +393,3 @@ class JobStore:
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _pairs(flat: list[Any]) -> dict[str, str]:
-    it = iter(flat)
-    return {_text(k): _text(v) for k, v in zip(it, it, strict=True)}

@@ -88,6 +88,19 @@ class Keys:
     def fence(self, service: str) -> str:
         return f"{self.prefix}:fence:{service}"
 
+    @property
+    def locks(self) -> str:
+        """zset of service -> last lock acquisition (ms): services with lock history."""
+        return f"{self.prefix}:locks"
+
+    def lock_history(self, service: str) -> str:
+        """hash: the ``current`` and ``previous`` lock records, for "who had it last"."""
+        return f"{self.prefix}:lock-history:{service}"
+
+    def lock_channel(self, service: str) -> str:
+        """Pub/sub channel on which a release of ``service``'s lock is announced."""
+        return f"{self.prefix}:lock-released:{service}"
+
     def site(self, service: str) -> str:
         return f"{self.prefix}:site:{service}"
 

@@ -17,9 +17,10 @@ def make_redis(settings: Settings, *, blocking: bool = False) -> Redis:
     ``blocking`` clients hold one dedicated connection with no read timeout, for
     BLMOVE/XREAD BLOCK; ordinary clients use a pool with short timeouts.
     """
-    retry = Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3)
     errors = [RedisConnectionError, RedisTimeoutError]
     if blocking:
+        # No client-side retries: a retried BLMOVE after a lost reply would claim a
+        # second id; the consumer's own backoff and orphan check handle it instead.
         return Redis.from_url(
             settings.redis_url,
             decode_responses=True,
@@ -27,9 +28,9 @@ def make_redis(settings: Settings, *, blocking: bool = False) -> Redis:
             socket_timeout=None,
             socket_connect_timeout=5,
             socket_keepalive=True,
-            retry=retry,
-            retry_on_error=errors,
+            retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=0),
         )
+    retry = Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3)
     return Redis.from_url(
         settings.redis_url,
         decode_responses=True,

@@ -31,6 +31,11 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     api_tokens: SecretStr | None = None
+    slack_signing_secret: SecretStr | None = None
+    mattermost_token: SecretStr | None = None
+    admins: str = Field("", max_length=4096)  # comma-separated names that may force-release
+    lock_default_ttl_s: int = Field(3600, ge=1, le=30 * 24 * 3600)
+    claim_default_ttl_s: int = Field(0, ge=0, le=365 * 24 * 3600)  # 0: claims do not expire
 
     allow_local_repos: bool = False
     clone_timeout_s: float = Field(120.0, gt=0)
@@ -54,6 +59,12 @@ class Settings(BaseSettings):
     build_memory_mb: int = Field(4096, ge=64)
     build_file_mb: int = Field(1024, ge=1)
     grace_period_s: float = Field(25.0, ge=0)
+    heartbeat_interval_s: float = Field(2.0, gt=0, le=60)
+    worker_stale_s: float = Field(15.0, gt=0)
+    max_attempts: int = Field(3, ge=1, le=100)
+    retry_base_s: float = Field(1.0, gt=0)
+    retry_cap_s: float = Field(60.0, gt=0)
+    idempotency_ttl_s: int = Field(24 * 3600, ge=1)
 
     data_dir: Path = Path(".buildq")
     work_dir: Path | None = None
@@ -83,6 +94,11 @@ class Settings(BaseSettings):
     def site_base_url(self) -> str:
         """Base URL under which live sites are served (``/sites/<service>/``)."""
         return (self.public_url or self.api_url).rstrip("/")
+
+    @property
+    def admin_names(self) -> frozenset[str]:
+        """Owners allowed to force-release someone else's lock or claim."""
+        return frozenset(name.strip() for name in self.admins.split(",") if name.strip())
 
 
 def _unknown_keys(environ: dict[str, str]) -> list[str]:

@@ -13,7 +13,7 @@ from shared.keys import Keys
 from shared.scripts import Scripts
 
 
-class Outcome(StrEnum):
+class Verdict(StrEnum):
     """What a promotion attempt did."""
 
     PROMOTED = "promoted"
@@ -26,7 +26,7 @@ class Outcome(StrEnum):
 class Promotion:
     """The result of :meth:`Sites.promote`."""
 
-    outcome: Outcome
+    outcome: Verdict
     live_id: str | None = None
     live_seq: int | None = None
     detail: str = ""
@@ -63,12 +63,12 @@ class Sites:
         )
         code = int(result[0])
         if code == 1:
-            return Promotion(Outcome.PROMOTED, job_id, seq)
+            return Promotion(Verdict.PROMOTED, job_id, seq)
         if code == 0:
-            return Promotion(Outcome.SUPERSEDED, str(result[1]), int(result[2]))
+            return Promotion(Verdict.SUPERSEDED, str(result[1]), int(result[2]))
         if code == -1:
-            return Promotion(Outcome.FENCED, detail=f"current fence {result[1] or 'none'}")
-        return Promotion(Outcome.ENDED, detail=str(result[1]))
+            return Promotion(Verdict.FENCED, detail=f"current fence {result[1] or 'none'}")
+        return Promotion(Verdict.ENDED, detail=str(result[1]))
 
     async def live(self, service: str) -> dict[str, str]:
         """The live alias of ``service`` (id, seq, fence, promoted_at), or {}."""

@@ -57,22 +57,20 @@ def create_app(settings: Settings, *, run_ingest: bool = True) -> FastAPI:
                     redis=redis,
                     store=store,
                     storage=storage,
-                    worker_id=worker_id,
-                    active_key=keys.active(worker_id),
                     git_limiter=anyio.CapacityLimiter(settings.ingest_slots),
                 )
                 consumer = Consumer(
                     redis,
                     keys,
-                    store,
+                    settings,
                     source=keys.ingest,
                     kind="ingest",
                     worker_id=worker_id,
                     slots=settings.ingest_slots,
                     handler=ingest.run,
                     blocking_redis=lambda: make_redis(settings, blocking=True),
-                    requeue_status=Status.ACCEPTED,
-                    grace_period_s=settings.grace_period_s,
+                    start_status=Status.CLONING,
+                    attempts_field="ingest_attempts",
                 )
                 tg.start_soon(consumer.run, stopping)
             try:

@@ -11,16 +11,17 @@ import anyio
 import anyio.to_thread
 import structlog
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from shared.archive import pack
-from shared.errors import StorageError, ValidationError
+from shared.errors import TransientError, ValidationError
 from shared.jobs import JobRecord, JobStore, Status
 from shared.keys import Keys
 from shared.logs import LogWriter
+from shared.outcome import Outcome
+from shared.retry import is_transient_git_error
 from shared.settings import Settings
 from shared.storage import Storage, source_key
-from uploader.clone import clone
+from uploader.clone import CloneError, clone
 from uploader.repourl import validate_repo_url
 
 log = structlog.get_logger("ingest")
@@ -28,47 +29,35 @@ log = structlog.get_logger("ingest")
 
 @dataclass
 class Ingest:
-    """Handles one claimed id from ``{ns}:ingest``."""
+    """The ingest stage's handler: one started job from ``{ns}:ingest``."""
 
     settings: Settings
     keys: Keys
     redis: Redis
     store: JobStore
     storage: Storage
-    worker_id: str
-    active_key: str
     git_limiter: anyio.CapacityLimiter
 
-    async def run(self, job_id: str) -> Status:
-        changed, raw = await self.store.transition(
-            job_id, Status.CLONING, fetch=True, worker=self.worker_id
-        )
-        if not changed:
-            await self.redis.lrem(self.active_key, 0, job_id)
-            return Status(raw["status"]) if raw.get("status") else Status.CANCELLED
-        record = JobRecord.from_hash(raw)
-        structlog.contextvars.bind_contextvars(job_id=job_id, service=record.service)
-        writer = LogWriter(
-            self.redis,
-            self.keys,
-            job_id,
-            max_bytes=self.settings.log_max_bytes,
-            max_entries=self.settings.log_max_entries,
-        )
-        workdir = Path(tempfile.mkdtemp(prefix=f"buildq-ingest-{job_id}-"))
+    async def run(self, record: JobRecord, writer: LogWriter) -> Outcome:
+        """Clone, archive and upload a started job, then hand it to the build queue.
+
+        A repository that cannot be cloned fails the job; network trouble and
+        storage faults propagate so the consumer retries with backoff."""
+        workdir = Path(tempfile.mkdtemp(prefix=f"buildq-ingest-{record.id}-"))
         try:
-            await self._ingest(record, writer, workdir)
+            commit = await self._ingest(record, writer, workdir)
+        except CloneError as exc:
+            if is_transient_git_error(str(exc)):
+                raise TransientError(str(exc)) from exc
+            return Outcome(Status.FAILED, {"error": str(exc)})
         except ValidationError as exc:
-            await self._fail(job_id, writer, str(exc))
-        except (StorageError, RedisError, OSError) as exc:
-            await self._fail(job_id, writer, f"infrastructure error: {exc}")
+            return Outcome(Status.FAILED, {"error": str(exc)})
         finally:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(shutil.rmtree, workdir, True)
-            structlog.contextvars.unbind_contextvars("job_id", "service")
-        return Status.QUEUED
+        return Outcome(Status.QUEUED, {"commit": commit}, push=self.keys.queue)
 
-    async def _ingest(self, record: JobRecord, writer: LogWriter, workdir: Path) -> None:
+    async def _ingest(self, record: JobRecord, writer: LogWriter, workdir: Path) -> str:
         s = self.settings
         url = validate_repo_url(record.repo_url, allow_local=s.allow_local_repos)
         checkout = workdir / "repo"
@@ -97,14 +86,5 @@ class Ingest:
         size = archive.stat().st_size
         await self.storage.put_file(source_key(record.id), archive, mime="application/gzip")
         await writer.line(f"buildq: uploaded source ({files} files, {size} bytes compressed)")
-        await writer.close()
-        await self.store.transition(
-            record.id, Status.QUEUED, ack=self.active_key, push=self.keys.queue
-        )
-        log.info("job.queued", commit=commit, files=files, archive_bytes=size)
-
-    async def _fail(self, job_id: str, writer: LogWriter, error: str) -> None:
-        await writer.line(f"buildq: deployment failed: {error}")
-        await writer.close()
-        await self.store.transition(job_id, Status.FAILED, ack=self.active_key, error=error)
-        log.info("job.finished", status="failed", error=error)
+        log.info("job.uploaded", commit=commit, files=files, archive_bytes=size)
+        return commit

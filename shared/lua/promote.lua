@@ -14,7 +14,11 @@ if ARGV[3] ~= '' then
     return {-1, current or ''}
   end
 end
-local live_seq = redis.call('HGET', KEYS[1], 'seq')
+local live = redis.call('HMGET', KEYS[1], 'id', 'seq')
+if live[1] == ARGV[1] then
+  return {1}  -- a re-run of the live deployment: nothing to change (idempotent)
+end
+local live_seq = live[2]
 if live_seq and tonumber(live_seq) >= tonumber(ARGV[2]) then
   return {0, redis.call('HGET', KEYS[1], 'id'), live_seq}
 end

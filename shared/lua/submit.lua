@@ -1,13 +1,22 @@
--- Create a job record and put its id on the ingest list, atomically.
--- KEYS: job, jobs index, seq:<service>, ingest list, events stream
--- ARGV: id, now_ms, jobs_index_max, events_max, field, value, ...
+-- Create a job record and put its id on the ingest list, atomically; with an
+-- idempotency key, a repeated submission returns the first job instead.
+-- KEYS: job, jobs index, seq:<service>, ingest list, events stream, [idem key]
+-- ARGV: id, now_ms, jobs_index_max, events_max, idem_ttl_ms, field, value, ...
+-- Returns {1, seq} for a new job, {0, existing_id} for a repeated idempotency key.
 local id, now = ARGV[1], ARGV[2]
-local seq = redis.call('INCR', KEYS[3])
-redis.call('HSET', KEYS[1], 'id', id, 'status', 'accepted', 'seq', seq,
-  'created_at', now, 'updated_at', now, 'attempts', 0, 'p:accepted:start', now)
-for i = 5, #ARGV, 2 do
-  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+if KEYS[6] then
+  local existing = redis.call('GET', KEYS[6])
+  if existing then return {0, existing} end
+  redis.call('SET', KEYS[6], id, 'PX', ARGV[5])
 end
+local seq = redis.call('INCR', KEYS[3])
+local set = {'id', id, 'status', 'accepted', 'seq', seq, 'created_at', now,
+  'updated_at', now, 'attempts', 0, 'ingest_attempts', 0, 'p:accepted:start', now}
+for i = 6, #ARGV, 2 do
+  set[#set + 1] = ARGV[i]
+  set[#set + 1] = ARGV[i + 1]
+end
+redis.call('HSET', KEYS[1], unpack(set))
 redis.call('ZADD', KEYS[2], now, id)
 local excess = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[3])
 if excess > 0 then
@@ -16,4 +25,4 @@ end
 redis.call('LPUSH', KEYS[4], id)
 redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[4], '*',
   'kind', 'job', 'id', id, 'status', 'accepted', 'at', now)
-return seq
+return {1, seq}

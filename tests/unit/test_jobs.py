@@ -13,6 +13,7 @@ from shared.jobs import (
     JobRecord,
     JobStore,
     Status,
+    Transition,
     new_job_id,
     redact_url,
 )
@@ -255,13 +256,13 @@ async def test_transition_sets_status_timestamps_and_phase_boundaries(
 async def test_transition_without_fetch_returns_an_empty_record(store: JobStore) -> None:
     await submit(store)
 
-    assert await store.transition(JOB, Status.CLONING) == (True, {})
+    assert await store.transition(JOB, Status.CLONING) == Transition(1)
 
 
 async def test_transition_of_an_unknown_job_changes_nothing(
     store: JobStore, redis: fakeredis.FakeAsyncRedis, keys: Keys
 ) -> None:
-    assert await store.transition(JOB, Status.BUILDING) == (False, {})
+    assert await store.transition(JOB, Status.BUILDING) == Transition(-1)
     assert await redis.exists(keys.job(JOB)) == 0
     assert await events(redis, keys) == []
 
@@ -272,7 +273,7 @@ async def test_transition_of_an_unknown_job_still_acks_it(
     """An expired job must not stay stuck in an active list forever."""
     await redis.lpush(keys.active("w1"), JOB)
 
-    assert await store.transition(JOB, Status.FAILED, ack=keys.active("w1")) == (False, {})
+    assert await store.transition(JOB, Status.FAILED, ack=keys.active("w1")) == Transition(-1)
     assert await redis.llen(keys.active("w1")) == 0
 
 
@@ -392,7 +393,8 @@ async def test_an_ended_job_never_changes_again(
         result = await store.transition(
             JOB, status, push=keys.queue, attempt=True, fetch=True, error="late"
         )
-        assert result == (False, {"status": end.value})
+        assert result == Transition(0, end.value)
+        assert tuple(result) == (False, {"status": end.value})
 
     assert await store.get_raw(JOB) == before
     assert await redis.llen(keys.queue) == 0
@@ -408,7 +410,7 @@ async def test_transition_of_an_ended_job_still_acks_it(
 
     result = await store.transition(JOB, Status.FAILED, ack=keys.active("w1"))
 
-    assert result == (False, {"status": "cancelled"})
+    assert result == Transition(0, "cancelled")
     assert await redis.llen(keys.active("w1")) == 0
 
 

@@ -9,7 +9,7 @@ import pytest
 from shared.jobs import JobStore, Status
 from shared.keys import Keys
 from shared.scripts import SCRIPT_NAMES, Scripts
-from shared.sites import Outcome, Promotion, Sites
+from shared.sites import Promotion, Sites, Verdict
 from tests.unit.conftest import FakeClock
 
 pytestmark = pytest.mark.anyio
@@ -27,7 +27,7 @@ async def promote(sites: Sites, job_id: str, seq: int, fence: int | None = None)
 async def test_first_promotion_sets_the_alias_and_emits_an_event(
     sites: Sites, redis: fakeredis.FakeAsyncRedis, keys: Keys, clock: FakeClock
 ) -> None:
-    assert await promote(sites, "job-1", 1) == Promotion(Outcome.PROMOTED, "job-1", 1)
+    assert await promote(sites, "job-1", 1) == Promotion(Verdict.PROMOTED, "job-1", 1)
 
     at = str(int(clock() * 1000))
     assert await sites.live("web") == {"id": "job-1", "seq": "1", "fence": "", "promoted_at": at}
@@ -38,7 +38,7 @@ async def test_first_promotion_sets_the_alias_and_emits_an_event(
 async def test_higher_seq_promotes(sites: Sites) -> None:
     await promote(sites, "job-1", 1)
 
-    assert (await promote(sites, "job-5", 5)).outcome is Outcome.PROMOTED
+    assert (await promote(sites, "job-5", 5)).outcome is Verdict.PROMOTED
 
     assert (await sites.live("web"))["id"] == "job-5"
 
@@ -53,7 +53,7 @@ async def test_lower_or_equal_seq_is_refused_with_the_live_deployment(
 
     result = await promote(sites, "job-old", seq)
 
-    assert result == Promotion(Outcome.SUPERSEDED, "job-5", 5)
+    assert result == Promotion(Verdict.SUPERSEDED, "job-5", 5)
     assert await sites.live("web") == alias
     assert await redis.xlen(keys.events) == n_events
 
@@ -61,8 +61,8 @@ async def test_lower_or_equal_seq_is_refused_with_the_live_deployment(
 async def test_seq_is_compared_numerically_not_as_text(sites: Sites) -> None:
     await promote(sites, "job-9", 9)
 
-    assert (await promote(sites, "job-10", 10)).outcome is Outcome.PROMOTED
-    assert (await promote(sites, "job-9b", 9)).outcome is Outcome.SUPERSEDED
+    assert (await promote(sites, "job-10", 10)).outcome is Verdict.PROMOTED
+    assert (await promote(sites, "job-9b", 9)).outcome is Verdict.SUPERSEDED
 
 
 async def test_a_stale_fence_is_refused_and_the_current_one_promotes(
@@ -71,15 +71,15 @@ async def test_a_stale_fence_is_refused_and_the_current_one_promotes(
     await redis.set(keys.fence("web"), 3)
 
     stale = await promote(sites, "job-1", 1, fence=2)
-    assert stale.outcome is Outcome.FENCED
+    assert stale.outcome is Verdict.FENCED
     assert await sites.live("web") == {}
 
-    assert (await promote(sites, "job-1", 1, fence=3)).outcome is Outcome.PROMOTED
+    assert (await promote(sites, "job-1", 1, fence=3)).outcome is Verdict.PROMOTED
     assert (await sites.live("web"))["fence"] == "3"
 
 
 async def test_a_fence_without_any_lock_ever_taken_is_refused(sites: Sites) -> None:
-    assert (await promote(sites, "job-1", 1, fence=1)).outcome is Outcome.FENCED
+    assert (await promote(sites, "job-1", 1, fence=1)).outcome is Verdict.FENCED
 
 
 async def test_an_ended_job_never_goes_live(sites: Sites, store: JobStore) -> None:
@@ -88,7 +88,7 @@ async def test_an_ended_job_never_goes_live(sites: Sites, store: JobStore) -> No
 
     result = await sites.promote("web", "job-c", seq)
 
-    assert result.outcome is Outcome.ENDED
+    assert result.outcome is Verdict.ENDED
     assert result.detail == "cancelled"
     assert await sites.live("web") == {}
 

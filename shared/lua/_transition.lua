@@ -1,0 +1,84 @@
+-- The transition function shared by transition.lua and claim.lua (spliced in by
+-- shared/scripts.py at the '-- #include _transition' line).
+-- K: job, events stream, logs stream, [source], [destination]
+-- A: id, status, now_ms, terminal(0|1), ttl_s, events_max, flags, score,
+--    field, value, ...   (a field named '+name' is HINCRBY name value)
+-- flags: 'r' return the record (as one JSON object)
+--        'a' LREM id from the source list
+--        'A' LREM id from the source list; abort unless it was there (recovery)
+--        'z' ZREM id from the source zset; abort unless it was there (scheduler)
+--        'x' LREM id from the source list only if the job is missing or ended
+--        'p' LPUSH onto the destination list (the tail: claimed last)
+--        'h' RPUSH onto the destination list (the head: claimed next)
+--        'd' ZADD onto the destination zset with score A[8]
+-- Returns {-1} if the job does not exist; {0, current} if it has already ended
+-- (ended jobs never change again; the id is still removed from the source);
+-- {2, current} if a strict removal found nothing (someone else moved it);
+-- else {1, record-json-or-''}.
+local function transition(K, A)
+  local id, status, now, flags = A[1], A[2], A[3], A[7]
+  local function has(f) return string.find(flags, f, 1, true) ~= nil end
+  local function unlink()
+    if has('a') or has('A') or has('x') then redis.call('LREM', K[4], 0, id) end
+    if has('z') then redis.call('ZREM', K[4], id) end
+  end
+  local cur = redis.call('HMGET', K[1], 'status', 'ended_at')
+  local current = cur[1]
+  if not current then
+    unlink()
+    return {-1}
+  end
+  if cur[2] then
+    unlink()
+    return {0, current}
+  end
+  if has('A') then
+    if redis.call('LREM', K[4], 0, id) == 0 then return {2, current} end
+  elseif has('z') then
+    if redis.call('ZREM', K[4], id) == 0 then return {2, current} end
+  elseif has('a') then
+    redis.call('LREM', K[4], 0, id)
+  end
+  local set = {'status', status, 'updated_at', now}
+  if current ~= status then
+    set[#set + 1] = 'p:' .. current .. ':end'
+    set[#set + 1] = now
+    set[#set + 1] = 'p:' .. status .. ':start'
+    set[#set + 1] = now
+    -- Re-entering a phase (a retry) starts it afresh.
+    redis.call('HDEL', K[1], 'p:' .. status .. ':end')
+  end
+  for i = 9, #A, 2 do
+    if string.sub(A[i], 1, 1) == '+' then
+      redis.call('HINCRBY', K[1], string.sub(A[i], 2), A[i + 1])
+    else
+      set[#set + 1] = A[i]
+      set[#set + 1] = A[i + 1]
+    end
+  end
+  local terminal = A[4] == '1'
+  if terminal then
+    set[#set + 1] = 'ended_at'
+    set[#set + 1] = now
+  end
+  redis.call('HSET', K[1], unpack(set))
+  if has('p') then redis.call('LPUSH', K[5], id) end
+  if has('h') then redis.call('RPUSH', K[5], id) end
+  if has('d') then redis.call('ZADD', K[5], A[8], id) end
+  redis.call('XADD', K[2], 'MAXLEN', '~', A[6], '*',
+    'kind', 'job', 'id', id, 'status', status, 'at', now)
+  if terminal then
+    redis.call('XADD', K[3], '*', 'kind', 'end', 'status', status, 'at', now)
+    redis.call('EXPIRE', K[1], A[5])
+    redis.call('EXPIRE', K[3], A[5])
+  else
+    redis.call('XADD', K[3], '*', 'kind', 'phase', 'status', status, 'at', now)
+  end
+  if has('r') then
+    local flat = redis.call('HGETALL', K[1])
+    local record = {}
+    for i = 1, #flat, 2 do record[flat[i]] = flat[i + 1] end
+    return {1, cjson.encode(record)}
+  end
+  return {1, ''}
+end
