@@ -178,6 +178,89 @@ def queue(api_url: str) -> None:
         )
 
 
+def _call(api_url: str, method: str, *args: Any, **kwargs: Any) -> Any:
+    client = Client(api_url)
+    try:
+        return getattr(client, method)(*args, **kwargs)
+    except ApiError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        client.close()
+
+
+@main.command()
+@click.argument("job_id")
+@_api_option
+def cancel(job_id: str, api_url: str) -> None:
+    """Cancel a queued job, or stop its running build."""
+    result = _call(api_url, "cancel", job_id)
+    click.echo(f"{job_id} cancelled (was {result['was']})")
+
+
+@main.command()
+@click.argument("job_id")
+@_api_option
+def retry(job_id: str, api_url: str) -> None:
+    """Run a failed, dead-lettered or cancelled job again."""
+    result = _call(api_url, "retry", job_id)
+    click.echo(f"{job_id} {result['status']} again")
+
+
+@main.command()
+@click.option("--max-concurrency", type=click.IntRange(1), help="also cap concurrent builds")
+@_api_option
+def pause(max_concurrency: int | None, api_url: str) -> None:
+    """Pause deployers: running builds finish, nothing new starts."""
+    changes: dict[str, Any] = {"paused": True}
+    if max_concurrency:
+        changes["max_concurrency"] = max_concurrency
+    state = _call(api_url, "fleet", **changes)
+    click.echo(f"fleet paused (max_concurrency {state['max_concurrency']})")
+
+
+@main.command()
+@click.option("--max-concurrency", type=click.IntRange(1), help="cap concurrent builds")
+@click.option("--no-limit", is_flag=True, help="lift the concurrency cap")
+@_api_option
+def resume(max_concurrency: int | None, no_limit: bool, api_url: str) -> None:
+    """Resume deployers (optionally changing the fleet-wide concurrency cap)."""
+    changes: dict[str, Any] = {"paused": False}
+    if no_limit:
+        changes["max_concurrency"] = None
+    elif max_concurrency:
+        changes["max_concurrency"] = max_concurrency
+    state = _call(api_url, "fleet", **changes)
+    click.echo(f"fleet running (max_concurrency {state['max_concurrency']})")
+
+
+@main.command()
+@click.option("--fix", is_flag=True, help="repair what recovery would repair")
+def doctor(fix: bool) -> None:
+    """Check that every job sits in exactly one queue (talks to Redis directly)."""
+    import anyio
+
+    from shared.doctor import Doctor
+    from shared.keys import Keys
+    from shared.redis_client import make_redis
+
+    settings = _settings_or_exit()
+
+    async def run() -> list[Any]:
+        redis = make_redis(settings)
+        try:
+            return await Doctor(redis, Keys(settings.namespace), settings).check(fix=fix)
+        finally:
+            await redis.aclose()
+
+    findings = anyio.run(run)
+    for f in findings:
+        mark = "fixed" if f.fixed else "FOUND"
+        click.echo(f"{mark:<6} {f.problem:<12} {f.job_id}  {f.detail}")
+    unfixed = [f for f in findings if not f.fixed]
+    click.echo(f"{len(findings)} problem(s), {len(unfixed)} left")
+    sys.exit(1 if unfixed else 0)
+
+
 def _exec_module(module: str, overrides: dict[str, str]) -> None:
     env = {**os.environ, **overrides}
     os.execve(sys.executable, [sys.executable, "-m", module], env)  # noqa: S606 - our own module

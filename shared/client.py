@@ -55,6 +55,20 @@ class Client:
         result: dict[str, Any] = self._call("GET", "/queue")
         return result
 
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("POST", f"/deployments/{job_id}/cancel")
+        return result
+
+    def retry(self, job_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("POST", f"/deployments/{job_id}/retry")
+        return result
+
+    def fleet(self, **changes: Any) -> dict[str, Any]:
+        """The fleet switches; with ``changes``, PUT them first."""
+        method = "PUT" if changes else "GET"
+        result: dict[str, Any] = self._call(method, "/fleet", json=changes or None)
+        return result
+
     def follow(self, job_id: str) -> Iterator[dict[str, Any]]:
         """Log entries as the job runs (server-sent events), until it ends.
 

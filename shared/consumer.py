@@ -255,6 +255,10 @@ class Consumer:
                 return await self.handler(record, writer)
             except TRANSIENT as exc:
                 return self._retry(attempts, exc)
+            except Exception as exc:
+                # A bug in one job's handling must not take the daemon down.
+                self.log.exception("job.internal_error")
+                return Outcome(Status.FAILED, {"error": f"internal error: {type(exc).__name__}"})
             finally:
                 del self._running[record.id]
                 if self._drained is not None and not self._running:

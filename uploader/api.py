@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import AsyncIterator
@@ -67,14 +68,22 @@ def _links(svc: Services, job_id: str, service: str) -> dict[str, str]:
     }
 
 
-@router.post("/deployments", status_code=202, response_model=Accepted)
+@router.post(
+    "/deployments",
+    status_code=202,
+    response_model=Accepted,
+    responses={200: {"model": Accepted, "description": "repeated Idempotency-Key"}},
+)
 async def create_deployment(
     body: DeploymentRequest,
     svc: Svc,
-    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
-) -> Accepted:
-    """Accept a repository for deployment; it is cloned and built in the background."""
-    del idempotency_key  # honoured once the retry/idempotency issue lands
+    idempotency_key: Annotated[str | None, Header(min_length=1, max_length=200)] = None,
+) -> Any:
+    """Accept a repository for deployment; it is cloned and built in the background.
+
+    With an ``Idempotency-Key`` header, repeating the request returns the first job
+    (200, same id) instead of creating another.
+    """
     validate_repo_url(body.repo_url, allow_local=svc.settings.allow_local_repos)
     service = validate_name(body.service) if body.service else service_from_repo_url(body.repo_url)
     ref = validate_ref(body.ref) if body.ref else None
@@ -82,17 +91,38 @@ async def create_deployment(
     build = body.build.model_dump(exclude_none=True) if body.build else None
     if build and "output" in build:
         build["output"] = validate_relative_dir(build["output"], "build output") or "."
+    fields: dict[str, Any] = {
+        "service": service,
+        "repo_url": body.repo_url,
+        "ref": ref,
+        "root_dir": root_dir,
+        "build": build,
+    }
     job_id = new_job_id()
-    seq = await svc.store.submit(
-        job_id, service=service, repo_url=body.repo_url, ref=ref, root_dir=root_dir, build=build
-    )
-    return Accepted(
+    if idempotency_key is None:
+        seq = await svc.store.submit(job_id, **fields)
+        return Accepted(
+            id=job_id,
+            status=Status.ACCEPTED,
+            service=service,
+            seq=seq,
+            links=_links(svc, job_id, service),
+        )
+    digest = hashlib.sha256(idempotency_key.encode("utf-8", "surrogatepass")).hexdigest()
+    job_id, created = await svc.store.submit_once(job_id, digest, **fields)
+    record = await svc.store.get(job_id)
+    if record is None:  # the first job expired while its key lived on
+        raise HTTPException(409, "the job for this Idempotency-Key has expired; use a new key")
+    accepted = Accepted(
         id=job_id,
-        status=Status.ACCEPTED,
-        service=service,
-        seq=seq,
-        links=_links(svc, job_id, service),
+        status=record.status,
+        service=record.service,
+        seq=record.seq,
+        links=_links(svc, job_id, record.service),
     )
+    if created:
+        return accepted
+    return JSONResponse(accepted.model_dump(mode="json"), status_code=200)
 
 
 @router.get("/deployments", response_model=list[JobRecord])
@@ -108,7 +138,7 @@ async def list_deployments(
     return await svc.store.recent(limit=limit, service=service, status=status)
 
 
-async def _job_or_404(svc: Services, job_id: str) -> JobRecord:
+async def job_or_404(svc: Services, job_id: str) -> JobRecord:
     record = await svc.store.get(job_id) if JOB_ID_RE.fullmatch(job_id) else None
     if record is None:
         raise HTTPException(404, f"no deployment {job_id[:40]!r}")
@@ -118,7 +148,7 @@ async def _job_or_404(svc: Services, job_id: str) -> JobRecord:
 @router.get("/deployments/{job_id}", response_model=JobRecord)
 async def get_deployment(job_id: str, svc: Svc) -> JobRecord:
     """One job record with per-phase timings."""
-    return await _job_or_404(svc, job_id)
+    return await job_or_404(svc, job_id)
 
 
 @router.get("/deployments/{job_id}/logs", response_model=None)
@@ -129,7 +159,7 @@ async def get_logs(
     last_event_id: Annotated[str | None, Header(max_length=64)] = None,
 ) -> Response:
     """The build log: text, or ``text/event-stream`` that follows until the job ends."""
-    await _job_or_404(svc, job_id)
+    await job_or_404(svc, job_id)
     if "text/event-stream" not in request.headers.get("accept", ""):
         entries = await read_log(svc.redis, svc.keys, job_id)
         return PlainTextResponse("".join(e.render() + "\n" for e in entries))

@@ -19,7 +19,7 @@ from shared.redis_client import make_redis
 from shared.settings import Settings
 from shared.storage import Storage, make_s3_client
 from shared.workers import new_worker_id
-from uploader import api, serving
+from uploader import api, control_api, serving
 from uploader.errors import install_error_handlers
 from uploader.ingest import Ingest
 from uploader.state import Services
@@ -82,6 +82,7 @@ def create_app(settings: Settings, *, run_ingest: bool = True) -> FastAPI:
     app = FastAPI(title="buildq", version=__version__, lifespan=lifespan)
     install_error_handlers(app)
     app.include_router(api.router)
+    app.include_router(control_api.router)
     app.include_router(serving.router)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)

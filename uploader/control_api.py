@@ -1,0 +1,73 @@
+"""Control routes: cancel and retry deployments, pause and cap the fleet."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, HTTPException
+from pydantic import BaseModel, ConfigDict, Field
+
+from shared.fleet import read_fleet, write_fleet
+from shared.jobs import TERMINAL, Status
+from uploader.api import Svc, job_or_404
+
+router = APIRouter()
+
+
+class FleetUpdate(BaseModel):
+    """``PUT /fleet`` body; omitted fields keep their value, ``max_concurrency: null``
+    lifts the cap."""
+
+    model_config = ConfigDict(extra="forbid")
+    paused: bool | None = None
+    max_concurrency: int | None = Field(default=-1, ge=-1, le=100_000)
+
+
+class FleetView(BaseModel):
+    paused: bool
+    max_concurrency: int | None
+
+
+@router.post("/deployments/{job_id}/cancel")
+async def cancel_deployment(job_id: str, svc: Svc) -> dict[str, Any]:
+    """Cancel a queued job, or stop a running build (its whole process group)."""
+    await job_or_404(svc, job_id)
+    result = await svc.store.cancel(job_id, "cancelled by request")
+    if result.code == 0:
+        raise HTTPException(409, f"deployment {job_id} has already ended ({result.status})")
+    if result.code != 1:
+        raise HTTPException(404, f"no deployment {job_id!r}")
+    return {"id": job_id, "status": Status.CANCELLED.value, "was": result.status}
+
+
+@router.post("/deployments/{job_id}/retry", status_code=202)
+async def retry_deployment(job_id: str, svc: Svc) -> dict[str, Any]:
+    """Run a failed, dead-lettered or cancelled job again (same id, same seq)."""
+    record = await job_or_404(svc, job_id)
+    if record.status not in (Status.FAILED, Status.CANCELLED):
+        state = "still running" if record.status not in TERMINAL else record.status.value
+        raise HTTPException(409, f"only failed or cancelled deployments can be retried ({state})")
+    # A job that never got its source archived starts again from the clone.
+    resume = Status.QUEUED if "queued" in record.phases else Status.ACCEPTED
+    result = await svc.store.revive(job_id, resume)
+    if result.code != 1:
+        raise HTTPException(409, f"deployment {job_id} cannot be retried ({result.status})")
+    return {"id": job_id, "status": resume.value}
+
+
+@router.get("/fleet", response_model=FleetView)
+async def get_fleet(svc: Svc) -> FleetView:
+    """Whether deployers are paused, and the fleet-wide concurrency cap."""
+    state = await read_fleet(svc.redis, svc.keys)
+    return FleetView(paused=state.paused, max_concurrency=state.max_concurrency)
+
+
+@router.put("/fleet", response_model=FleetView)
+async def put_fleet(body: FleetUpdate, svc: Svc) -> FleetView:
+    """Pause/resume deployers (in-flight work finishes) or cap concurrent builds."""
+    if body.max_concurrency == 0:
+        raise HTTPException(422, "max_concurrency must be at least 1 (use paused to stop)")
+    state = await write_fleet(
+        svc.redis, svc.keys, paused=body.paused, max_concurrency=body.max_concurrency
+    )
+    return FleetView(paused=state.paused, max_concurrency=state.max_concurrency)
