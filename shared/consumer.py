@@ -189,7 +189,7 @@ class Consumer:
                     finally:
                         self._claiming.discard(scope)
                 if claimed is not None:
-                    await self._run_one(*claimed)
+                    await self._run_one(store, *claimed)
                     if self.gate.state.max_concurrency is not None:
                         await self.gate.release(slot)
         finally:
@@ -213,7 +213,8 @@ class Consumer:
 
     # -- one job ------------------------------------------------------------------
 
-    async def _run_one(self, job_id: str, started: Transition) -> None:
+    async def _run_one(self, store: JobStore, job_id: str, started: Transition) -> None:
+        """Run one started job; ``store`` is on the slot's own connection."""
         if not started.changed:
             self.held.discard(job_id)
             self.log.info("job.skipped", job_id=job_id, status=started.status or "missing")
@@ -241,7 +242,7 @@ class Consumer:
             else:
                 outcome = await self._execute(record, writer, attempts)
             if outcome is not None:
-                await self._finish(job_id, writer, outcome, began)
+                await self._finish(store, job_id, writer, outcome, began)
         finally:
             self.busy -= 1
             self.held.discard(job_id)
@@ -280,7 +281,9 @@ class Consumer:
             dead_list=self.keys.dead,
         )
 
-    async def _finish(self, job_id: str, writer: LogWriter, outcome: Outcome, began: float) -> None:
+    async def _finish(
+        self, store: JobStore, job_id: str, writer: LogWriter, outcome: Outcome, began: float
+    ) -> None:
         error = outcome.fields.get("error")
         try:
             if outcome.status is Status.FAILED:
@@ -297,7 +300,7 @@ class Consumer:
         pause = 0.1
         while True:
             try:
-                result = await self.store.transition(
+                result = await store.transition(
                     job_id,
                     outcome.status,
                     ack=self.active_key,
