@@ -1,0 +1,25 @@
+"""``python -m tests.bench``: run every benchmark in turn (each prints its own table)."""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+
+BENCHMARKS = ("tests.bench.bench_queue", "tests.bench.bench_locks")
+
+
+def main() -> int:
+    failed = 0
+    for module in BENCHMARKS:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            print(f"skipping {module}: {exc}", flush=True)
+            continue
+        failed += subprocess.call([sys.executable, "-m", module, *sys.argv[1:]]) != 0
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
