@@ -34,6 +34,7 @@ from shared.embedded import (
 from shared.errors import ConfigError
 
 SERVICE_STOP_TIMEOUT_S = 35.0
+MAX_RESTARTS_PER_MIN = 5
 
 
 def port_is_free(port: int) -> bool:
@@ -48,11 +49,13 @@ def port_is_free(port: int) -> bool:
 
 @dataclass
 class Child:
-    """One supervised process and its log file."""
+    """One supervised process, how to start it again, and its log file."""
 
     name: str
     proc: subprocess.Popen[bytes]
+    restart: Callable[[], subprocess.Popen[bytes]]
     log: IO[bytes] | None = None
+    restarts: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -67,6 +70,7 @@ class Stack:
     services: list[Child] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     stop_requested: bool = False
+    say: Callable[[str], None] = print
 
     @property
     def api_url(self) -> str:
@@ -79,6 +83,7 @@ class Stack:
 
     def start(self, say: Callable[[str], None] = print) -> None:
         """Start infrastructure and services; returns once the API is ready."""
+        self.say = say
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if not port_is_free(self.port):
             raise ConfigError(f"port {self.port} is already in use; pass --port")
@@ -87,15 +92,22 @@ class Stack:
         if "BUILDQ_REDIS_URL" not in env:
             port = free_port()
             log = self._log("valkey")
-            proc = start_valkey(self.data_dir / "valkey", port, log=log)
-            self.infra.append(Child("valkey", proc, log))
+
+            def valkey(port: int = port, log: IO[bytes] = log) -> subprocess.Popen[bytes]:
+                return start_valkey(self.data_dir / "valkey", port, log=log)
+
+            self.infra.append(Child("valkey", valkey(), valkey, log))
             env["BUILDQ_REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
             embedded = True
             say(f"valkey-server   127.0.0.1:{port}  (append-only file in {self.data_dir}/valkey)")
         if "BUILDQ_S3_ENDPOINT_URL" not in env:
             port = free_port()
             log = self._log("s3")
-            self.infra.append(Child("s3", start_moto(port, log=log), log))
+
+            def s3(port: int = port, log: IO[bytes] = log) -> subprocess.Popen[bytes]:
+                return start_moto(port, log=log)
+
+            self.infra.append(Child("s3", s3(), s3, log))
             env["BUILDQ_S3_ENDPOINT_URL"] = f"http://127.0.0.1:{port}"
             for key, value in EMBEDDED_AWS_ENV.items():
                 env.setdefault(key, value)
@@ -118,15 +130,18 @@ class Stack:
 
     def _spawn(self, name: str, module: str) -> None:
         log = self._log(name)
-        proc = subprocess.Popen(
-            [sys.executable, "-m", module],
-            env=self.env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        self.services.append(Child(name, proc, log))
+
+        def start() -> subprocess.Popen[bytes]:
+            return subprocess.Popen(
+                [sys.executable, "-m", module],
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+        self.services.append(Child(name, start(), start, log))
 
     def _wait_ready(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -174,7 +189,23 @@ class Stack:
         signal.signal(signal.SIGINT, handler)
 
     def wait(self) -> None:
-        """Block until SIGINT/SIGTERM, or until a child dies (ConfigError)."""
+        """Supervise until SIGINT/SIGTERM: a child that dies is started again (valkey
+        on the same port and append-only file, so the queue survives); one that keeps
+        dying stops the stack with ConfigError."""
         while not self.stop_requested:
-            self.check_children()
+            for child in [*self.infra, *self.services]:
+                if child.proc.poll() is not None and not self.stop_requested:
+                    self._restart(child)
             time.sleep(0.2)
+
+    def _restart(self, child: Child) -> None:
+        now = time.monotonic()
+        child.restarts = [t for t in child.restarts if now - t < 60]
+        if len(child.restarts) >= MAX_RESTARTS_PER_MIN:
+            raise ConfigError(
+                f"{child.name} keeps exiting (status {child.proc.returncode}); "
+                f"see {self.data_dir}/logs/{child.name}.log"
+            )
+        child.restarts.append(now)
+        self.say(f"{child.name} exited with status {child.proc.returncode}; restarting it")
+        child.proc = child.restart()

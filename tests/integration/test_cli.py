@@ -129,3 +129,58 @@ def test_buildq_up_demo_serves_the_site_and_stops_every_child(tmp_path: Path) ->
             proc.wait()
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+@pytest.mark.slow
+def test_buildq_up_restarts_its_valkey_and_the_queue_survives(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BUILDQ_", "AWS_"))}
+    port = free_port()
+    api = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen(
+        [*BUILDQ, "up", "--port", str(port), "--data-dir", str(tmp_path / "data")],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert proc.stdout is not None
+        lines = []
+        while not (line := proc.stdout.readline()).startswith("buildq is up"):
+            assert line, "".join(lines)
+            lines.append(line)
+        assert httpx.put(f"{api}/fleet", json={"paused": True}).status_code == 200
+        repo = make_repo(tmp_path / "survivor", {"index.html": "survived"})
+        body = {"repo_url": f"file://{repo}", "service": "survivor"}
+        job_id = httpx.post(f"{api}/deployments", json=body).json()["id"]
+        deadline = time.monotonic() + 30
+        while httpx.get(f"{api}/deployments/{job_id}").json()["status"] != "queued":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        time.sleep(1.5)  # appendfsync everysec: let the AOF catch up before the crash
+        valkey = next(c for c in _descendants(proc.pid) if "valkey-server" in c.name())
+        valkey.kill()
+        assert "valkey exited with status -9; restarting it" in proc.stdout.readline()
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{api}/deployments/{job_id}").json()["status"] == "queued":
+                    break
+            except (httpx.HTTPError, ValueError):
+                pass
+            assert time.monotonic() < deadline, "the queued job did not survive"
+            time.sleep(0.1)
+        assert httpx.put(f"{api}/fleet", json={"paused": False}).status_code == 200
+        while httpx.get(f"{api}/deployments/{job_id}").json()["status"] != "live":
+            assert time.monotonic() < deadline, "the job did not go live after the restart"
+            time.sleep(0.1)
+        assert httpx.get(f"{api}/sites/survivor/").text == "survived"
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
