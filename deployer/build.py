@@ -1,27 +1,44 @@
-"""Run a build command in its own process group, with a scrubbed environment,
-resource limits and a timeout, streaming its output into the job's log."""
+"""Run a build command in a sandbox (see ``deployer/sandbox.py``), with a scrubbed
+environment, resource limits and a timeout, streaming its output into the job's log.
+
+The build starts under ``deployer/_launch.py``, which isolates it, applies the
+rlimits and supervises the whole process tree as a child subreaper (inside a pid
+namespace at the ``uid`` and ``bwrap`` levels). Stopping the launcher stops and
+reaps every process of the build, including those that called ``setsid``.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import signal
+import stat
 import subprocess
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
-from anyio.abc import Process
+import anyio.to_thread
+from anyio.abc import ByteReceiveStream, Process
 
-from shared.logs import LogWriter
+from deployer.sandbox import (
+    LaunchLimits,
+    Level,
+    Sandbox,
+    interpreter_prefix,
+    launcher_argv,
+    prepare_workdir,
+)
+from shared.errors import ValidationError
+from shared.logs import MAX_LINE_CHARS, LogWriter
 
-LAUNCHER = Path(__file__).with_name("_launch.py")
 PASSTHROUGH_ENV = ("PATH", "LANG", "LC_ALL", "TZ")
-KILL_GRACE_S = 2.0
+TERM_WAIT_S = 1.5  # the launcher's own kill-and-reap takes milliseconds
 READ_CHUNK = 65536
 MAX_PARTIAL_LINE = 16384
+TAIL_BYTES = 256 * 1024  # raw output kept once the log's head is full
+DEFAULT_SANDBOX = Sandbox(Level.PROCESS, network=True, max_procs=0)
 
 
 class BuildTimeout(Exception):
@@ -42,9 +59,10 @@ def build_env(home: Path, extra: Mapping[str, str], job: Mapping[str, str]) -> d
     """The whole environment the build sees: an allowlist, never the daemon's secrets."""
     env = {k: os.environ[k] for k in PASSTHROUGH_ENV if k in os.environ}
     env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
-    # The deployer's own interpreter directory first, so `python3` resolves to a
-    # Python 3.11+ even on hosts whose system python3 is older.
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    # The deployer's interpreter installation (not its virtualenv) first, so
+    # `python3` resolves to a Python 3.11+ even on hosts whose system python3 is
+    # older; the uid and bwrap sandboxes make this directory visible read-only.
+    env["PATH"] = f"{interpreter_prefix() / 'bin'}{os.pathsep}{env['PATH']}"
     env.setdefault("LANG", "C.UTF-8")
     tmp = home / "tmp"
     tmp.mkdir(parents=True, exist_ok=True)
@@ -54,25 +72,75 @@ def build_env(home: Path, extra: Mapping[str, str], job: Mapping[str, str]) -> d
     return env
 
 
-def _kill_group(process: Process, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, sig)
+def check_checkout(workdir: Path, cwd: Path) -> None:
+    """Refuse a checkout the build replaced by a symlink (``ln -s / src``): the
+    deployer reads the output through this path after the build, as itself."""
+    current = workdir
+    for part in cwd.relative_to(workdir).parts:
+        current = current / part
+        try:
+            mode = os.lstat(current).st_mode
+        except FileNotFoundError:
+            mode = 0
+        if not stat.S_ISDIR(mode):
+            raise ValidationError(
+                f"the build replaced {current.relative_to(workdir)!s} with something "
+                "other than a directory"
+            )
 
 
 async def _stop(process: Process) -> None:
-    """SIGTERM the whole group, SIGKILL it after a grace period, and reap."""
+    """Ask the launcher to kill and reap the whole tree; SIGKILL its group if it hangs."""
     with anyio.CancelScope(shield=True):
-        _kill_group(process, signal.SIGTERM)
-        with anyio.move_on_after(KILL_GRACE_S):
+        if process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGTERM)
+            with anyio.move_on_after(TERM_WAIT_S):
+                await process.wait()
+        if process.returncode is None:  # not reaped, so its group id is still ours
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)
             await process.wait()
-        _kill_group(process, signal.SIGKILL)
-        await process.wait()
 
 
-async def _pump(process: Process, log: LogWriter) -> None:
-    assert process.stdout is not None
+class _Tail:
+    """Once the log's head is full: keep only the last TAIL_BYTES of raw output."""
+
+    def __init__(self) -> None:
+        self.buffer = bytearray()
+        self.dropped_bytes = 0
+        self.dropped_lines = 0
+
+    def feed(self, data: bytes) -> None:
+        self.buffer += data
+        excess = len(self.buffer) - TAIL_BYTES
+        if excess > 0:
+            self.dropped_lines += self.buffer.count(b"\n", 0, excess)
+            self.dropped_bytes += excess
+            del self.buffer[:excess]
+
+    def finish(self, log: LogWriter) -> None:
+        lines = bytes(self.buffer).split(b"\n")
+        if self.dropped_bytes and lines:
+            first = lines.pop(0)  # the cut-off end of an omitted line
+            self.dropped_bytes += len(first) + 1
+        log.omitted_lines += self.dropped_lines
+        log.omitted_bytes += self.dropped_bytes
+        if lines and not lines[-1]:
+            lines.pop()
+        for raw in lines:
+            log.add(raw[: MAX_LINE_CHARS * 4].decode("utf-8", "replace"))
+
+
+async def _pump(stream: ByteReceiveStream, log: LogWriter) -> None:
+    """Lines into the log while it has room; then only a bounded raw tail, so a
+    build printing gigabytes costs constant memory and little CPU."""
     partial = b""
-    async for chunk in process.stdout:
+    tail: _Tail | None = None
+    async for chunk in stream:
+        if tail is not None:
+            tail.feed(chunk)
+            continue
         data = partial + chunk
         *lines, partial = data.split(b"\n")
         if len(partial) > MAX_PARTIAL_LINE:
@@ -81,50 +149,70 @@ async def _pump(process: Process, log: LogWriter) -> None:
         for raw in lines:
             log.add(raw.decode("utf-8", "replace"))
         await log.flush()
-    if partial:
+        if log.written_bytes > log.max_bytes - READ_CHUNK:
+            tail = _Tail()
+            tail.feed(partial)
+            partial = b""
+    if tail is not None:
+        tail.finish(log)
+    elif partial:
         log.add(partial.decode("utf-8", "replace"))
     await log.flush()
 
 
 async def run_build(
-    command: str, cwd: Path, env: Mapping[str, str], limits: Limits, log: LogWriter
+    command: str,
+    cwd: Path,
+    env: Mapping[str, str],
+    limits: Limits,
+    log: LogWriter,
+    *,
+    sandbox: Sandbox | None = None,
+    workdir: Path | None = None,
 ) -> int:
-    """Run ``command`` with ``/bin/sh -c`` in ``cwd``; returns its exit status.
+    """Run ``command`` with ``/bin/sh -c`` in ``cwd``; returns its exit status
+    (128 + N if signal N killed it).
 
-    Raises BuildTimeout after ``limits.timeout_s``. On timeout or cancellation the
-    whole process group is terminated and reaped before this returns or re-raises.
+    ``workdir`` (default ``cwd``) is the job directory the build may write; the
+    sandbox (default: the ``process`` level) maps it into the build. Raises
+    BuildTimeout after ``limits.timeout_s``, ValidationError if the build replaced
+    its checkout directory. On timeout or cancellation the whole process tree is
+    terminated and reaped before this returns or re-raises.
     """
-    argv = [
-        sys.executable,
-        "-I",
-        "-S",
-        str(LAUNCHER),
-        str(limits.cpu_s),
-        str(limits.memory_bytes),
-        str(limits.file_bytes),
-        command,
-    ]
-    process = await anyio.open_process(
-        argv,
-        cwd=cwd,
-        env=dict(env),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        with anyio.fail_after(limits.timeout_s):
-            await _pump(process, log)
-            status = await process.wait()
-    except TimeoutError:
-        await _stop(process)
-        await log.close()
-        raise BuildTimeout(f"build timed out after {limits.timeout_s:g}s") from None
-    except BaseException:
-        await _stop(process)
-        raise
-    # The shell is gone but a background child may still hold the group: end it.
-    _kill_group(process, signal.SIGKILL)
+    box = sandbox or DEFAULT_SANDBOX
+    root = workdir or cwd
+    with box.lease() as uid:
+        if uid is not None:
+            await anyio.to_thread.run_sync(prepare_workdir, root, uid)
+        spec = box.spec(
+            cwd=box.inside(cwd, root),
+            workdir=root,
+            uid=uid,
+            limits=LaunchLimits(
+                limits.cpu_s, limits.memory_bytes, limits.file_bytes, box.max_procs
+            ),
+        )
+        process = await anyio.open_process(
+            launcher_argv(spec, command),
+            cwd="/",
+            env=box.translate_env(env, root),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            with anyio.fail_after(limits.timeout_s):
+                assert process.stdout is not None
+                await _pump(process.stdout, log)
+                status = await process.wait()
+        except TimeoutError:
+            await _stop(process)
+            await log.close()
+            raise BuildTimeout(f"build timed out after {limits.timeout_s:g}s") from None
+        except BaseException:
+            await _stop(process)
+            raise
     await log.close()
+    await anyio.to_thread.run_sync(check_checkout, root, cwd)
     return status

@@ -14,10 +14,13 @@ from redis.asyncio import Redis
 from deployer.build import BuildTimeout, Limits, build_env, run_build
 from deployer.buildconfig import BuildConfig, detect, resolve_output
 from deployer.publish import publish_dir
+from deployer.sandbox import sandbox_for
 from shared.archive import extract
-from shared.errors import StorageError, ValidationError
+from shared.errors import StorageError, TransientError, ValidationError
 from shared.jobs import JobRecord, JobStore, Status, now_ms
 from shared.keys import Keys
+from shared.lockbook import LockLostError, LockRecord, LockTimeoutError
+from shared.locks import DeployLock
 from shared.logs import LogWriter
 from shared.outcome import Outcome
 from shared.settings import Settings
@@ -32,7 +35,7 @@ class BuildFailed(Exception):
 
 
 class PromotionRefused(Exception):
-    """The job may not go live: it ended meanwhile, or its deploy lock was lost."""
+    """The job may not go live: it ended (was cancelled) meanwhile."""
 
 
 @dataclass
@@ -46,24 +49,59 @@ class JobRunner:
     storage: Storage
     work_root: Path
 
+    owner: str = "deployer"
+
     def __post_init__(self) -> None:
-        self.sites = Sites(self.redis, self.keys, events_max=self.settings.events_max_entries)
+        s = self.settings
+        self.sites = Sites(self.redis, self.keys, events_max=s.events_max_entries)
+        self.locks = DeployLock(
+            self.redis,
+            self.keys,
+            events_max=s.events_max_entries,
+            owner=self.owner,
+            ttl_ms=int(s.deploy_lock_ttl_s * 1000),
+        )
 
     async def run(self, record: JobRecord, writer: LogWriter) -> Outcome:
-        """Build and publish a started job. Failures of the build itself end it;
-        transient faults (S3, Redis, the disk) propagate so the consumer retries."""
+        """Build and publish a started job under its service's deploy lock.
+
+        Failures of the build itself end the job; transient faults (S3, Redis, the
+        disk, a lost lock) propagate so the consumer retries; a lock held by someone
+        else defers the job as ``waiting``."""
         workdir = self.work_root / record.id
         try:
-            status, fields = await self._execute(record, writer, workdir)
+            async with self.locks.holding(
+                record.service,
+                timeout_s=self.settings.lock_wait_s,
+                task=f"deploy {record.id}",
+                reason=f"deploying {record.id}",
+                cancel_on_loss=True,
+            ) as lease:
+                status, fields = await self._execute(record, writer, workdir, lease.fence)
+        except LockTimeoutError as exc:
+            return await self._wait_for_lock(record, writer, exc.holder)
+        except LockLostError as exc:
+            raise TransientError(f"{exc} while deploying; retrying") from exc
         except (BuildFailed, ValidationError, BuildTimeout, PromotionRefused) as exc:
             status, fields = Status.FAILED, {"error": str(exc)}
         finally:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(shutil.rmtree, workdir, True)
-        return Outcome(status, fields)
+        return Outcome(status, {**fields, "holder": ""})
+
+    async def _wait_for_lock(
+        self, record: JobRecord, writer: LogWriter, holder: LockRecord | None
+    ) -> Outcome:
+        """Defer the job (freeing the slot) until the lock may be free; waiting does
+        not use up an attempt."""
+        who = "someone" if holder is None else holder.owner
+        why = f" ({holder.reason})" if holder is not None and holder.reason else ""
+        await writer.line(f"buildq: {record.service} is locked by {who}{why}; waiting")
+        fields = {"holder": f"{who}{why}", "retry_stage": "deployer", "+attempts": "-1"}
+        return Outcome(Status.WAITING, fields, delay_s=self.settings.lock_recheck_s)
 
     async def _execute(
-        self, record: JobRecord, writer: LogWriter, workdir: Path
+        self, record: JobRecord, writer: LogWriter, workdir: Path, fence: int
     ) -> tuple[Status, dict[str, str]]:
         s = self.settings
         await anyio.to_thread.run_sync(shutil.rmtree, workdir, True)
@@ -102,7 +140,7 @@ class JobRunner:
             on_skip=skipped,
         )
         await writer.line(f"buildq: published {count} files ({size} bytes)")
-        return await self._promote(record, writer)
+        return await self._promote(record, writer, fence)
 
     async def _build(
         self,
@@ -132,12 +170,17 @@ class JobRunner:
             memory_bytes=s.build_memory_mb * 1024 * 1024,
             file_bytes=s.build_file_mb * 1024 * 1024,
         )
-        code = await run_build(config.command, checkout, env, limits, writer)
+        sandbox = await sandbox_for(s)
+        code = await run_build(
+            config.command, checkout, env, limits, writer, sandbox=sandbox, workdir=workdir
+        )
         if code != 0:
             raise BuildFailed(f"build exited with status {code}")
 
-    async def _promote(self, record: JobRecord, writer: LogWriter) -> tuple[Status, dict[str, str]]:
-        result = await self.sites.promote(record.service, record.id, record.seq)
+    async def _promote(
+        self, record: JobRecord, writer: LogWriter, fence: int
+    ) -> tuple[Status, dict[str, str]]:
+        result = await self.sites.promote(record.service, record.id, record.seq, fence=fence)
         base = self.settings.site_base_url
         if result.outcome is Verdict.PROMOTED:
             await self.storage.put_json(
@@ -157,7 +200,10 @@ class JobRunner:
                 "is newer and already live"
             )
             return Status.SUPERSEDED, {"url": f"{base}/preview/{record.id}/"}
-        raise PromotionRefused(f"promotion refused: {result.outcome.value} {result.detail}")
+        if result.outcome is Verdict.FENCED:
+            # Our lock expired (a pause?) and someone else took it: never promote.
+            raise TransientError(f"deploy lock of {record.service} lost before promotion")
+        raise PromotionRefused(f"not promoted: the deployment has {result.detail}")
 
     async def save_record(self, raw: dict[str, str]) -> None:
         """Keep the final record in S3 (``deployments/<id>.json``), beyond Redis TTLs."""

@@ -41,6 +41,7 @@ class Deployer:
             store=JobStore(redis, keys, settings),
             storage=storage,
             work_root=self.work_root,
+            owner=worker_id,
         )
         self.consumer = Consumer(
             redis,

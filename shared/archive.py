@@ -60,7 +60,9 @@ def walk_tree(
 ) -> Iterator[Entry]:
     """Yield every regular file under ``root`` in a stable order, never following links.
 
-    Raises ValidationError past ``max_files`` or ``max_bytes``, or on a bad name.
+    Symlinks, hard-linked files and special files are reported to ``on_skip`` and
+    left out. Raises ValidationError past ``max_files`` or ``max_bytes``, or on a
+    bad name.
     """
     files = total = 0
     stack = [(root, "")]
@@ -74,6 +76,10 @@ def walk_tree(
             if stat.S_ISDIR(st.st_mode):
                 if entry.name not in skip_dirs:
                     stack.append((Path(entry.path), rel + "/"))
+            elif stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+                # A hard link may share its inode with a file outside the tree.
+                if on_skip is not None:
+                    on_skip(rel, "hard link")
             elif stat.S_ISREG(st.st_mode):
                 files += 1
                 total += st.st_size
@@ -109,7 +115,7 @@ def extract(archive: Path, dest: Path, *, max_files: int, max_bytes: int) -> int
     """Extract ``archive`` into ``dest`` refusing anything unsafe; returns the file count."""
     dest = dest.resolve()
     dest.mkdir(parents=True, exist_ok=True)
-    files = total = 0
+    files = total = entries = 0
     try:
         with tarfile.open(archive, "r:gz") as tar:
             for member in tar:
@@ -120,13 +126,12 @@ def extract(archive: Path, dest: Path, *, max_files: int, max_bytes: int) -> int
                 target = (dest / name).resolve()
                 if not target.is_relative_to(dest):
                     raise ValidationError(f"archive member {name!r} escapes the destination")
+                entries += 1
                 if member.isfile():
                     files += 1
                     total += member.size
-                    if files > max_files or total > max_bytes:
-                        raise ValidationError(
-                            f"archive exceeds {max_files} files or {max_bytes} bytes"
-                        )
+                if entries > 2 * max_files or files > max_files or total > max_bytes:
+                    raise ValidationError(f"archive exceeds {max_files} files or {max_bytes} bytes")
                 tar.extract(member, dest, filter="data")
             # tarfile stops at the first unreadable header as if it were the end;
             # reading the stream to EOF makes gzip verify its CRC32 and length.

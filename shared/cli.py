@@ -282,5 +282,10 @@ def deployer(slots: int | None) -> None:
     _exec_module("deployer", {"BUILDQ_DEPLOYER_SLOTS": str(slots)} if slots else {})
 
 
+from shared.cli_team import register as _register_team  # noqa: E402 - after main
+
+_register_team(main)
+
+
 if __name__ == "__main__":
     main()

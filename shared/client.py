@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -19,6 +21,8 @@ class Client:
     """Calls the uploader's HTTP API at ``base_url``."""
 
     def __init__(self, base_url: str, *, token: str | None = None, timeout_s: float = 30) -> None:
+        # The CLI's token comes from BUILDQ_API_TOKEN (one of the server's API tokens).
+        token = token if token is not None else os.environ.get("BUILDQ_API_TOKEN")
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.http = httpx.Client(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout_s)
 
@@ -102,3 +106,41 @@ class Client:
             except httpx.HTTPError:
                 continue
         raise ApiError("lost the log stream too many times")
+
+    # -- locks and staging claims (uploader/team_api.py) ------------------------------
+
+    def locks(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self._call("GET", "/locks")
+        return result
+
+    def lock(
+        self, service: str, *, owner: str, ttl_s: int | None = None, reason: str = ""
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"owner": owner, "reason": reason}
+        if ttl_s is not None:
+            body["ttl_s"] = ttl_s
+        result: dict[str, Any] = self._call("PUT", f"/locks/{quote(service, safe='')}", json=body)
+        return result
+
+    def unlock(self, service: str, *, owner: str, force: bool = False) -> dict[str, Any]:
+        params = {"owner": owner, "force": "true" if force else "false"}
+        path = f"/locks/{quote(service, safe='')}"
+        result: dict[str, Any] = self._call("DELETE", path, params=params)
+        return result
+
+    def claims(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self._call("GET", "/staging")
+        return result
+
+    def claim(
+        self, env: str, *, owner: str, branch: str | None = None, ttl_s: int | None = None
+    ) -> dict[str, Any]:
+        body = {k: v for k, v in {"owner": owner, "branch": branch, "ttl_s": ttl_s}.items() if v}
+        result: dict[str, Any] = self._call("PUT", f"/staging/{quote(env, safe='')}", json=body)
+        return result
+
+    def release_claim(self, env: str, *, owner: str, force: bool = False) -> dict[str, Any]:
+        params = {"owner": owner, "force": "true" if force else "false"}
+        path = f"/staging/{quote(env, safe='')}"
+        result: dict[str, Any] = self._call("DELETE", path, params=params)
+        return result

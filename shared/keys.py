@@ -97,6 +97,10 @@ class Keys:
         """hash: the ``current`` and ``previous`` lock records, for "who had it last"."""
         return f"{self.prefix}:lock-history:{service}"
 
+    def lock_waiters(self, service: str) -> str:
+        """hash: waiter token -> queued request, for direct FIFO handoff on release."""
+        return f"{self.prefix}:lock-waiters:{service}"
+
     def lock_channel(self, service: str) -> str:
         """Pub/sub channel on which a release of ``service``'s lock is announced."""
         return f"{self.prefix}:lock-released:{service}"
@@ -106,6 +110,10 @@ class Keys:
 
     def seq(self, service: str) -> str:
         return f"{self.prefix}:seq:{service}"
+
+    def rate(self, identity: str, window: int) -> str:
+        """Submissions by one (hashed) API token in one rate-limit window."""
+        return f"{self.prefix}:ratelimit:{identity}:{window}"
 
     def idem(self, key: str) -> str:
         return f"{self.prefix}:idem:{key}"

@@ -46,6 +46,9 @@ class LogWriter:
         self.max_bytes = max_bytes
         self.max_entries = max_entries
         self.written_bytes = 0
+        self.head_lines = 0
+        # Room for the tail, the omitted-marker and buildq's own phase entries.
+        self.head_max = max(1, max_entries - TAIL_LINES - 50)
         self.omitted_lines = 0
         self.omitted_bytes = 0
         self._pending: list[str] = []
@@ -57,8 +60,11 @@ class LogWriter:
         if len(line) > MAX_LINE_CHARS:
             line = line[:MAX_LINE_CHARS] + " [line truncated]"
         size = len(line) + 1
-        if self.written_bytes + size <= self.max_bytes:
+        # The head is capped by bytes and by entries: the stream's MAXLEN must never
+        # trim the start of the log (where the first error usually is).
+        if self.written_bytes + size <= self.max_bytes and self.head_lines < self.head_max:
             self.written_bytes += size
+            self.head_lines += 1
             self._pending.append(line)
             return
         if len(self._tail) == self._tail.maxlen:

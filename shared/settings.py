@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     api_tokens: SecretStr | None = None
+    api_token: SecretStr | None = None  # the token the CLI sends (one of api_tokens)
+    max_body_bytes: int = Field(1024 * 1024, ge=1024)
+    submit_rate_per_min: int = Field(60, ge=0)  # per API token; 0 turns the limit off
     slack_signing_secret: SecretStr | None = None
     mattermost_token: SecretStr | None = None
     admins: str = Field("", max_length=4096)  # comma-separated names that may force-release
@@ -38,6 +41,9 @@ class Settings(BaseSettings):
     claim_default_ttl_s: int = Field(0, ge=0, le=365 * 24 * 3600)  # 0: claims do not expire
 
     allow_local_repos: bool = False
+    repo_host_allowlist: str = ""  # comma-separated host globs (*.example.com); empty: any
+    repo_host_denylist: str = ""
+    git_tokens: SecretStr | None = None  # host=token[,host=user:token]: private repositories
     clone_timeout_s: float = Field(120.0, gt=0)
     build_timeout_s: float = Field(600.0, gt=0)
     ingest_slots: int = Field(2, ge=1, le=64)
@@ -58,8 +64,16 @@ class Settings(BaseSettings):
     build_cpu_s: int = Field(900, ge=1)
     build_memory_mb: int = Field(4096, ge=64)
     build_file_mb: int = Field(1024, ge=1)
+    build_sandbox: Literal["auto", "bwrap", "uid", "process"] = "auto"
+    build_network: Literal["on", "off"] = "on"
+    build_uid_base: int = Field(60900, ge=1000, le=2**31 - 70000)
+    build_uid_count: int = Field(64, ge=1, le=65536)
+    build_max_procs: int = Field(1024, ge=16)
     grace_period_s: float = Field(25.0, ge=0)
     heartbeat_interval_s: float = Field(2.0, gt=0, le=60)
+    deploy_lock_ttl_s: float = Field(30.0, ge=1)
+    lock_wait_s: float = Field(2.0, ge=0)
+    lock_recheck_s: float = Field(1.0, gt=0)
     worker_stale_s: float = Field(15.0, gt=0)
     max_attempts: int = Field(3, ge=1, le=100)
     retry_base_s: float = Field(1.0, gt=0)

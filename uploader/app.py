@@ -19,9 +19,10 @@ from shared.redis_client import make_redis
 from shared.settings import Settings
 from shared.storage import Storage, make_s3_client
 from shared.workers import new_worker_id
-from uploader import api, control_api, serving
+from uploader import api, chatops, control_api, serving, team_api
 from uploader.errors import install_error_handlers
 from uploader.ingest import Ingest
+from uploader.security import install_security
 from uploader.state import Services
 
 log = structlog.get_logger("uploader")
@@ -81,8 +82,11 @@ def create_app(settings: Settings, *, run_ingest: bool = True) -> FastAPI:
 
     app = FastAPI(title="buildq", version=__version__, lifespan=lifespan)
     install_error_handlers(app)
+    install_security(app, settings)
     app.include_router(api.router)
     app.include_router(control_api.router)
+    app.include_router(team_api.router)
+    app.include_router(chatops.router)
     app.include_router(serving.router)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)

@@ -1,67 +1,286 @@
-"""Shallow clones with GitPython, in an isolated git environment, under a timeout."""
+"""Shallow clones in an isolated git environment, under a wall-clock timeout.
+
+git runs as a plain subprocess, never through GitPython's ``Git.execute`` (which
+merges ``os.environ`` into the child and so would hand git the daemon's AWS and
+``BUILDQ_*`` secrets). Its environment is built from nothing; its configuration
+comes only from the fixed list below (``GIT_CONFIG_NOSYSTEM``, global config
+``/dev/null``, per-command items via ``GIT_CONFIG_COUNT`` so that tokens never
+appear on a command line). It runs in its own process group, which is killed on
+timeout. The clone is fetched without a checkout, its tree is measured with
+``git ls-tree`` against the file and byte caps, and only then checked out, so a
+git bomb is refused before it expands.
+"""
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import os
+import signal
+import subprocess
 import tempfile
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import git
-
 from shared.errors import ValidationError
+from shared.settings import Settings
+from uploader.netcheck import HostPolicy, Pin, Resolution
+from uploader.repourl import url_host_port, validate_repo_url
 
-GIT_CONFIG = (
-    "protocol.allow=never",
-    "protocol.https.allow=always",
-    "protocol.file.allow=always",
-    "transfer.credentialsInUrl=die",
-    "core.hooksPath=/dev/null",
-    "core.fsmonitor=false",
-    "http.followRedirects=false",
+BASE_CONFIG = (
+    ("protocol.allow", "never"),
+    ("protocol.https.allow", "always"),
+    ("transfer.credentialsInUrl", "die"),
+    ("safe.bareRepository", "explicit"),
+    ("core.hooksPath", "/dev/null"),
+    ("core.fsmonitor", "false"),
+    ("core.protectNTFS", "true"),
+    ("core.protectHFS", "true"),
+    ("http.followRedirects", "false"),
+    ("submodule.recurse", "false"),
+    ("fetch.recurseSubmodules", "false"),
+    ("gc.auto", "0"),
+    ("credential.helper", ""),
 )
+CLONE_OPTIONS = ("--depth", "1", "--single-branch", "--no-tags", "--no-checkout", "--quiet")
+PASSTHROUGH_ENV = ("SSL_CERT_FILE", "SSL_CERT_DIR")
+STDERR_CAP = 4096
+POLL_S = 0.2
 
 
 class CloneError(ValidationError):
-    """git could not clone the repository (not found, no such ref, timed out)."""
+    """git could not clone the repository (not found, no such ref, timed out, too big)."""
 
 
-def git_env(home: Path) -> dict[str, str]:
-    """The environment git runs with: no user or system config, never a prompt."""
-    return {
+@dataclass(frozen=True)
+class CloneSettings:
+    """What a clone may do: from operator settings, never from the request."""
+
+    timeout_s: float
+    max_files: int
+    max_bytes: int
+    allow_local: bool = False
+    hosts: HostPolicy = field(default_factory=HostPolicy)
+    tokens: Mapping[str, str] = field(default_factory=dict)  # host -> "user:token"
+    resolution: Resolution = field(default_factory=Resolution)
+    low_speed_bytes_s: int = 1000
+    low_speed_time_s: int = 30
+
+
+def clone_settings(settings: Settings) -> CloneSettings:
+    """The clone limits and policy of ``settings`` (ValueError on malformed tokens)."""
+    tokens = settings.git_tokens.get_secret_value() if settings.git_tokens else None
+    return CloneSettings(
+        timeout_s=settings.clone_timeout_s,
+        max_files=settings.max_source_files,
+        max_bytes=settings.max_source_bytes,
+        allow_local=settings.allow_local_repos,
+        hosts=HostPolicy.of(
+            settings.repo_host_allowlist.split(","), settings.repo_host_denylist.split(",")
+        ),
+        tokens=parse_tokens(tokens),
+    )
+
+
+def parse_tokens(raw: str | None) -> dict[str, str]:
+    """``host=token,host2=user:token`` into {host: "user:token"} (user x-access-token)."""
+    tokens: dict[str, str] = {}
+    for item in (raw or "").split(","):
+        if not item.strip():
+            continue
+        host, sep, secret = item.strip().partition("=")
+        if not sep or not host or not secret:
+            raise ValueError("git tokens must look like host=token or host=user:token")
+        tokens[host.lower()] = secret if ":" in secret else f"x-access-token:{secret}"
+    return tokens
+
+
+def git_env(home: Path, config: Sequence[tuple[str, str]]) -> dict[str, str]:
+    """The whole environment git runs with: no user or system config, never a prompt."""
+    env = {
         "HOME": str(home),
+        "XDG_CONFIG_HOME": str(home),
         "GIT_CONFIG_NOSYSTEM": "1",
         "GIT_CONFIG_GLOBAL": os.devnull,
         "GIT_TERMINAL_PROMPT": "0",
         "GIT_ASKPASS": "/bin/false",
-        "GIT_HTTP_LOW_SPEED_LIMIT": "1000",
-        "GIT_HTTP_LOW_SPEED_TIME": "30",
+        "SSH_ASKPASS": "/bin/false",
+        "GIT_PROTOCOL_FROM_USER": "0",
+        "GIT_LFS_SKIP_SMUDGE": "1",
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+        "GIT_CONFIG_COUNT": str(len(config)),
     }
+    for index, (key, value) in enumerate(config):
+        env[f"GIT_CONFIG_KEY_{index}"] = key
+        env[f"GIT_CONFIG_VALUE_{index}"] = value
+    env.update({k: os.environ[k] for k in PASSTHROUGH_ENV if k in os.environ})
+    return env
 
 
-def clone(url: str, dest: Path, *, ref: str | None, timeout_s: float) -> str:
+def clone_config(url: str, settings: CloneSettings, pin: Pin | None) -> list[tuple[str, str]]:
+    """The per-clone configuration: the fixed list, the pin, the host's token."""
+    config = list(BASE_CONFIG)
+    if settings.allow_local:
+        config.append(("protocol.file.allow", "always"))
+    config += [
+        ("http.lowSpeedLimit", str(settings.low_speed_bytes_s)),
+        ("http.lowSpeedTime", str(settings.low_speed_time_s)),
+    ]
+    if pin is not None:
+        config.append(("http.curloptResolve", pin.curl_resolve))
+        secret = settings.tokens.get(pin.host)
+        if secret:
+            basic = base64.b64encode(secret.encode()).decode()
+            scope = url.split("/", 3)
+            config.append(
+                (f"http.{scope[0]}//{scope[2]}/.extraHeader", f"Authorization: Basic {basic}")
+            )
+    return config
+
+
+def _scrub(text: str, settings: CloneSettings) -> str:
+    for secret in settings.tokens.values():
+        for shown in (secret, secret.split(":", 1)[-1], base64.b64encode(secret.encode()).decode()):
+            text = text.replace(shown, "**********")
+    return text
+
+
+def _tree_bytes(path: Path) -> int:
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(root, name)).st_size
+    return total
+
+
+def _kill(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL git's whole process group (its remote helpers too), then reap."""
+    if proc.poll() is None:  # not reaped yet, so the group id cannot have been reused
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+@dataclass
+class _Git:
+    env: dict[str, str]
+    settings: CloneSettings
+    deadline: float
+    workdir: Path
+
+    def run(self, args: Sequence[str], *, watch: Path | None = None) -> str:
+        """Run git in its own process group; stdout returned, killed at the deadline."""
+        with (
+            tempfile.TemporaryFile(dir=self.workdir) as out,
+            tempfile.TemporaryFile(dir=self.workdir) as err,
+        ):
+            proc = subprocess.Popen(
+                ["git", *args],
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                start_new_session=True,
+                cwd=self.workdir,
+            )
+            try:
+                while proc.poll() is None:
+                    if time.monotonic() > self.deadline:
+                        raise CloneError(f"git clone timed out after {self.settings.timeout_s:g}s")
+                    if watch is not None and _tree_bytes(watch) > self.settings.max_bytes:
+                        raise CloneError(
+                            f"repository download exceeds {self.settings.max_bytes} bytes"
+                        )
+                    time.sleep(POLL_S)
+            finally:
+                _kill(proc)
+            err.seek(0)
+            message = err.read(STDERR_CAP).decode("utf-8", "replace").strip()
+            if proc.returncode != 0:
+                message = _scrub(message, self.settings).replace("\n", " ")
+                raise CloneError(f"git {args[0]} failed: {message or proc.returncode}")
+            out.seek(0)
+            return out.read().decode("utf-8", "replace")
+
+    def measure(self, repo: Path) -> None:
+        """Refuse a tree over the caps before it is checked out (git bombs).
+
+        ``ls-tree`` output is streamed and git is killed at the first entry over a
+        cap: a bomb's listing is as large as its checkout would be.
+        """
+        proc = subprocess.Popen(
+            ["git", "-C", str(repo), "ls-tree", "-r", "-l", "-z", "--full-tree", "HEAD"],
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        timer = threading.Timer(max(0.0, self.deadline - time.monotonic()), _kill, (proc,))
+        timer.start()
+        files = total = 0
+        try:
+            assert proc.stdout is not None
+            pending = b""
+            while chunk := proc.stdout.read(65536):
+                *entries, pending = (pending + chunk).split(b"\0")
+                for entry in entries:
+                    fields = entry.partition(b"\t")[0].split()
+                    if len(fields) != 4 or fields[1] != b"blob":
+                        continue  # submodule entries ("commit") are never fetched
+                    files += 1
+                    total += int(fields[3]) if fields[3].isdigit() else 0
+                    if files > self.settings.max_files:
+                        raise CloneError(
+                            f"repository has more than {self.settings.max_files} files"
+                        )
+                    if total > self.settings.max_bytes:
+                        raise CloneError(
+                            f"repository checkout would exceed {self.settings.max_bytes} bytes"
+                        )
+        finally:
+            timer.cancel()
+            _kill(proc)
+            if proc.stdout is not None:
+                proc.stdout.close()
+        if time.monotonic() > self.deadline:
+            raise CloneError(f"git clone timed out after {self.settings.timeout_s:g}s")
+        if proc.returncode != 0:
+            raise CloneError(f"git ls-tree failed with status {proc.returncode}")
+
+
+def clone(url: str, dest: Path, *, ref: str | None, settings: CloneSettings) -> str:
     """Clone ``url`` at ``ref`` (default branch if None) into ``dest``; returns the commit.
 
-    Blocking: call from a worker thread.
+    Re-validates the URL, resolves and pins the host. Blocking: call from a worker
+    thread.
     """
-    args = ["git"]
-    for item in GIT_CONFIG:
-        args += ["-c", item]
-    args += ["clone", "--depth", "1", "--single-branch", "--no-tags", "--quiet"]
-    if ref:
-        args += ["--branch", ref]
+    url = validate_repo_url(url, allow_local=settings.allow_local, hosts=settings.hosts)
+    pin = None
+    where = url_host_port(url)
+    if where is not None:
+        pin = settings.resolution.pin(*where)
     if url.startswith("/"):
         url = "file://" + url  # --depth is ignored for plain local paths
+    args = ["clone", *CLONE_OPTIONS]
+    if ref:
+        args += ["--branch", ref]
     args += ["--", url, str(dest)]
-    with tempfile.TemporaryDirectory(prefix="buildq-git-home-") as home:
-        try:
-            git.Git().execute(
-                args, kill_after_timeout=timeout_s, env=git_env(Path(home)), stdout_as_string=True
-            )
-        except git.GitCommandError as exc:
-            message = (exc.stderr or "").strip().replace("stderr: ", "").strip("'\" \n")
-            if exc.status in (-9, -15) or "timed out" in message.lower():
-                raise CloneError(f"git clone timed out after {timeout_s:g}s") from None
-            raise CloneError(f"git clone failed: {message or exc.status}") from None
-    return git.Repo(dest).head.commit.hexsha
+    deadline = time.monotonic() + settings.timeout_s
+    with tempfile.TemporaryDirectory(prefix="buildq-git-") as scratch:
+        home = Path(scratch) / "home"
+        home.mkdir()
+        git = _Git(git_env(home, clone_config(url, settings, pin)), settings, deadline, home)
+        git.run(args, watch=dest)
+        git.measure(dest)
+        git.run(["-C", str(dest), "checkout", "--quiet", "--no-recurse-submodules", "HEAD", "--"])
+        commit = git.run(["-C", str(dest), "rev-parse", "--verify", "HEAD^{commit}"]).strip()
+    if len(commit) != 40 or any(c not in "0123456789abcdef" for c in commit):
+        raise CloneError(f"unexpected commit id {commit[:80]!r}")
+    return commit

@@ -21,7 +21,7 @@ from shared.outcome import Outcome
 from shared.retry import is_transient_git_error
 from shared.settings import Settings
 from shared.storage import Storage, source_key
-from uploader.clone import CloneError, clone
+from uploader.clone import CloneError, clone, clone_settings
 from uploader.repourl import validate_repo_url
 
 log = structlog.get_logger("ingest")
@@ -63,7 +63,7 @@ class Ingest:
         checkout = workdir / "repo"
         await writer.line(f"buildq: cloning {record.repo_url} ({record.ref or 'default branch'})")
         commit = await anyio.to_thread.run_sync(
-            lambda: clone(url, checkout, ref=record.ref, timeout_s=s.clone_timeout_s),
+            lambda: clone(url, checkout, ref=record.ref, settings=clone_settings(s)),
             limiter=self.git_limiter,
         )
         await writer.line(f"buildq: cloned commit {commit}")

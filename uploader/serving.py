@@ -15,6 +15,10 @@ from uploader.api import JOB_ID_RE, Svc
 
 router = APIRouter()
 SITE_HEADERS = {"X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"}
+# Sites served from the API's own origin run as an opaque origin: their scripts
+# cannot read API responses or reuse the origin's storage. Set BUILDQ_PUBLIC_URL to
+# a separate origin to serve sites without it.
+SAME_ORIGIN_CSP = "sandbox allow-scripts allow-forms allow-popups allow-modals allow-downloads"
 
 
 async def _serve(svc: Svc, job_id: str, path: str, base: str) -> Response:
@@ -33,7 +37,10 @@ async def _serve(svc: Svc, job_id: str, path: str, base: str) -> Response:
         if not path.endswith("/") and await svc.storage.exists(f"{prefix}{rel}/index.html"):
             return RedirectResponse(f"{base}/{quote(rel)}/", status_code=308)
         raise HTTPException(404, f"{path or '/'} not found") from None
-    return Response(body, media_type=mime, headers=SITE_HEADERS)
+    headers = dict(SITE_HEADERS)
+    if svc.settings.site_base_url == svc.settings.api_url.rstrip("/"):
+        headers["Content-Security-Policy"] = SAME_ORIGIN_CSP
+    return Response(body, media_type=mime, headers=headers)
 
 
 @router.get("/sites/{service}", include_in_schema=False)

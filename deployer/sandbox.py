@@ -1,0 +1,298 @@
+"""Which isolation a build gets, and the launcher command that applies it.
+
+Three levels, strongest first (``docs/SECURITY.md`` has the threat model):
+
+- ``bwrap``: bubblewrap with its own user, pid, ipc, uts, cgroup and (network off)
+  net namespaces, a read-only minimal root and only the job directory writable;
+  as root, also a separate unprivileged uid per build.
+- ``uid``: root without a working bubblewrap: a separate unprivileged uid per
+  build, own pid, mount, ipc, uts (and net) namespaces, private ``/tmp``.
+- ``process``: the deployer's own uid; only the allowlisted environment, rlimits
+  and a subreaper that kills the whole tree. A build can read the deployer's
+  ``/proc/<pid>/environ`` and files: the start-up log warns.
+
+``auto`` picks the strongest level that a probe build shows working here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from functools import lru_cache
+from pathlib import Path
+
+import anyio.to_thread
+import structlog
+
+from shared.errors import ConfigError
+from shared.settings import Settings
+
+log = structlog.get_logger("sandbox")
+
+LAUNCHER = Path(__file__).with_name("_launch.py")
+# Where the job directory appears inside uid and bwrap sandboxes: their /tmp is a
+# private tmpfs, so this is not a shared temporary path.
+MOUNT = "/tmp/buildq"  # noqa: S108
+PROBE_TIMEOUT_S = 20.0
+
+
+class Level(StrEnum):
+    """Build isolation levels, strongest first."""
+
+    BWRAP = "bwrap"
+    UID = "uid"
+    PROCESS = "process"
+
+
+DESCRIPTION = {
+    Level.BWRAP: "bubblewrap namespaces, read-only root, only the job directory writable",
+    Level.UID: "separate uid per build, own pid/mount/ipc namespaces, private /tmp",
+    Level.PROCESS: "deployer's own uid: env allowlist, rlimits, process-tree kill only",
+}
+
+
+class UidPool:
+    """Unprivileged uids for builds, one per running build across processes (flock)."""
+
+    def __init__(self, base: int, count: int, lock_dir: Path) -> None:
+        self.base = base
+        self.count = count
+        self.lock_dir = lock_dir
+
+    @contextlib.contextmanager
+    def lease(self) -> Iterator[int]:
+        """Hold a uid no other build on this host holds, until the block ends."""
+        self.lock_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for uid in range(self.base, self.base + self.count):
+            fd = os.open(self.lock_dir / f"uid-{uid}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            try:
+                yield uid
+            finally:
+                os.close(fd)
+            return
+        raise ConfigError(
+            f"all {self.count} build uids from {self.base} are in use; raise BUILDQ_BUILD_UID_COUNT"
+        )
+
+
+def _lock_dir() -> Path:
+    run_lock = Path("/run/lock")
+    base = run_lock if run_lock.is_dir() and os.access(run_lock, os.W_OK) else None
+    return (base or Path(tempfile.gettempdir())) / "buildq-uids"
+
+
+def interpreter_prefix() -> Path:
+    """The Python installation builds get on PATH (not the deployer's venv)."""
+    return Path(sys.base_prefix).resolve()
+
+
+@dataclass(frozen=True)
+class Sandbox:
+    """A detected isolation level and what it needs to launch a build."""
+
+    level: Level
+    network: bool
+    max_procs: int
+    uids: UidPool | None = None
+    bwrap: str | None = None
+    disable_userns: bool = True
+    tmpfs_bytes: int = 256 * 1024 * 1024
+    expose: tuple[str, ...] = field(default_factory=tuple)
+
+    def describe(self) -> str:
+        net = "on" if self.network else "off"
+        return f"{self.level.value} ({DESCRIPTION[self.level]}; network {net})"
+
+    @contextlib.contextmanager
+    def lease(self) -> Iterator[int | None]:
+        """The uid a build runs as (None: the deployer's own), held for the build."""
+        if self.uids is None:
+            yield None
+            return
+        with self.uids.lease() as uid:
+            yield uid
+
+    def inside(self, path: Path, workdir: Path) -> str:
+        """``path`` (under ``workdir``) as the build sees it."""
+        if self.level is Level.PROCESS:
+            return str(path)
+        rel = path.resolve().relative_to(workdir.resolve())
+        return MOUNT if str(rel) == "." else f"{MOUNT}/{rel}"
+
+    def translate_env(self, env: Mapping[str, str], workdir: Path) -> dict[str, str]:
+        """The environment with host paths of the job directory rewritten."""
+        if self.level is Level.PROCESS:
+            return dict(env)
+        host = str(workdir.resolve())
+        return {k: v.replace(host, MOUNT) for k, v in env.items()}
+
+    def spec(self, *, cwd: str, workdir: Path, uid: int | None, limits: LaunchLimits) -> str:
+        """The launcher's JSON spec for one build."""
+        return json.dumps(
+            {
+                "level": self.level.value,
+                "cwd": cwd,
+                "workdir": str(workdir.resolve()),
+                "mount": MOUNT,
+                "uid": uid,
+                "network": self.network,
+                "bwrap": self.bwrap,
+                "disable_userns": self.disable_userns,
+                "expose": list(self.expose),
+                "tmpfs_bytes": self.tmpfs_bytes,
+                "cpu_s": limits.cpu_s,
+                "as_bytes": limits.memory_bytes,
+                "fsize_bytes": limits.file_bytes,
+                "nproc": limits.max_procs,
+            }
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class LaunchLimits:
+    """The rlimits the launcher applies."""
+
+    cpu_s: int
+    memory_bytes: int
+    file_bytes: int
+    max_procs: int | None
+
+
+def prepare_workdir(workdir: Path, uid: int | None) -> None:
+    """Hand the job directory to the build's uid (only regular files and dirs exist)."""
+    if uid is None:
+        return
+    for root, dirs, files in os.walk(workdir):
+        for name in dirs + files:
+            os.lchown(os.path.join(root, name), uid, uid)
+    os.lchown(workdir, uid, uid)
+    workdir.chmod(0o700)
+
+
+def launcher_argv(spec: str, command: str) -> list[str]:
+    return [sys.executable, "-I", "-S", str(LAUNCHER), spec, command]
+
+
+def _candidate(level: Level, network: bool, max_procs: int, uids: UidPool | None) -> Sandbox | None:
+    """``level`` configured for this host, or None if it cannot apply at all."""
+    prefix = interpreter_prefix()
+    expose = () if prefix.is_relative_to("/usr") else (str(prefix),)
+    if level is Level.BWRAP:
+        bwrap = shutil.which("bwrap")
+        if bwrap is None:
+            return None
+        return Sandbox(level, network, max_procs, uids, bwrap, expose=expose)
+    if level is Level.UID:
+        return None if uids is None else Sandbox(level, network, max_procs, uids, expose=expose)
+    return Sandbox(level, network, max_procs) if network else None  # off needs a namespace
+
+
+def probe(sandbox: Sandbox) -> str | None:
+    """Run a trivial build under ``sandbox``; None if it works, else why not."""
+    with tempfile.TemporaryDirectory(prefix="buildq-probe-") as tmp:
+        workdir = Path(tmp) / "job"
+        (workdir / "src").mkdir(parents=True)
+        with sandbox.lease() as uid:
+            prepare_workdir(workdir, uid)
+            limits = LaunchLimits(30, 1 << 30, 1 << 20, sandbox.max_procs)
+            spec = sandbox.spec(
+                cwd=sandbox.inside(workdir / "src", workdir),
+                workdir=workdir,
+                uid=uid,
+                limits=limits,
+            )
+            try:
+                done = subprocess.run(
+                    launcher_argv(spec, 'echo ok > probe && test "$(cat probe)" = ok'),
+                    env={"PATH": "/usr/bin:/bin"},
+                    capture_output=True,
+                    timeout=PROBE_TIMEOUT_S,
+                    check=False,
+                )
+            except subprocess.TimeoutExpired:
+                return "probe timed out"
+            if done.returncode != 0:
+                return (done.stdout + done.stderr).decode("utf-8", "replace").strip()[:300]
+    return None
+
+
+def try_level(level: Level, settings: Settings) -> tuple[Sandbox | None, str]:
+    """``level`` probed on this host: (sandbox, "") if it works, else (None, why not)."""
+    uids = None
+    if os.geteuid() == 0:
+        uids = UidPool(settings.build_uid_base, settings.build_uid_count, _lock_dir())
+    network = settings.build_network == "on"
+    candidate = _candidate(level, network, settings.build_max_procs, uids)
+    if candidate is None:
+        if level is Level.PROCESS:
+            return None, "network off needs the network namespace of the uid or bwrap level"
+        return None, "needs root" if level is Level.UID else "bwrap is not installed"
+    problem = probe(candidate)
+    if problem and level is Level.BWRAP:  # an older kernel or bwrap: no --disable-userns
+        candidate = dataclasses.replace(candidate, disable_userns=False)
+        problem = probe(candidate)
+    return (None, problem) if problem else (candidate, "")
+
+
+@lru_cache(maxsize=8)
+def _detect(settings: Settings) -> Sandbox:
+    choice = settings.build_sandbox
+    levels = list(Level) if choice == "auto" else [Level(choice)]
+    reasons: list[str] = []
+    for level in levels:
+        sandbox, problem = try_level(level, settings)
+        if sandbox is not None:
+            return sandbox
+        reasons.append(f"{level.value}: {problem}")
+    raise ConfigError(
+        f"no build sandbox for BUILDQ_BUILD_SANDBOX={choice} "
+        f"BUILDQ_BUILD_NETWORK={settings.build_network}: " + "; ".join(reasons)
+    )
+
+
+def detect(settings: Settings) -> Sandbox:
+    """The sandbox builds use under ``settings`` (probed once per process; blocking)."""
+    return _detect(settings)
+
+
+async def sandbox_for(settings: Settings) -> Sandbox:
+    """:func:`detect` from async code."""
+    return await anyio.to_thread.run_sync(detect, settings)
+
+
+def announce(settings: Settings) -> Sandbox:
+    """Detect and log the isolation level at start-up; warn when it is the weakest.
+
+    Exits the process (status 2) when the configured level cannot work here.
+    """
+    try:
+        sandbox = detect(settings)
+    except ConfigError as exc:
+        log.error("sandbox.unavailable", error=str(exc))
+        raise SystemExit(2) from None
+    if sandbox.level is Level.PROCESS:
+        log.warning(
+            "sandbox.weak",
+            sandbox=sandbox.level.value,
+            detail=sandbox.describe(),
+            advice="builds can read this deployer's environment and files; install "
+            "bubblewrap or run the deployer as root, and keep secrets out of its environment",
+        )
+    else:
+        log.info("sandbox.ready", sandbox=sandbox.level.value, detail=sandbox.describe())
+    return sandbox

@@ -1,0 +1,70 @@
+-- Release service locks: by token (the holder), by owner (a person), or forced. A
+-- released lock goes straight to its oldest live waiter in line (fresh fence, message
+-- 'g:<token>:<fence>'); with nobody in line the release itself is announced.
+-- KEYS: events stream, locks index, then per service: lock, fence, history, waiters
+-- ARGV: count, mode ('token' | 'owner' | 'force'), token or owner, now_ms,
+--       events_max, actor, then per service: name, channel
+-- Token mode returns {released count}: a lock that is no longer ours is left alone.
+-- Owner and force modes (one service) return {1, record} released, {0} not held,
+-- {-1, record} held by someone else.
+local n, mode, value, now = tonumber(ARGV[1]), ARGV[2], ARGV[3], tonumber(ARGV[4])
+local function key(i, j) return KEYS[2 + 4 * (i - 1) + j] end -- lock, fence, history, waiters
+local function event(action, name, owner, fence)
+  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[5], '*', 'kind', 'lock', 'action', action,
+    'service', name, 'owner', owner, 'fence', fence, 'by', ARGV[6], 'at', now)
+end
+local function hand_over(i, name, channel)
+  local entries = redis.call('HGETALL', key(i, 4))
+  local best, best_since
+  for j = 1, #entries, 2 do
+    local since, deadline = string.match(entries[j + 1], '^(%d+)|(%d+)|')
+    if tonumber(deadline) <= now then
+      redis.call('HDEL', key(i, 4), entries[j]) -- that waiter gave up or died
+    elseif best == nil or tonumber(since) < best_since then
+      best, best_since = j, tonumber(since)
+    end
+  end
+  if best == nil then
+    redis.call('PUBLISH', channel, name)
+    return
+  end
+  local token = entries[best]
+  local ttl, body = string.match(entries[best + 1], '^%d+|%d+|(%d+)|(.*)$')
+  redis.call('HDEL', key(i, 4), token)
+  local rec = cjson.decode(body)
+  rec.fence = redis.call('INCR', key(i, 2))
+  rec.acquired_at, rec.expires_at = now, now + tonumber(ttl)
+  local out = cjson.encode(rec)
+  redis.call('SET', key(i, 1), out, 'PX', ttl)
+  redis.call('HSET', key(i, 3), 'current', out)
+  redis.call('ZADD', KEYS[2], now, name)
+  event('locked', name, rec.owner, rec.fence)
+  redis.call('PUBLISH', channel, 'g:' .. token .. ':' .. rec.fence)
+end
+local released, last = 0, nil
+for i = 1, n do
+  local name, channel = ARGV[5 + 2 * i], ARGV[6 + 2 * i]
+  local held = redis.call('GET', key(i, 1))
+  if not held then
+    if mode ~= 'token' then return {0} end
+  else
+    local rec = cjson.decode(held)
+    local ours = mode == 'force' or (mode == 'token' and rec.token == value)
+      or (mode == 'owner' and rec.owner == value)
+    if not ours then
+      if mode ~= 'token' then return {-1, held} end
+    else
+      redis.call('DEL', key(i, 1))
+      if mode == 'force' and rec.owner ~= ARGV[6] then rec['end'] = 'forced'
+      else rec['end'] = 'released' end
+      rec.released_at, rec.released_by = now, ARGV[6]
+      local ended = cjson.encode(rec)
+      redis.call('HSET', key(i, 3), 'current', ended, 'previous', ended)
+      event(rec['end'], name, rec.owner, rec.fence)
+      hand_over(i, name, channel)
+      released, last = released + 1, held
+    end
+  end
+end
+if mode == 'token' then return {released} end
+return {1, last}

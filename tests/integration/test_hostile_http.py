@@ -1,0 +1,255 @@
+"""Hostile HTTP against the real uploader process: bodies, tokens, the rate limit
+across two uploader replicas, path traversal in serving, and ChatOps signatures."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import http.client
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from shared.embedded import EMBEDDED_AWS_ENV, free_port, wait_for_port
+from tests.integration.helpers import Stack, make_repo, spawn, stop
+
+pytestmark = pytest.mark.integration
+
+TOKEN = "tok-" + uuid.uuid4().hex
+SLACK_SECRET = "slack-" + uuid.uuid4().hex
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+RATED = {"Authorization": "Bearer rated-" + TOKEN}  # used only by the rate-limit test
+
+
+def hostile_env(valkey_url: str, s3_url: str, work: Path, extra: dict[str, str]) -> dict[str, str]:
+    """Like the ``bq_env`` fixture, for module-scoped stacks."""
+    import os
+
+    tag = uuid.uuid4().hex[:10]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BUILDQ_")}
+    env.update(EMBEDDED_AWS_ENV)
+    env.update(
+        {
+            "BUILDQ_REDIS_URL": valkey_url,
+            "BUILDQ_S3_ENDPOINT_URL": s3_url,
+            "BUILDQ_S3_BUCKET": f"t-{tag}",
+            "BUILDQ_NAMESPACE": f"t{tag}",
+            "BUILDQ_ALLOW_LOCAL_REPOS": "true",
+            "BUILDQ_WORK_DIR": str(work / "work"),
+            "BUILDQ_LOG_JSON": "true",
+            "BUILDQ_GRACE_PERIOD_S": "5",
+        }
+    )
+    env.update(extra)
+    return env
+
+
+def module_stack(
+    valkey_url: str, s3_url: str, factory: pytest.TempPathFactory, extra: dict[str, str]
+) -> Iterator[Stack]:
+    work = factory.mktemp("hostile")
+    (work / "logs").mkdir()
+    running = Stack(hostile_env(valkey_url, s3_url, work, extra), work / "logs")
+    running.start(deployers=1, slots=2)
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture(scope="module")
+def guarded(
+    valkey_url: str, s3_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    extra = {
+        "BUILDQ_API_TOKENS": f"other,{TOKEN},rated-{TOKEN}",
+        "BUILDQ_SUBMIT_RATE_PER_MIN": "3",
+        "BUILDQ_SLACK_SIGNING_SECRET": SLACK_SECRET,
+    }
+    yield from module_stack(valkey_url, s3_url, tmp_path_factory, extra)
+
+
+def raw_request(stack: Stack, method: str, path: str, body: bytes = b"", **headers: str) -> Any:
+    """One request exactly as written: no client-side path normalisation."""
+    conn = http.client.HTTPConnection("127.0.0.1", stack.port, timeout=30)
+    try:
+        conn.putrequest(method, path, skip_accept_encoding=True)
+        for name, value in {**headers, "Content-Length": str(len(body))}.items():
+            conn.putheader(name.replace("_", "-"), value)
+        conn.endheaders(body)
+        response = conn.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        conn.close()
+
+
+def jobs(stack: Stack) -> list[dict[str, Any]]:
+    result: list[dict[str, Any]] = httpx.get(f"{stack.url}/deployments").json()
+    return result
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "message"),
+    [
+        (b"[" * 100_000, 400, "nested too deeply"),
+        (b'{"repo_url": NaN}', 400, "NaN"),
+        (b'{"repo_url": Infinity}', 400, "Infinity"),
+        (b'{"repo_url": "https://a.example/b", "repo_url": "ext::sh"}', 400, "duplicate key"),
+        (b'{"repo_url": "https://a.example/\\udc00"}', 400, "lone surrogate"),
+        (b'["https://a.example/b"]', 422, "JSON object"),
+        (b'{"repo_url": "https://a.example/b", "evil": 1}', 422, "Extra inputs"),
+        (b'{"repo_url": "https://a.example/b", "service": "../../etc"}', 422, "service name"),
+        (b"{" + b" " * (1024 * 1024 + 1) + b"}", 413, "larger than 1048576 bytes"),
+    ],
+)
+def test_hostile_bodies_get_4xx_from_the_real_server(
+    guarded: Stack, body: bytes, status: int, message: str
+) -> None:
+    code, _, raw = raw_request(
+        guarded, "POST", "/deployments", body, Content_Type="application/json", **AUTH
+    )
+    assert code == status, raw[:300]
+    assert message in raw.decode("utf-8", "replace")
+    assert jobs(guarded) == []
+
+
+def test_tokens_guard_mutations_and_the_rate_limit_holds_across_replicas(
+    guarded: Stack, tmp_path: Path
+) -> None:
+    repo = make_repo(tmp_path / "site", {"index.html": "hi"})
+    body = {"repo_url": f"file://{repo}", "service": "limited"}
+    denied = httpx.post(f"{guarded.url}/deployments", json=body)
+    assert denied.status_code == 401
+    assert denied.json()["error"]["message"] == "a valid API token is required"
+    wrong = httpx.post(
+        f"{guarded.url}/deployments", json=body, headers={"Authorization": "Bearer x"}
+    )
+    assert wrong.status_code == 401
+    assert httpx.put(f"{guarded.url}/fleet", json={"paused": True}).status_code == 401
+    assert jobs(guarded) == []
+
+    # A second uploader replica on the same Redis shares the token's budget.
+    port = free_port()
+    replica = spawn(
+        "uploader",
+        {**guarded.env, "BUILDQ_PORT": str(port)},
+        guarded.logs / "uploader-replica.log",
+    )
+    try:
+        wait_for_port(port, 30, replica)
+        urls = [guarded.url, guarded.url, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port}"]
+        codes = []
+        for url in urls:
+            response = httpx.post(f"{url}/deployments", json=body, headers=RATED)
+            codes.append(response.status_code)
+        assert codes == [202, 202, 202, 429]
+        assert 1 <= int(response.headers["retry-after"]) <= 60
+        assert "per minute" in response.json()["error"]["message"]
+        other = httpx.post(
+            f"http://127.0.0.1:{port}/deployments",
+            json=body,
+            headers={"Authorization": "Bearer other"},
+        )
+        assert other.status_code == 202  # another token, its own budget
+    finally:
+        stop(replica)
+    assert len(jobs(guarded)) == 4
+
+
+@pytest.mark.slow
+def test_serving_never_leaves_the_deployment_prefix(guarded: Stack, tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "served", {"index.html": "<h1>home</h1>", "a/b.txt": "b"})
+    response = httpx.post(
+        f"{guarded.url}/deployments",
+        json={"repo_url": f"file://{repo}", "service": "served"},
+        headers={"Authorization": "Bearer other"},
+    )
+    assert response.status_code == 202, response.text
+    job_id = response.json()["id"]
+    assert guarded.wait(job_id)["status"] == "live"
+
+    ok = raw_request(guarded, "GET", "/sites/served/a/b.txt")
+    assert ok[0] == 200
+    assert ok[1]["x-content-type-options"] == "nosniff"
+    assert ok[1]["content-security-policy"].startswith("sandbox")
+    for path in [
+        "/sites/served/../../deployments",
+        "/sites/served/..%2f..%2fdeployments",
+        "/sites/served/%2e%2e/%2e%2e/sources/" + job_id + ".tar.gz",
+        "/sites/served/%2E%2E%2F%2E%2E%2Fsources%2F" + job_id + ".tar.gz",
+        "/sites/served/a/%2e%2e/%2e%2e/%2e%2e/deployments/" + job_id + ".json",
+        "/sites/served/..\\..\\deployments",
+        "/sites/served/%5c..%5c..%5cdeployments",
+        "/sites/served/a%00.txt",
+        "/sites/served//etc/passwd",
+        "/preview/" + job_id + "/..%2f..%2fsources%2f" + job_id + ".tar.gz",
+        "/preview/" + job_id + "%2f..%2f..%2fdeployments/x/index.html",
+        "/preview/..%2f..%2fdeployments%2f" + job_id + ".json/x",
+        "/sites/..%2fsites/index.html",
+    ]:
+        status, _, raw = raw_request(guarded, "GET", path)
+        assert status in (400, 404), (path, status)
+        assert b'"status"' not in raw  # never the saved record
+        assert not raw.startswith(b"\x1f\x8b")  # never the source archive
+        assert b"root:" not in raw
+
+
+def slack_headers(timestamp: str, signature: str) -> dict[str, Any]:
+    return {
+        "X-Slack-Request-Timestamp": timestamp,
+        "X-Slack-Signature": signature,
+        "Content-Type": "application/x-www-form-urlencoded",
+    }
+
+
+def test_malformed_chatops_signatures_are_401_never_500(guarded: Stack) -> None:
+    body = b"command=%2Fbuildq&text=lock+web&user_name=mallory&trigger_id=t1"
+    now = str(int(time.time()))
+    good = (
+        "v0="
+        + hmac.new(SLACK_SECRET.encode(), f"v0:{now}:".encode() + body, hashlib.sha256).hexdigest()
+    )
+    cases: list[tuple[bytes, bytes]] = [
+        (now.encode(), b""),
+        (now.encode(), b"v1=" + good[3:].encode()),
+        (now.encode(), b"v0="),
+        (now.encode(), b"v0=" + b"0" * 64),
+        (now.encode(), "v0=\u00e9\u00e9".encode()),
+        (now.encode(), good.encode() + b"00"),
+        (now.encode(), good.upper().encode()),
+        (b"9" * 5000, good.encode()),
+        (b"-1", good.encode()),
+        (b"1e3", good.encode()),
+        ("\u0661\u0662".encode(), good.encode()),  # Arabic-Indic digits
+        (b"\xff\xfe", good.encode()),
+        (str(int(time.time()) - 3600).encode(), good.encode()),
+    ]
+    for timestamp, signature in cases:
+        response = httpx.post(
+            f"{guarded.url}/chatops",
+            content=body,
+            headers=[
+                (b"X-Slack-Request-Timestamp", timestamp),
+                (b"X-Slack-Signature", signature),
+                (b"Content-Type", b"application/x-www-form-urlencoded"),
+            ],
+        )
+        assert response.status_code == 401, (timestamp[:20], signature[:20], response.text)
+        assert response.json()["error"]["code"] == "unauthorized"
+        # ChatOps' own check refused it: the API-token middleware lets /chatops through.
+        assert response.json()["error"]["message"] != "a valid API token is required"
+    locks = httpx.get(f"{guarded.url}/locks").json()
+    assert "mallory" not in str(locks)
+    # The control: the same request, correctly signed, is accepted and executed.
+    accepted = httpx.post(
+        f"{guarded.url}/chatops",
+        content=body,
+        headers={**slack_headers(now, good)},
+    )
+    assert accepted.status_code == 200, accepted.text
+    assert "mallory" in str(httpx.get(f"{guarded.url}/locks").json())

@@ -1,0 +1,247 @@
+"""The ChatOps commands: parse the slash command's text, act, answer in Slack's JSON.
+
+Changes are answered ``in_channel`` (the team sees who locked what); errors, help and
+read-only answers are ``ephemeral`` (only the caller sees them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from shared.errors import ValidationError
+from shared.jobs import new_job_id, redact_url
+from shared.lockbook import Released, validate_owner
+from shared.names import service_from_repo_url, validate_name
+from shared.workers import list_workers
+from uploader.netcheck import HostPolicy
+from uploader.repourl import validate_repo_url
+from uploader.team_api import Team, describe_claim, describe_lock
+
+HELP = """buildq commands:
+  lock <service> [reason]     take the deploy lock of a service (released after {ttl})
+  unlock <service> [force]    release it (force: admins only)
+  status [service]            locks and recent deployments
+  claim <env> [branch]        claim a staging environment
+  release <env> [force]       release your claim (force: admins only)
+  claims                      who has which environment
+  queue                       queue length and workers
+  deploy <repo-url> [service] deploy a repository
+  help                        this text"""
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRequest:
+    """The fields of a slash command that buildq uses."""
+
+    platform: str
+    team_id: str
+    channel_id: str
+    user_id: str
+    user_name: str
+    command: str
+    text: str
+    trigger_id: str
+
+    @classmethod
+    def from_form(cls, platform: str, form: Mapping[str, str]) -> ChatRequest:
+        """Read a Slack or Mattermost slash-command form."""
+        return cls(
+            platform=platform,
+            **{
+                name: form.get(name, "")[:4000]
+                for name in (
+                    "team_id",
+                    "channel_id",
+                    "user_id",
+                    "user_name",
+                    "command",
+                    "text",
+                    "trigger_id",
+                )
+            },
+        )
+
+
+def in_channel(text: str) -> dict[str, str]:
+    """An answer everyone in the channel sees."""
+    return {"response_type": "in_channel", "text": text}
+
+
+def ephemeral(text: str) -> dict[str, str]:
+    """An answer only the caller sees."""
+    return {"response_type": "ephemeral", "text": text}
+
+
+def _at(ms: int | None) -> str:
+    if ms is None:
+        return "no expiry"
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _forced(args: list[str]) -> bool:
+    return len(args) > 1 and args[1].lower() in ("force", "--force")
+
+
+def _hours(seconds: int) -> str:
+    return f"{seconds / 3600:g} h" if seconds >= 3600 else f"{seconds // 60} min"
+
+
+async def _lock(t: Team, who: str, chat: ChatRequest, args: list[str]) -> dict[str, str]:
+    service = validate_name(args[0]) if args else ""
+    if not service:
+        return ephemeral("usage: lock <service> [reason]")
+    ttl_s = t.svc.settings.lock_default_ttl_s
+    taken, record = await t.locks.acquire_manual(
+        service, owner=who, ttl_ms=ttl_s * 1000, reason=" ".join(args[1:]), user_id=chat.user_id
+    )
+    if not taken:
+        return ephemeral(f"{describe_lock(record)} since {_at(record.acquired_at)}.")
+    why = f": {record.reason}" if record.reason else ""
+    return in_channel(f"{who} locked {service} until {_at(record.expires_at)}{why}")
+
+
+async def _unlock(t: Team, who: str, chat: ChatRequest, args: list[str]) -> dict[str, str]:
+    if not args:
+        return ephemeral("usage: unlock <service> [force]")
+    service, force = validate_name(args[0]), _forced(args)
+    if force and who not in t.svc.settings.admin_names:
+        return ephemeral(f"only admins may force an unlock; {who} is not one.")
+    outcome, record = await t.locks.release_manual(service, owner=who, force=force)
+    if outcome is Released.NOT_HELD or record is None:
+        return ephemeral(f"{service} is not locked.")
+    if outcome is Released.NOT_OWNER:
+        return ephemeral(
+            f"{describe_lock(record)}; only they (or an admin, with force) can unlock."
+        )
+    was = f" (forced; it was {record.owner}'s)" if record.owner != who else ""
+    return in_channel(f"{who} unlocked {service}{was}")
+
+
+async def _claim(t: Team, who: str, chat: ChatRequest, args: list[str]) -> dict[str, str]:
+    if not args:
+        return ephemeral("usage: claim <env> [branch]")
+    won, claim = await t.staging.claim(
+        validate_name(args[0], "environment"),
+        owner=who,
+        branch=args[1] if len(args) > 1 else None,
+        ttl_s=t.svc.settings.claim_default_ttl_s or None,
+        user_id=chat.user_id,
+    )
+    if not won:
+        return ephemeral(f"{describe_claim(claim)} since {_at(claim.claimed_at)}.")
+    branch = f" for {claim.branch}" if claim.branch else ""
+    until = f" until {_at(claim.expires_at)}" if claim.expires_at else ""
+    return in_channel(f"{who} claimed {claim.env}{branch}{until}")
+
+
+async def _release(t: Team, who: str, chat: ChatRequest, args: list[str]) -> dict[str, str]:
+    if not args:
+        return ephemeral("usage: release <env> [force]")
+    env, force = validate_name(args[0], "environment"), _forced(args)
+    if force and who not in t.svc.settings.admin_names:
+        return ephemeral(f"only admins may force a release; {who} is not one.")
+    outcome, claim = await t.staging.release(env, owner=who, force=force)
+    if outcome is Released.NOT_HELD or claim is None:
+        return ephemeral(f"{env} is not claimed.")
+    if outcome is Released.NOT_OWNER:
+        return ephemeral(
+            f"{describe_claim(claim)}; only they (or an admin, with force) can release."
+        )
+    was = f" (forced; it was {claim.owner}'s)" if claim.owner != who else ""
+    return in_channel(f"{who} released {env}{was}")
+
+
+async def _claims(t: Team, who: str, chat: ChatRequest, args: list[str]) -> dict[str, str]:
+    claims = await t.staging.claims()
+    if not claims:
+        return ephemeral("No environment is claimed.")
+    return ephemeral("\n".join(f"{describe_claim(c)} (until {_at(c.expires_at)})" for c in claims))
+
+
+async def _status(t: Team, who: str, chat: ChatRequest, args: list[str]) -> dict[str, str]:
+    service = validate_name(args[0]) if args else None
+    lines: list[str] = []
+    if service:
+        holder = await t.locks.holder(service)
+        last = None if holder else await t.locks.last_holder(service)
+        if holder:
+            lines.append(f"{describe_lock(holder)} until {_at(holder.expires_at)}")
+        else:
+            lines.append(f"{service} is not locked" + (f" (last: {last.owner})" if last else ""))
+    else:
+        held = await t.locks.held_locks()
+        lines += [f"{describe_lock(r)} until {_at(r.expires_at)}" for r in held] or ["no locks"]
+    for job in await t.svc.store.recent(limit=5, service=service):
+        lines.append(f"{job.id} {job.status} {job.service} {job.url or ''}".rstrip())
+    return ephemeral("\n".join(lines))
+
+
+async def _queue(t: Team, who: str, chat: ChatRequest, args: list[str]) -> dict[str, str]:
+    k = t.svc.keys
+    pipe = t.svc.redis.pipeline(transaction=False)
+    pipe.llen(k.queue)
+    pipe.llen(k.ingest)
+    pipe.zcard(k.delayed)
+    pipe.llen(k.dead)
+    queued, ingest, delayed, dead = await pipe.execute()
+    workers = await list_workers(t.svc.redis, k)
+    busy = sum(w.busy for w in workers)
+    return ephemeral(
+        f"queue {queued}, cloning {ingest}, delayed {delayed}, dead {dead}; "
+        f"{len(workers)} workers, {busy} busy"
+    )
+
+
+async def _deploy(t: Team, who: str, chat: ChatRequest, args: list[str]) -> dict[str, str]:
+    if not args:
+        return ephemeral("usage: deploy <repo-url> [service]")
+    url = args[0]
+    if url.startswith("<") and url.endswith(">"):  # Slack's link markup: <url|label>
+        url = url[1:-1].split("|", 1)[0]
+    settings = t.svc.settings
+    hosts = HostPolicy.of(
+        settings.repo_host_allowlist.split(","), settings.repo_host_denylist.split(",")
+    )  # the same host lists POST /deployments is held to (uploader/security.py)
+    validate_repo_url(url, allow_local=settings.allow_local_repos, hosts=hosts)
+    service = validate_name(args[1]) if len(args) > 1 else service_from_repo_url(url)
+    job_id = new_job_id()
+    await t.svc.store.submit(job_id, service=service, repo_url=url)
+    link = f"{t.svc.settings.api_url.rstrip('/')}/deployments/{job_id}"
+    return in_channel(f"{who} is deploying {redact_url(url)} as {service}: job {job_id} {link}")
+
+
+async def _help(t: Team, who: str, chat: ChatRequest, args: list[str]) -> dict[str, str]:
+    return ephemeral(HELP.format(ttl=_hours(t.svc.settings.lock_default_ttl_s)))
+
+
+Handler = Callable[[Team, str, ChatRequest, list[str]], Awaitable[dict[str, str]]]
+COMMANDS: dict[str, Handler] = {
+    "lock": _lock,
+    "unlock": _unlock,
+    "status": _status,
+    "claim": _claim,
+    "release": _release,
+    "claims": _claims,
+    "queue": _queue,
+    "deploy": _deploy,
+    "help": _help,
+}
+
+
+async def execute(chat: ChatRequest, t: Team) -> dict[str, Any]:
+    """Run the command in ``chat.text`` as ``chat.user_name``; refusals are ephemeral."""
+    words = chat.text.split()
+    verb = words[0].lower() if words else "help"
+    handler = COMMANDS.get(verb)
+    if handler is None:
+        return ephemeral(
+            f"unknown command {verb[:40]!r}.\n" + (await _help(t, "", chat, []))["text"]
+        )
+    try:
+        who = validate_owner(chat.user_name)
+        return await handler(t, who, chat, words[1:])
+    except ValidationError as exc:
+        return ephemeral(str(exc))
