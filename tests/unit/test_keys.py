@@ -2,32 +2,35 @@
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 
 from shared.keys import Keys
 
 
 def all_keys(k: Keys) -> list[str]:
-    return [
-        k.ingest,
-        k.queue,
-        k.delayed,
-        k.dead,
-        k.workers,
-        k.jobs,
-        k.events,
-        k.staging,
-        k.fleet,
-        k.active("w1"),
-        k.worker("w1"),
-        k.job("j1"),
-        k.logs("j1"),
-        k.lock("svc"),
-        k.fence("svc"),
-        k.site("svc"),
-        k.seq("svc"),
-        k.idem("abc"),
-    ]
+    """Every key the Keys class can build, found by introspection so new keys are
+    covered without editing this test."""
+    keys = []
+    for name in dir(Keys):
+        if name.startswith("_") or name in {"namespace", "prefix"}:
+            continue
+        attr = getattr(Keys, name)
+        if isinstance(attr, property):
+            keys.append(getattr(k, name))
+        elif callable(attr):
+            params = list(inspect.signature(attr).parameters)[1:]
+            args = [7 if p == "window" else f"{name}-arg" for p in params]
+            keys.append(getattr(k, name)(*args))
+    return keys
+
+
+def test_introspection_finds_the_keys_of_the_design() -> None:
+    found = all_keys(Keys("ns"))
+    assert len(found) >= 25
+    for key in ("{ns}:queue", "{ns}:lock:lock-arg", "{ns}:fence:fence-arg", "{ns}:permits"):
+        assert key in found
 
 
 @pytest.mark.parametrize("namespace", ["buildq", "team-a"])
