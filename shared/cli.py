@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from shared import __version__
+from shared.cli_common import api_option, call_api
 from shared.client import ApiError, Client
 from shared.errors import BuildqError, ConfigError
 from shared.settings import load_settings
@@ -24,17 +25,6 @@ def _settings_or_exit() -> Any:
         return load_settings()
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
-
-
-def _api_option(f: Any) -> Any:
-    return click.option(
-        "--api",
-        "api_url",
-        envvar="BUILDQ_API_URL",
-        default="http://127.0.0.1:8000",
-        show_default=True,
-        help="uploader API base URL",
-    )(f)
 
 
 @click.group()
@@ -118,7 +108,7 @@ def _follow(client: Client, job_id: str, *, quiet_lines: bool = False) -> int:
 @click.option("--service", help="service name (default: from the repository name)")
 @click.option("--ref", help="branch or tag (default: the repository's default branch)")
 @click.option("--root", "root_dir", help="directory inside the repository to build")
-@_api_option
+@api_option
 def deploy(
     repo_url: str, service: str | None, ref: str | None, root_dir: str | None, api_url: str
 ) -> None:
@@ -137,7 +127,7 @@ def deploy(
 
 @main.command()
 @click.argument("job_id", required=False)
-@_api_option
+@api_option
 def status(job_id: str | None, api_url: str) -> None:
     """Show one job (with phase timings) or the most recent jobs."""
     client = Client(api_url)
@@ -154,7 +144,7 @@ def status(job_id: str | None, api_url: str) -> None:
 
 
 @main.command()
-@_api_option
+@api_option
 def queue(api_url: str) -> None:
     """Show the queue: pending jobs, workers with heartbeat age, active jobs."""
     client = Client(api_url)
@@ -178,50 +168,40 @@ def queue(api_url: str) -> None:
         )
 
 
-def _call(api_url: str, method: str, *args: Any, **kwargs: Any) -> Any:
-    client = Client(api_url)
-    try:
-        return getattr(client, method)(*args, **kwargs)
-    except ApiError as exc:
-        raise click.ClickException(str(exc)) from None
-    finally:
-        client.close()
-
-
 @main.command()
 @click.argument("job_id")
-@_api_option
+@api_option
 def cancel(job_id: str, api_url: str) -> None:
     """Cancel a queued job, or stop its running build."""
-    result = _call(api_url, "cancel", job_id)
+    result = call_api(api_url, "cancel", job_id)
     click.echo(f"{job_id} cancelled (was {result['was']})")
 
 
 @main.command()
 @click.argument("job_id")
-@_api_option
+@api_option
 def retry(job_id: str, api_url: str) -> None:
     """Run a failed, dead-lettered or cancelled job again."""
-    result = _call(api_url, "retry", job_id)
+    result = call_api(api_url, "retry", job_id)
     click.echo(f"{job_id} {result['status']} again")
 
 
 @main.command()
 @click.option("--max-concurrency", type=click.IntRange(1), help="also cap concurrent builds")
-@_api_option
+@api_option
 def pause(max_concurrency: int | None, api_url: str) -> None:
     """Pause deployers: running builds finish, nothing new starts."""
     changes: dict[str, Any] = {"paused": True}
     if max_concurrency:
         changes["max_concurrency"] = max_concurrency
-    state = _call(api_url, "fleet", **changes)
+    state = call_api(api_url, "fleet", **changes)
     click.echo(f"fleet paused (max_concurrency {state['max_concurrency']})")
 
 
 @main.command()
 @click.option("--max-concurrency", type=click.IntRange(1), help="cap concurrent builds")
 @click.option("--no-limit", is_flag=True, help="lift the concurrency cap")
-@_api_option
+@api_option
 def resume(max_concurrency: int | None, no_limit: bool, api_url: str) -> None:
     """Resume deployers (optionally changing the fleet-wide concurrency cap)."""
     changes: dict[str, Any] = {"paused": False}
@@ -229,7 +209,7 @@ def resume(max_concurrency: int | None, no_limit: bool, api_url: str) -> None:
         changes["max_concurrency"] = None
     elif max_concurrency:
         changes["max_concurrency"] = max_concurrency
-    state = _call(api_url, "fleet", **changes)
+    state = call_api(api_url, "fleet", **changes)
     click.echo(f"fleet running (max_concurrency {state['max_concurrency']})")
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from shared.client import ApiError, Client
+from shared.cli_common import api_option, call_api
 
 DURATION_RE = re.compile(r"^(\d{1,7})([smhd]?)$")
 UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -29,32 +29,10 @@ def _when(ms: int | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ms / 1000))
 
 
-def _common(f: Any) -> Any:
-    f = click.option(
-        "--api",
-        "api_url",
-        envvar="BUILDQ_API_URL",
-        default="http://127.0.0.1:8000",
-        show_default=True,
-        help="uploader API base URL",
-    )(f)
-    return f
-
-
 def _owner(f: Any) -> Any:
     return click.option(
         "--owner", default=getpass.getuser, show_default="your login name", help="who you are"
     )(f)
-
-
-def _call(api_url: str, method: str, *args: Any, **kwargs: Any) -> Any:
-    client = Client(api_url)
-    try:
-        return getattr(client, method)(*args, **kwargs)
-    except ApiError as exc:
-        raise click.ClickException(str(exc)) from None
-    finally:
-        client.close()
 
 
 @click.command()
@@ -62,11 +40,11 @@ def _call(api_url: str, method: str, *args: Any, **kwargs: Any) -> Any:
 @click.option("--ttl", "ttl", help="how long, e.g. 30m, 2h (default: the server's, 1 h)")
 @click.option("--reason", default="", help="shown to whoever finds it locked")
 @_owner
-@_common
+@api_option
 def lock(service: str, ttl: str | None, reason: str, owner: str, api_url: str) -> None:
     """Take SERVICE's deploy lock: deploys of it wait until you unlock."""
     ttl_s = parse_duration_s(ttl) if ttl else None
-    record = _call(api_url, "lock", service, owner=owner, ttl_s=ttl_s, reason=reason)
+    record = call_api(api_url, "lock", service, owner=owner, ttl_s=ttl_s, reason=reason)
     click.echo(f"locked {service} as {record['owner']} until {_when(record['expires_at'])}")
 
 
@@ -74,18 +52,18 @@ def lock(service: str, ttl: str | None, reason: str, owner: str, api_url: str) -
 @click.argument("service")
 @click.option("--force", is_flag=True, help="release someone else's lock (admins only)")
 @_owner
-@_common
+@api_option
 def unlock(service: str, force: bool, owner: str, api_url: str) -> None:
     """Release SERVICE's lock (yours, or anyone's with --force as an admin)."""
-    result = _call(api_url, "unlock", service, owner=owner, force=force)
+    result = call_api(api_url, "unlock", service, owner=owner, force=force)
     click.echo(f"unlocked {service} (was {result['lock']['owner']}'s)")
 
 
 @click.command()
-@_common
+@api_option
 def locks(api_url: str) -> None:
     """List the locks held now: by deploys and by people."""
-    held = _call(api_url, "locks")
+    held = call_api(api_url, "locks")
     if not held:
         click.echo("no locks held")
     for r in held:
@@ -101,11 +79,11 @@ def locks(api_url: str) -> None:
 @click.option("--branch", help="what you are testing there")
 @click.option("--ttl", "ttl", help="free it automatically after e.g. 4h, 2d")
 @_owner
-@_common
+@api_option
 def claim(env: str, branch: str | None, ttl: str | None, owner: str, api_url: str) -> None:
     """Claim staging environment ENV."""
     ttl_s = parse_duration_s(ttl) if ttl else None
-    result = _call(api_url, "claim", env, owner=owner, branch=branch, ttl_s=ttl_s)
+    result = call_api(api_url, "claim", env, owner=owner, branch=branch, ttl_s=ttl_s)
     click.echo(f"claimed {env} as {result['owner']} until {_when(result['expires_at'])}")
 
 
@@ -113,18 +91,18 @@ def claim(env: str, branch: str | None, ttl: str | None, owner: str, api_url: st
 @click.argument("env")
 @click.option("--force", is_flag=True, help="release someone else's claim (admins only)")
 @_owner
-@_common
+@api_option
 def release(env: str, force: bool, owner: str, api_url: str) -> None:
     """Release your claim on staging environment ENV."""
-    result = _call(api_url, "release_claim", env, owner=owner, force=force)
+    result = call_api(api_url, "release_claim", env, owner=owner, force=force)
     click.echo(f"released {env} (was {result['claim']['owner']}'s)")
 
 
 @click.command()
-@_common
+@api_option
 def claims(api_url: str) -> None:
     """List who has which staging environment."""
-    found = _call(api_url, "claims")
+    found = call_api(api_url, "claims")
     if not found:
         click.echo("no environment is claimed")
     for c in found:

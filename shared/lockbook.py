@@ -16,8 +16,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
-from functools import cache
-from importlib import resources
 from typing import Any
 
 import anyio
@@ -28,6 +26,7 @@ from shared.errors import BuildqError, ValidationError
 from shared.jobs import Clock, now_ms
 from shared.keys import Keys
 from shared.names import validate_name
+from shared.scripts import source
 
 OWNER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@:+-]{0,63}$")
 MAX_REASON_CHARS = 200
@@ -53,12 +52,6 @@ def validate_owner(value: str) -> str:
 def clean_reason(value: str) -> str:
     """The reason on one line, at most 200 characters."""
     return " ".join(value.split())[:MAX_REASON_CHARS]
-
-
-@cache
-def lua(name: str) -> str:
-    """The text of ``shared/lua/<name>.lua``."""
-    return resources.files("shared").joinpath("lua", f"{name}.lua").read_text("utf-8")
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,10 +145,10 @@ class LockBook:
         self.events_max = events_max
         self.clock = clock
         self.host = socket.gethostname()
-        self._acquire: AsyncScript = redis.register_script(lua("lock_acquire"))
-        self._release: AsyncScript = redis.register_script(lua("lock_release"))
-        self._extend: AsyncScript = redis.register_script(lua("lock_extend"))
-        self._withdraw: AsyncScript = redis.register_script(lua("lock_withdraw"))
+        self._acquire: AsyncScript = redis.register_script(source("lock_acquire"))
+        self._release: AsyncScript = redis.register_script(source("lock_release"))
+        self._extend: AsyncScript = redis.register_script(source("lock_extend"))
+        self._withdraw: AsyncScript = redis.register_script(source("lock_withdraw"))
 
     async def acquire(
         self,

@@ -6,6 +6,7 @@ written once and shared by ``transition.lua`` and ``claim.lua``.
 
 from __future__ import annotations
 
+from functools import cache
 from importlib import resources
 
 from redis.asyncio import Redis
@@ -19,6 +20,7 @@ def _read(name: str) -> str:
     return resources.files("shared").joinpath("lua", f"{name}.lua").read_text("utf-8")
 
 
+@cache
 def source(name: str) -> str:
     """The full text of script ``name`` with its includes spliced in."""
     lines = []

@@ -19,8 +19,9 @@ from redis.commands.core import AsyncScript
 from shared.errors import ValidationError
 from shared.jobs import Clock, now_ms
 from shared.keys import Keys
-from shared.lockbook import Released, lua, validate_owner
+from shared.lockbook import Released, validate_owner
 from shared.names import validate_name
+from shared.scripts import source
 
 BRANCH_RE = re.compile(r"^[A-Za-z0-9._/+@-]{1,255}$")
 
@@ -76,8 +77,8 @@ class Staging:
         self.keys = keys
         self.events_max = events_max
         self.clock = clock
-        self._claim: AsyncScript = redis.register_script(lua("staging_claim"))
-        self._release: AsyncScript = redis.register_script(lua("staging_release"))
+        self._claim: AsyncScript = redis.register_script(source("staging_claim"))
+        self._release: AsyncScript = redis.register_script(source("staging_release"))
 
     async def claim(
         self,
