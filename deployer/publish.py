@@ -32,7 +32,11 @@ async def publish_dir(
         for entry in pending:
             await storage.put_file(prefix + entry.rel, entry.path, mime=content_type(entry.rel))
 
-    async with anyio.create_task_group() as tg:
-        for _ in range(min(concurrency, len(entries)) or 1):
-            tg.start_soon(uploader)
+    try:
+        async with anyio.create_task_group() as tg:
+            for _ in range(min(concurrency, len(entries)) or 1):
+                tg.start_soon(uploader)
+    except ExceptionGroup as group:
+        # Parallel uploads fail together in an outage: report the first failure.
+        raise group.exceptions[0] from None
     return len(entries), sum(e.size for e in entries)

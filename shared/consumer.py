@@ -23,12 +23,11 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from shared.control import follow_control
-from shared.errors import TransientError
 from shared.fleet import FleetGate
 from shared.jobs import TERMINAL, Clock, JobRecord, JobStore, Status, Transition, now_ms
 from shared.keys import Keys
 from shared.logs import LogWriter
-from shared.outcome import Outcome, after_fault, dead_letter
+from shared.outcome import Outcome, after_fault, dead_letter, transient_cause
 from shared.queue import Queue
 from shared.recovery import recover_stale_workers, requeue, requeue_all
 from shared.scheduler import promote_due
@@ -40,7 +39,6 @@ log = structlog.get_logger("consumer")
 CLAIM_TIMEOUT_S = 5.0
 ERROR_BACKOFF_S = 1.0
 FINISH_DEADLINE_S = 120.0
-TRANSIENT = (TransientError, RedisError, OSError)
 
 
 Handler = Callable[[JobRecord, LogWriter], Awaitable[Outcome]]
@@ -254,9 +252,10 @@ class Consumer:
             self._running[record.id] = scope
             try:
                 return await self.handler(record, writer)
-            except TRANSIENT as exc:
-                return self._retry(attempts, exc)
             except Exception as exc:
+                cause = transient_cause(exc)
+                if cause is not None:
+                    return self._retry(attempts, cause)
                 # A bug in one job's handling must not take the daemon down.
                 self.log.exception("job.internal_error")
                 return Outcome(Status.FAILED, {"error": f"internal error: {type(exc).__name__}"})

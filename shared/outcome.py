@@ -5,9 +5,33 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from redis.exceptions import RedisError
+
 from shared.errors import TransientError
 from shared.jobs import Status
 from shared.retry import backoff_s
+
+TRANSIENT = (TransientError, RedisError, OSError)
+
+
+def transient_cause(exc: Exception) -> BaseException | None:
+    """The fault to retry for, if ``exc`` is transient: itself, or for an exception
+    group (concurrent work failing together) its first failure when every failure
+    in it is transient. None means the error is not worth retrying."""
+    if isinstance(exc, TRANSIENT):
+        return exc
+    if isinstance(exc, ExceptionGroup):
+        leaves = list(_leaves(exc))
+        if leaves and all(isinstance(e, TRANSIENT) for e in leaves):
+            return leaves[0]
+    return None
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return out
 
 
 @dataclass(frozen=True, slots=True)
