@@ -19,7 +19,7 @@ from shared.redis_client import make_redis
 from shared.settings import Settings
 from shared.storage import Storage, make_s3_client
 from shared.workers import new_worker_id
-from uploader import api, chatops, control_api, serving, team_api
+from uploader import api, chatops, control_api, metrics, serving, team_api
 from uploader.errors import install_error_handlers
 from uploader.ingest import Ingest
 from uploader.security import install_security
@@ -85,6 +85,7 @@ def create_app(settings: Settings, *, run_ingest: bool = True) -> FastAPI:
     install_security(app, settings)
     app.include_router(api.router)
     app.include_router(control_api.router)
+    app.include_router(metrics.router)
     app.include_router(team_api.router)
     app.include_router(chatops.router)
     app.include_router(serving.router)

@@ -206,3 +206,19 @@ def test_queue_endpoint_shows_workers_with_heartbeats(stack: Stack) -> None:
     assert status["pending"] == []
     assert status["paused"] is False
     assert httpx.get(f"{stack.url}/readyz").json()["ready"] is True
+
+
+def test_metrics_report_queues_and_workers_in_prometheus_format(stack: Stack) -> None:
+    response = httpx.get(f"{stack.url}/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    text = response.text
+    for line in (
+        'buildq_queue_length{queue="build"} 0.0',
+        'buildq_queue_length{queue="dead"} 0.0',
+        'buildq_workers{kind="deployer"} 1.0',
+        'buildq_workers{kind="ingest"} 1.0',
+        'buildq_worker_slots{kind="deployer"} 2.0',
+        "buildq_fleet_paused 0.0",
+    ):
+        assert line in text, text
