@@ -120,7 +120,7 @@ async def test_paused_holder_is_fenced_off_and_knows_it_lost_the_lock(
             holder.wait()
     result = json.loads((tmp_path / "result.json").read_text())
 
-    assert 0.3 < took_over_after_s < 1.5
+    assert 0.3 < took_over_after_s < 3.0  # at the 500 ms TTL, far from the 5 s bound
     assert lease.fence == first_fence + 1
     assert mine.outcome is Verdict.PROMOTED
     # The first holder's higher seq (10 > 5) would have won: only the fence stops it.
@@ -153,7 +153,8 @@ async def test_release_wakes_a_blocked_waiter_at_once_not_at_the_poll_bound(
         await anyio.sleep(0.2)  # the waiter is subscribed and in line
         released_at = time.monotonic()
         assert await first.release(held) is True
-    assert got[0] - released_at < 0.2
+    # Woken by the release itself: far below the 30 s poll bound (loose for noisy CI).
+    assert got[0] - released_at < 1.0
 
 
 async def test_crashed_holder_lock_expires_and_the_waiter_takes_it_at_its_ttl(
@@ -166,7 +167,7 @@ async def test_crashed_holder_lock_expires_and_the_waiter_takes_it_at_its_ttl(
 
     lease = await waiter.lock("web", timeout_s=10)
 
-    assert 0.3 < time.monotonic() - started < 1.5
+    assert 0.3 < time.monotonic() - started < 3.0  # at the 400 ms TTL, not the 30 s bound
     last = await waiter.last_holder("web")
     assert last is not None
     assert (last.owner, last.end) == ("crashed", "expired")

@@ -176,7 +176,8 @@ async def test_the_whole_tree_dies_with_the_build(level: Level, how: str, workdi
         status, log = await build(sandbox, workdir, command, timeout_s=1.0)
         assert "started" in log
         assert status == ("build timed out after 1s" if how == "timeout" else 0)
-    assert time.monotonic() - started < 3.0  # at most ~1 s of build plus 2 s to stop
+    # ~1 s of build plus at most 2 s to stop; slack for a loaded CI machine.
+    assert time.monotonic() - started < 5.0
     assert alive(f"sleep {marker}") == []
 
 
