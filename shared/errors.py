@@ -21,7 +21,3 @@ class TransientError(BuildqError):
 
 class StorageError(TransientError):
     """S3 could not be reached or refused an operation."""
-
-
-class ControlError(BuildqError):
-    """A control request (cancel, retry, fleet) cannot be carried out."""

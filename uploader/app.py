@@ -55,7 +55,6 @@ def create_app(settings: Settings, *, run_ingest: bool = True) -> FastAPI:
                 ingest = Ingest(
                     settings=settings,
                     keys=keys,
-                    redis=redis,
                     store=store,
                     storage=storage,
                     git_limiter=anyio.CapacityLimiter(settings.ingest_slots),

@@ -10,7 +10,6 @@ from pathlib import Path
 import anyio
 import anyio.to_thread
 import structlog
-from redis.asyncio import Redis
 
 from shared.archive import pack
 from shared.errors import TransientError, ValidationError
@@ -33,7 +32,6 @@ class Ingest:
 
     settings: Settings
     keys: Keys
-    redis: Redis
     store: JobStore
     storage: Storage
     git_limiter: anyio.CapacityLimiter

@@ -5,7 +5,6 @@ per test."""
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import pytest
 
 from shared.embedded import EMBEDDED_AWS_ENV, free_port, start_moto, start_valkey, stop_process
 from shared.settings import Settings, load_settings
-from tests.integration.helpers import Stack
+from tests.integration.helpers import Stack, make_env
 
 pytestmark = pytest.mark.integration
 
@@ -43,22 +42,7 @@ def s3_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture
 def bq_env(valkey_url: str, s3_url: str, tmp_path: Path) -> dict[str, str]:
     """Environment for buildq processes: a fresh namespace and bucket."""
-    tag = uuid.uuid4().hex[:10]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BUILDQ_")}
-    env.update(EMBEDDED_AWS_ENV)
-    env.update(
-        {
-            "BUILDQ_REDIS_URL": valkey_url,
-            "BUILDQ_S3_ENDPOINT_URL": s3_url,
-            "BUILDQ_S3_BUCKET": f"t-{tag}",
-            "BUILDQ_NAMESPACE": f"t{tag}",
-            "BUILDQ_ALLOW_LOCAL_REPOS": "true",
-            "BUILDQ_WORK_DIR": str(tmp_path / "work"),
-            "BUILDQ_LOG_JSON": "true",
-            "BUILDQ_GRACE_PERIOD_S": "5",
-        }
-    )
-    return env
+    return make_env(valkey_url, s3_url, tmp_path)
 
 
 @pytest.fixture

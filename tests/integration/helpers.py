@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,29 @@ from shared.demo_repo import GIT_IDENTITY
 from shared.embedded import free_port, wait_for_port
 
 TERMINAL = {"live", "failed", "cancelled", "superseded"}
+
+
+def make_env(valkey_url: str, s3_url: str, work: Path, **extra: str) -> dict[str, str]:
+    """Environment for buildq processes: a fresh namespace and bucket on the shared servers."""
+    from shared.embedded import EMBEDDED_AWS_ENV
+
+    tag = uuid.uuid4().hex[:10]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BUILDQ_")}
+    env.update(EMBEDDED_AWS_ENV)
+    env.update(
+        {
+            "BUILDQ_REDIS_URL": valkey_url,
+            "BUILDQ_S3_ENDPOINT_URL": s3_url,
+            "BUILDQ_S3_BUCKET": f"t-{tag}",
+            "BUILDQ_NAMESPACE": f"t{tag}",
+            "BUILDQ_ALLOW_LOCAL_REPOS": "true",
+            "BUILDQ_WORK_DIR": str(work / "work"),
+            "BUILDQ_LOG_JSON": "true",
+            "BUILDQ_GRACE_PERIOD_S": "5",
+            **extra,
+        }
+    )
+    return env
 
 
 def make_repo(path: Path, files: Mapping[str, str | bytes], *, branch: str = "main") -> Path:

@@ -27,6 +27,13 @@ def fast_stack(bq_env: dict[str, str], tmp_path: Path, s3_client: object) -> Sta
     running.stop()
 
 
+def _wait_queued(client: object, keys: Keys, job_id: str) -> None:
+    deadline = time.monotonic() + 30
+    while client.hget(keys.job(job_id), "status") != "queued":  # type: ignore[attr-defined]
+        assert time.monotonic() < deadline, "the job never reached the build queue"
+        time.sleep(0.05)
+
+
 def _sleepy_repo(path: Path, sleep_s: float) -> Path:
     command = f"sleep {sleep_s}; mkdir -p out; echo ok > out/index.html"
     return make_repo(path, {"buildq.toml": f'[build]\ncommand = "{command}"\noutput = "out"\n'})
@@ -104,10 +111,7 @@ def test_cancel_of_a_queued_job_and_retry_of_a_failed_one(
     httpx.put(f"{fast_stack.url}/fleet", json={"paused": True})
     repo = make_repo(tmp_path / "q", {"index.html": "q"})
     job_id = fast_stack.deploy(repo, service="queued-cancel")
-    deadline = time.monotonic() + 30
-    while client.hget(keys.job(job_id), "status") != "queued":
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    _wait_queued(client, keys, job_id)
     response = httpx.post(f"{fast_stack.url}/deployments/{job_id}/cancel")
     assert response.json() == {"id": job_id, "status": "cancelled", "was": "queued"}
     assert client.llen(keys.queue) == 0
@@ -126,10 +130,7 @@ def test_doctor_finds_a_lost_job_and_fix_puts_it_back(fast_stack: Stack, tmp_pat
     httpx.put(f"{fast_stack.url}/fleet", json={"paused": True})
     repo = make_repo(tmp_path / "lost", {"index.html": "found again"})
     job_id = fast_stack.deploy(repo, service="lost")
-    deadline = time.monotonic() + 30
-    while client.hget(keys.job(job_id), "status") != "queued":
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    _wait_queued(client, keys, job_id)
     client.lrem(keys.queue, 0, job_id)  # the fault: an id vanishes from every list
     client.lpush(keys.dead, "ffffffffffffffffffff")  # and an entry without a job appears
 

@@ -15,8 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
-from shared.embedded import EMBEDDED_AWS_ENV, free_port, wait_for_port
-from tests.integration.helpers import Stack, make_repo, spawn, stop
+from shared.embedded import free_port, wait_for_port
+from tests.integration.helpers import Stack, make_env, make_repo, spawn, stop
 
 pytestmark = pytest.mark.integration
 
@@ -28,25 +28,7 @@ RATED = {"Authorization": "Bearer rated-" + TOKEN}  # used only by the rate-limi
 
 def hostile_env(valkey_url: str, s3_url: str, work: Path, extra: dict[str, str]) -> dict[str, str]:
     """Like the ``bq_env`` fixture, for module-scoped stacks."""
-    import os
-
-    tag = uuid.uuid4().hex[:10]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BUILDQ_")}
-    env.update(EMBEDDED_AWS_ENV)
-    env.update(
-        {
-            "BUILDQ_REDIS_URL": valkey_url,
-            "BUILDQ_S3_ENDPOINT_URL": s3_url,
-            "BUILDQ_S3_BUCKET": f"t-{tag}",
-            "BUILDQ_NAMESPACE": f"t{tag}",
-            "BUILDQ_ALLOW_LOCAL_REPOS": "true",
-            "BUILDQ_WORK_DIR": str(work / "work"),
-            "BUILDQ_LOG_JSON": "true",
-            "BUILDQ_GRACE_PERIOD_S": "5",
-        }
-    )
-    env.update(extra)
-    return env
+    return make_env(valkey_url, s3_url, work, **extra)
 
 
 def module_stack(
