@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,8 +25,9 @@ from shared.locks import DeployLock
 from shared.logs import LogWriter
 from shared.outcome import Outcome
 from shared.settings import Settings
+from shared.siteaddr import preview_url, site_url
 from shared.sites import Sites, Verdict
-from shared.storage import Storage, alias_key, record_key, site_prefix, source_key
+from shared.storage import Storage, alias_key, record_key, serve_key, site_prefix, source_key
 
 log = structlog.get_logger("deployer")
 
@@ -36,6 +38,17 @@ class BuildFailed(Exception):
 
 class PromotionRefused(Exception):
     """The job may not go live: it ended (was cancelled) meanwhile."""
+
+
+def looks_like_spa(output: Path) -> bool:
+    """A single-page app's output (Vite, CRA): the root ``index.html`` is its only page."""
+    if not (output / "index.html").is_file():
+        return False
+    for root, _dirs, files in os.walk(output):
+        top = Path(root) == output
+        if any(name.endswith(".html") and not (top and name == "index.html") for name in files):
+            return False
+    return True
 
 
 @dataclass
@@ -122,6 +135,7 @@ class JobRunner:
         if not checkout.is_dir():
             raise BuildFailed(f"root_dir {record.root_dir!r} is not a directory in the repository")
         config = detect(checkout, record.build)
+        await writer.line(f"buildq: detected {config.detected}")
         await self._build(record, config, checkout, workdir, writer)
         output = resolve_output(checkout, config)
 
@@ -139,7 +153,14 @@ class JobRunner:
             concurrency=s.upload_concurrency,
             on_skip=skipped,
         )
-        await writer.line(f"buildq: published {count} files ({size} bytes)")
+        spa = (
+            config.spa
+            if config.spa is not None
+            else await anyio.to_thread.run_sync(looks_like_spa, output)
+        )
+        await self.storage.put_json(serve_key(record.id), {"spa": spa})
+        how = "single-page app: unknown paths serve index.html" if spa else "static files"
+        await writer.line(f"buildq: published {count} files ({size} bytes) as {how}")
         return await self._promote(record, writer, fence)
 
     async def _build(
@@ -181,7 +202,6 @@ class JobRunner:
         self, record: JobRecord, writer: LogWriter, fence: int
     ) -> tuple[Status, dict[str, str]]:
         result = await self.sites.promote(record.service, record.id, record.seq, fence=fence)
-        base = self.settings.site_base_url
         if result.outcome is Verdict.PROMOTED:
             await self.storage.put_json(
                 alias_key(record.service),
@@ -193,13 +213,13 @@ class JobRunner:
                 },
             )
             await writer.line(f"buildq: {record.service} now serves {record.id}")
-            return Status.LIVE, {"url": f"{base}/sites/{record.service}/"}
+            return Status.LIVE, {"url": site_url(self.settings, record.service)}
         if result.outcome is Verdict.SUPERSEDED:
             await writer.line(
                 f"buildq: not promoted: submission {result.live_seq} ({result.live_id}) "
                 "is newer and already live"
             )
-            return Status.SUPERSEDED, {"url": f"{base}/preview/{record.id}/"}
+            return Status.SUPERSEDED, {"url": preview_url(self.settings, record.id)}
         if result.outcome is Verdict.FENCED:
             # Our lock expired (a pause?) and someone else took it: never promote.
             raise TransientError(f"deploy lock of {record.service} lost before promotion")

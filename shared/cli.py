@@ -36,6 +36,13 @@ def main() -> None:
 @main.command()
 @click.option("--deployers", default=2, show_default=True, type=click.IntRange(1, 64))
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option(
+    "--sites-port",
+    default=8080,
+    show_default=True,
+    type=click.IntRange(1, 65535),
+    help="where sites are served: http://<service>.localhost:PORT/",
+)
 @click.option("--demo", is_flag=True, help="deploy the bundled demo site once the stack is up")
 @click.option(
     "--data-dir",
@@ -45,13 +52,13 @@ def main() -> None:
     show_default=True,
     help="where the AOF, logs and work files go",
 )
-def up(deployers: int, port: int, demo: bool, data_dir: Path) -> None:
+def up(deployers: int, port: int, sites_port: int, demo: bool, data_dir: Path) -> None:
     """Run the whole stack (embedded valkey + S3 when none is configured)."""
     from shared.stack import Stack
 
     _settings_or_exit()
     started = time.monotonic()
-    stack = Stack(data_dir=data_dir, port=port, deployers=deployers)
+    stack = Stack(data_dir=data_dir, port=port, sites_port=sites_port, deployers=deployers)
     stack.install_signal_handlers()
     code = 0
     try:

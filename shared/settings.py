@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from shared.errors import ConfigError
 
 ENV_PREFIX = "BUILDQ_"
+DOMAIN_LABEL_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
 
 class Settings(BaseSettings):
@@ -27,9 +29,14 @@ class Settings(BaseSettings):
     s3_region: str = "us-east-1"
 
     api_url: str = "http://127.0.0.1:8000"
-    public_url: str | None = None
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
+    # Sites have their own origin: http://<service>.<sites_domain>:<sites_port>/ on
+    # the uploader's second listener; previews at <id>.preview.<sites_domain>.
+    sites_domain: str = Field("localhost", min_length=1, max_length=190)
+    sites_port: int = Field(8080, ge=1, le=65535)
+    sites_scheme: Literal["auto", "http", "https"] = "auto"
+    sites_public_port: int | None = Field(None, ge=0, le=65535)  # 0: none in links
     api_tokens: SecretStr | None = None
     api_token: SecretStr | None = None  # the token the CLI sends (one of api_tokens)
     max_body_bytes: int = Field(1024 * 1024, ge=1024)
@@ -104,10 +111,22 @@ class Settings(BaseSettings):
             raise ValueError("must be one of debug, info, warning, error")
         return value.lower()
 
-    @property
-    def site_base_url(self) -> str:
-        """Base URL under which live sites are served (``/sites/<service>/``)."""
-        return (self.public_url or self.api_url).rstrip("/")
+    @field_validator("sites_domain")
+    @classmethod
+    def _domain(cls, value: str) -> str:
+        value = value.strip().lower().rstrip(".")
+        labels = value.split(".")
+        if not all(DOMAIN_LABEL_RE.fullmatch(label) for label in labels):
+            raise ValueError("must be a DNS name such as localhost or sites.example.net")
+        return value
+
+    @model_validator(mode="after")
+    def _ports(self) -> Settings:
+        if self.sites_port == self.port:
+            raise ValueError(
+                "BUILDQ_SITES_PORT must differ from BUILDQ_PORT: sites have their own origin"
+            )
+        return self
 
     @property
     def admin_names(self) -> frozenset[str]:
@@ -140,6 +159,8 @@ def load_settings(environ: dict[str, str] | None = None, **overrides: Any) -> Se
     except ValidationError as exc:
         problems = "; ".join(
             f"{ENV_PREFIX}{'.'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+            if err["loc"]
+            else err["msg"]
             for err in exc.errors()
         )
         raise ConfigError(f"invalid settings: {problems}") from exc

@@ -65,6 +65,7 @@ class Stack:
     data_dir: Path
     port: int
     deployers: int
+    sites_port: int = 8080
     environ: dict[str, str] = field(default_factory=lambda: dict(os.environ))
     infra: list[Child] = field(default_factory=list)
     services: list[Child] = field(default_factory=list)
@@ -87,6 +88,8 @@ class Stack:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if not port_is_free(self.port):
             raise ConfigError(f"port {self.port} is already in use; pass --port")
+        if self.sites_port == self.port or not port_is_free(self.sites_port):
+            raise ConfigError(f"port {self.sites_port} is already in use; pass --sites-port")
         env = dict(self.environ)
         embedded = False
         if "BUILDQ_REDIS_URL" not in env:
@@ -116,6 +119,7 @@ class Stack:
         if embedded:
             env.setdefault("BUILDQ_ALLOW_LOCAL_REPOS", "true")
         env["BUILDQ_PORT"] = str(self.port)
+        env["BUILDQ_SITES_PORT"] = str(self.sites_port)
         env["BUILDQ_API_URL"] = self.api_url
         env.setdefault("BUILDQ_WORK_DIR", str((self.data_dir / "work").resolve()))
         env.setdefault("BUILDQ_LOG_JSON", "true")
@@ -127,6 +131,8 @@ class Stack:
         self._wait_ready(30)
         logs = self.data_dir / "logs"
         say(f"uploader API    {self.api_url}  ({self.deployers} deployers; logs in {logs})")
+        domain = env.get("BUILDQ_SITES_DOMAIN", "localhost")
+        say(f"sites           http://<service>.{domain}:{self.sites_port}/")
 
     def _spawn(self, name: str, module: str) -> None:
         log = self._log(name)

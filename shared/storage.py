@@ -6,6 +6,7 @@ import functools
 import json
 import mimetypes
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -29,6 +30,21 @@ TEXT_TYPES = ("text/", "application/javascript", "application/json", "image/svg+
 
 class ObjectNotFound(StorageError):
     """The object (or bucket) does not exist."""
+
+
+class RangeNotSatisfiable(StorageError):
+    """A byte range starts past the end of the object."""
+
+
+@dataclass(frozen=True, slots=True)
+class Blob:
+    """An object's bytes (or a range of them) and what serving it needs."""
+
+    body: bytes
+    content_type: str
+    etag: str
+    size: int  # of the whole object
+    partial: bool = False
 
 
 def content_type(name: str) -> str:
@@ -108,6 +124,42 @@ class Storage:
 
         return await self._run(read)
 
+    async def read(self, key: str, *, byte_range: tuple[int, int | None] | None = None) -> Blob:
+        """The object (or ``byte_range``, inclusive, end None: to the end) with its
+        metadata; ObjectNotFound if missing, RangeNotSatisfiable past its end."""
+
+        def read() -> Blob:
+            if byte_range is None:
+                obj = self.client.get_object(Bucket=self.bucket, Key=key)
+            else:
+                start, end = byte_range
+                wanted = f"bytes={start}-{'' if end is None else end}"
+                obj = self.client.get_object(Bucket=self.bucket, Key=key, Range=wanted)
+            body = obj["Body"].read()
+            total = obj.get("ContentLength", len(body))
+            content_range = obj.get("ContentRange")
+            if content_range and "/" in content_range:
+                total = int(content_range.rsplit("/", 1)[1])
+            return Blob(
+                body=body,
+                content_type=obj.get("ContentType", "application/octet-stream"),
+                etag=obj.get("ETag", ""),
+                size=total,
+                partial=byte_range is not None,
+            )
+
+        return await self._run(read)
+
+    async def head(self, key: str) -> Blob:
+        """The object's metadata only (``body`` is empty)."""
+        head = await self._run(self.client.head_object, Bucket=self.bucket, Key=key)
+        return Blob(
+            body=b"",
+            content_type=head.get("ContentType", "application/octet-stream"),
+            etag=head.get("ETag", ""),
+            size=head.get("ContentLength", 0),
+        )
+
     async def exists(self, key: str) -> bool:
         try:
             await self._run(self.client.head_object, Bucket=self.bucket, Key=key)
@@ -123,6 +175,8 @@ def _translate(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         code = str(exc.response.get("Error", {}).get("Code", ""))
         if code in NOT_FOUND_CODES:
             raise ObjectNotFound(code) from exc
+        if code == "InvalidRange":
+            raise RangeNotSatisfiable(code) from exc
         raise StorageError(f"S3 refused the request: {code or exc}") from exc
     except BotoCoreError as exc:
         raise StorageError(f"S3 unreachable: {exc}") from exc
@@ -141,6 +195,11 @@ def site_prefix(job_id: str) -> str:
 def record_key(job_id: str) -> str:
     """The durable copy of a finished job's record."""
     return f"deployments/{job_id}.json"
+
+
+def serve_key(job_id: str) -> str:
+    """How a deployment is served (``{"spa": bool}``), beside its files."""
+    return f"serve/{job_id}.json"
 
 
 def alias_key(service: str) -> str:

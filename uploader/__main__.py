@@ -1,32 +1,52 @@
-"""``python -m uploader``: run the HTTP API (and the ingest stage) under uvicorn."""
+"""``python -m uploader``: the HTTP API (and the ingest stage) and the sites origin,
+one uvicorn server on two listeners (``BUILDQ_PORT`` and ``BUILDQ_SITES_PORT``)."""
 
 from __future__ import annotations
 
+import socket
 import sys
 
 import uvicorn
 
 from shared.errors import ConfigError
 from shared.logsetup import configure_logging
-from shared.settings import get_settings
+from shared.settings import Settings, get_settings
 from uploader.app import create_app
+
+
+def listen(host: str, port: int, what: str) -> socket.socket:
+    """A listening socket on ``host:port``; ConfigError naming ``what`` if taken."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen for {what} on {host}:{port}: {exc.strerror}") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
 
 
 def main() -> None:
     try:
-        settings = get_settings()
+        settings: Settings = get_settings()
+        sockets = [
+            listen(settings.host, settings.port, "the API (BUILDQ_PORT)"),
+            listen(settings.host, settings.sites_port, "sites (BUILDQ_SITES_PORT)"),
+        ]
     except ConfigError as exc:
         print(f"buildq uploader: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     configure_logging(settings.log_level, json=settings.log_json)
-    uvicorn.run(
+    config = uvicorn.Config(
         create_app(settings),
-        host=settings.host,
-        port=settings.port,
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=int(settings.grace_period_s) + 5,
     )
+    uvicorn.Server(config).run(sockets=sockets)
 
 
 if __name__ == "__main__":

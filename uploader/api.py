@@ -18,12 +18,12 @@ from shared.logs import follow_log, read_log
 from shared.names import service_from_repo_url, validate_name, validate_relative_dir
 from shared.queue import Queue
 from shared.redis_client import make_redis
+from shared.siteaddr import JOB_ID_RE, preview_url, site_url
 from shared.workers import list_workers
 from uploader.repourl import validate_ref, validate_repo_url
 from uploader.state import Services, services
 
 router = APIRouter()
-JOB_ID_RE = re.compile(r"^[0-9a-f]{20}$")
 SSE_BLOCK_MS = 5000
 
 Svc = Annotated[Services, Depends(services)]
@@ -59,12 +59,11 @@ class Accepted(BaseModel):
 
 def _links(svc: Services, job_id: str, service: str) -> dict[str, str]:
     base = svc.settings.api_url.rstrip("/")
-    site = svc.settings.site_base_url
     return {
         "self": f"{base}/deployments/{job_id}",
         "logs": f"{base}/deployments/{job_id}/logs",
-        "site": f"{site}/sites/{service}/",
-        "preview": f"{site}/preview/{job_id}/",
+        "site": site_url(svc.settings, service),
+        "preview": preview_url(svc.settings, job_id),
     }
 
 

@@ -23,6 +23,7 @@ from uploader import api, chatops, control_api, metrics, serving, team_api
 from uploader.errors import install_error_handlers
 from uploader.ingest import Ingest
 from uploader.security import install_security
+from uploader.sites import SitesOrigin
 from uploader.state import Services
 
 log = structlog.get_logger("uploader")
@@ -32,8 +33,9 @@ INDEX_HTML = """<!doctype html><meta charset="utf-8"><title>buildq</title>
 <li><a href="/deployments">recent deployments</a></li><li><a href="/docs">API</a></li></ul>"""
 
 
-def create_app(settings: Settings, *, run_ingest: bool = True) -> FastAPI:
-    """The uploader app; ``run_ingest`` also runs the ingest stage in this process."""
+def create_app(settings: Settings, *, run_ingest: bool = True) -> SitesOrigin:
+    """The uploader's ASGI app: the API, and sites for requests on the sites listener;
+    ``run_ingest`` also runs the ingest stage in this process."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -93,4 +95,4 @@ def create_app(settings: Settings, *, run_ingest: bool = True) -> FastAPI:
     async def index() -> str:
         return INDEX_HTML
 
-    return app
+    return SitesOrigin(app, settings.sites_port)

@@ -44,6 +44,20 @@ def make_env(valkey_url: str, s3_url: str, work: Path, **extra: str) -> dict[str
     return env
 
 
+def fetch(url: str, method: str = "GET", **kwargs: Any) -> httpx.Response:
+    """Request a site URL such as ``http://svc.localhost:PORT/x``.
+
+    Browsers resolve every ``*.localhost`` name to the loopback address; glibc does
+    not, so connect to 127.0.0.1 and send the site's name as the Host header.
+    """
+    parsed = httpx.URL(url)
+    headers = dict(kwargs.pop("headers", {}))
+    if parsed.host.endswith(".localhost"):
+        headers.setdefault("Host", f"{parsed.host}:{parsed.port}")
+        parsed = parsed.copy_with(host="127.0.0.1")
+    return httpx.request(method, parsed, headers=headers, **kwargs)
+
+
 def make_repo(path: Path, files: Mapping[str, str | bytes], *, branch: str = "main") -> Path:
     """A one-commit git repository at ``path`` holding ``files``."""
     path.mkdir(parents=True, exist_ok=True)
@@ -95,6 +109,7 @@ class Stack:
     env: dict[str, str]
     logs: Path
     port: int = field(default_factory=free_port)
+    sites_port: int = field(default_factory=free_port)
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     @property
@@ -103,6 +118,7 @@ class Stack:
 
     def start(self, deployers: int = 1, slots: int = 2) -> Stack:
         self.env["BUILDQ_PORT"] = str(self.port)
+        self.env["BUILDQ_SITES_PORT"] = str(self.sites_port)
         self.env["BUILDQ_API_URL"] = self.url
         self.procs.append(spawn("uploader", self.env, self.logs / "uploader.log"))
         for index in range(deployers):
@@ -140,6 +156,14 @@ class Stack:
                 return record
             time.sleep(0.05)
         raise AssertionError(f"job {job_id} did not end within {timeout_s}s: {record}")
+
+    def site(self, service: str, path: str = "", **kwargs: Any) -> httpx.Response:
+        """GET ``path`` of ``service``'s live site on its own origin."""
+        return fetch(f"http://{service}.localhost:{self.sites_port}/{path}", **kwargs)
+
+    def preview(self, job_id: str, path: str = "", **kwargs: Any) -> httpx.Response:
+        """GET ``path`` of one deployment's preview on its own origin."""
+        return fetch(f"http://{job_id}.preview.localhost:{self.sites_port}/{path}", **kwargs)
 
     def logs_text(self, job_id: str) -> str:
         return httpx.get(f"{self.url}/deployments/{job_id}/logs").text

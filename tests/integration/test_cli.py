@@ -14,7 +14,7 @@ import psutil
 import pytest
 
 from shared.embedded import free_port
-from tests.integration.helpers import Stack, make_repo
+from tests.integration.helpers import Stack, fetch, make_repo
 
 pytestmark = pytest.mark.integration
 
@@ -45,8 +45,8 @@ def test_buildq_deploy_shows_phases_and_log_and_prints_live_url(
     phases = [line[4:] for line in out.splitlines() if line.startswith("==> ")]
     assert phases == ["cloning", "uploading", "queued", "building", "publishing", "live"]
     assert "    hello-cli" in out
-    assert f"live: {stack.url}/sites/cli-site/" in out
-    assert httpx.get(f"{stack.url}/sites/cli-site/").text.strip() == "hello-cli"
+    assert f"live: http://cli-site.localhost:{stack.sites_port}/" in out
+    assert stack.site("cli-site").text.strip() == "hello-cli"
 
     status = _cli(["status", "--api", stack.url], stack.env)
     assert "live" in status.stdout
@@ -80,10 +80,11 @@ def _descendants(pid: int) -> list[psutil.Process]:
 @pytest.mark.slow
 def test_buildq_up_demo_serves_the_site_and_stops_every_child(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BUILDQ_", "AWS_"))}
-    port = free_port()
+    port, sites_port = free_port(), free_port()
+    ports = ["--port", str(port), "--sites-port", str(sites_port)]
     data = tmp_path / "data"
     proc = subprocess.Popen(
-        [*BUILDQ, "up", "--demo", "--port", str(port), "--data-dir", str(data)],
+        [*BUILDQ, "up", "--demo", *ports, "--data-dir", str(data)],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -104,8 +105,8 @@ def test_buildq_up_demo_serves_the_site_and_stops_every_child(tmp_path: Path) ->
                 url = line.split()[1]
             if line.startswith("buildq is up"):
                 break
-        assert url == f"http://127.0.0.1:{port}/sites/demo/", "".join(lines)
-        page = httpx.get(url)
+        assert url == f"http://demo.localhost:{sites_port}/", "".join(lines)
+        page = fetch(url)
         assert page.status_code == 200
         assert "Hello from buildq" in page.text
         assert page.headers["content-type"].startswith("text/html")
@@ -134,10 +135,11 @@ def test_buildq_up_demo_serves_the_site_and_stops_every_child(tmp_path: Path) ->
 @pytest.mark.slow
 def test_buildq_up_restarts_its_valkey_and_the_queue_survives(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BUILDQ_", "AWS_"))}
-    port = free_port()
+    port, sites_port = free_port(), free_port()
+    ports = ["--port", str(port), "--sites-port", str(sites_port)]
     api = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen(
-        [*BUILDQ, "up", "--port", str(port), "--data-dir", str(tmp_path / "data")],
+        [*BUILDQ, "up", *ports, "--data-dir", str(tmp_path / "data")],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -175,7 +177,7 @@ def test_buildq_up_restarts_its_valkey_and_the_queue_survives(tmp_path: Path) ->
         while httpx.get(f"{api}/deployments/{job_id}").json()["status"] != "live":
             assert time.monotonic() < deadline, "the job did not go live after the restart"
             time.sleep(0.1)
-        assert httpx.get(f"{api}/sites/survivor/").text == "survived"
+        assert fetch(f"http://survivor.localhost:{sites_port}/").text == "survived"
         proc.send_signal(signal.SIGINT)
         assert proc.wait(60) == 0
     finally:

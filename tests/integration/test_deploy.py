@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.integration.helpers import Stack, make_repo
+from tests.integration.helpers import Stack, fetch, make_repo
 
 pytestmark = pytest.mark.integration
 
@@ -31,7 +31,7 @@ def test_static_site_goes_live_with_phases_and_is_served(
 
     assert record["status"] == "live", record
     assert record["service"] == "my-static-site"
-    assert record["url"] == f"{stack.url}/sites/my-static-site/"
+    assert record["url"] == f"http://my-static-site.localhost:{stack.sites_port}/"
     assert len(record["commit"]) == 40
     assert record["attempts"] == 1
     for phase in ("accepted", "cloning", "uploading", "queued", "building", "publishing"):
@@ -40,23 +40,23 @@ def test_static_site_goes_live_with_phases_and_is_served(
         assert timing["duration_ms"] >= 0, phase
     assert record["error"] is None
 
-    home = httpx.get(record["url"])
+    home = fetch(record["url"])
     assert home.status_code == 200
     assert home.text == STATIC_FILES["index.html"]
     assert home.headers["content-type"].startswith("text/html")
     assert home.headers["x-content-type-options"] == "nosniff"
-    css = httpx.get(f"{record['url']}style.css")
+    css = fetch(f"{record['url']}style.css")
     assert css.headers["content-type"].startswith("text/css")
     assert css.text == STATIC_FILES["style.css"]
-    assert "javascript" in httpx.get(f"{record['url']}app.js").headers["content-type"]
-    assert httpx.get(f"{record['url']}data/info.json").json() == {"ok": True}
-    about = httpx.get(f"{record['url']}about", follow_redirects=False)
+    assert "javascript" in fetch(f"{record['url']}app.js").headers["content-type"]
+    assert fetch(f"{record['url']}data/info.json").json() == {"ok": True}
+    about = fetch(f"{record['url']}about", follow_redirects=False)
     assert about.status_code == 308
     assert about.headers["location"].endswith("/about/")
-    assert httpx.get(f"{record['url']}about/").text == STATIC_FILES["about/index.html"]
-    assert httpx.get(f"{record['url']}missing.html").status_code == 404
-    assert httpx.get(f"{record['url']}../../etc/passwd").status_code == 404
-    preview = httpx.get(f"{stack.url}/preview/{job_id}/")
+    assert fetch(f"{record['url']}about/").text == STATIC_FILES["about/index.html"]
+    assert fetch(f"{record['url']}missing.html").status_code == 404
+    assert fetch(f"{record['url']}../../etc/passwd").status_code == 404
+    preview = stack.preview(job_id)
     assert preview.text == STATIC_FILES["index.html"]
 
     bucket = stack.env["BUILDQ_S3_BUCKET"]
@@ -107,8 +107,8 @@ def test_buildq_toml_build_runs_in_scrubbed_env_and_publishes_output(
 
     page = httpx.get(record["url"])
     assert page.text == "<h1>Built Title</h1>"
-    assert httpx.get(f"{record['url']}README.md").status_code == 404
-    build_env = httpx.get(f"{record['url']}env.json").json()
+    assert fetch(f"{record['url']}README.md").status_code == 404
+    build_env = fetch(f"{record['url']}env.json").json()
     assert build_env["BUILDQ_JOB_ID"] == job_id
     assert build_env["BUILDQ_COMMIT"] == record["commit"]
     leaked = {k for k in build_env if k.startswith("AWS_") or k.startswith("BUILDQ_REDIS")}
@@ -140,8 +140,8 @@ def test_failing_build_fails_job_with_stderr_in_log_and_promotes_nothing(
     assert "compiling" in log
     assert "boom-on-stderr" in log
     assert "==> failed" in log
-    assert httpx.get(f"{stack.url}/sites/broken/").status_code == 404
-    assert httpx.get(f"{stack.url}/preview/{job_id}/").status_code == 404
+    assert stack.site("broken").status_code == 404
+    assert stack.preview(job_id).status_code == 404
 
 
 def test_unknown_repository_fails_in_cloning_with_git_message(stack: Stack, tmp_path: Path) -> None:
@@ -192,7 +192,7 @@ def test_ref_and_root_dir_select_what_is_built(stack: Stack, tmp_path: Path) -> 
     assert record["ref"] == "release"
     assert record["root_dir"] == "site"
     assert httpx.get(record["url"]).text == "release branch"
-    assert httpx.get(f"{record['url']}other/x").status_code == 404
+    assert fetch(f"{record['url']}other/x").status_code == 404
 
 
 def test_queue_endpoint_shows_workers_with_heartbeats(stack: Stack) -> None:

@@ -34,7 +34,7 @@ def test_deploy_waits_for_a_person_holding_the_lock_and_goes_live_after_unlock(
     time.sleep(2.5)  # several re-checks while the lock stays held
     record = httpx.get(f"{stack.url}/deployments/{job_id}").json()
     assert record["status"] in ("waiting", "queued", "building"), record
-    assert httpx.get(f"{stack.url}/sites/held-site/").status_code == 404
+    assert stack.site("held-site").status_code == 404
     assert "held-site is locked by alice (db migration); waiting" in stack.logs_text(job_id)
 
     released = httpx.delete(f"{stack.url}/locks/held-site", params={"owner": "alice"})
@@ -45,7 +45,7 @@ def test_deploy_waits_for_a_person_holding_the_lock_and_goes_live_after_unlock(
     assert record["status"] == "live", record
     assert record["attempts"] == 1, "waiting must not use up attempts"
     assert record.get("holder") is None
-    assert httpx.get(f"{stack.url}/sites/held-site/").text == "after the migration"
+    assert stack.site("held-site").text == "after the migration"
     summary("deploy while locked", live_after_unlock_s=round(live_after_s, 2))
     assert live_after_s < 5, live_after_s
 

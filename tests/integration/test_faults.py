@@ -302,7 +302,7 @@ def test_cancel_stops_a_running_build_process_group_within_2s(stack: Stack, tmp_
     gone_s = time.monotonic() - asked
     record = stack.wait(job_id)
     assert record["status"] == "cancelled"
-    assert httpx.get(f"{stack.url}/sites/long/").status_code == 404
+    assert stack.site("long").status_code == 404
     assert httpx.post(f"{stack.url}/deployments/{job_id}/cancel").status_code == 409
     summary("cancel", build_group_gone_s=round(gone_s, 3))
     # The deployer is healthy afterwards.

@@ -174,4 +174,4 @@ def test_a_build_cannot_publish_the_host_by_swapping_its_checkout(
     record = builds.wait(job_id)
     assert record["status"] == "failed"
     assert "the build replaced src" in record["error"]
-    assert httpx.get(f"{builds.url}/preview/{job_id}/passwd").status_code == 404
+    assert builds.preview(job_id, "passwd").status_code == 404

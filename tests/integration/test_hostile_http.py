@@ -56,11 +56,13 @@ def guarded(
     yield from module_stack(valkey_url, s3_url, tmp_path_factory, extra)
 
 
-def raw_request(stack: Stack, method: str, path: str, body: bytes = b"", **headers: str) -> Any:
+def raw_request(
+    stack: Stack, method: str, path: str, body: bytes = b"", port: int = 0, **headers: str
+) -> Any:
     """One request exactly as written: no client-side path normalisation."""
-    conn = http.client.HTTPConnection("127.0.0.1", stack.port, timeout=30)
+    conn = http.client.HTTPConnection("127.0.0.1", port or stack.port, timeout=30)
     try:
-        conn.putrequest(method, path, skip_accept_encoding=True)
+        conn.putrequest(method, path, skip_host="Host" in headers, skip_accept_encoding=True)
         for name, value in {**headers, "Content-Length": str(len(body))}.items():
             conn.putheader(name.replace("_", "-"), value)
         conn.endheaders(body)
@@ -155,30 +157,40 @@ def test_serving_never_leaves_the_deployment_prefix(guarded: Stack, tmp_path: Pa
     job_id = response.json()["id"]
     assert guarded.wait(job_id)["status"] == "live"
 
-    ok = raw_request(guarded, "GET", "/sites/served/a/b.txt")
+    site = {"Host": f"served.localhost:{guarded.sites_port}"}
+    preview = {"Host": f"{job_id}.preview.localhost:{guarded.sites_port}"}
+    ok = raw_request(guarded, "GET", "/a/b.txt", port=guarded.sites_port, **site)
     assert ok[0] == 200
     assert ok[1]["x-content-type-options"] == "nosniff"
-    assert ok[1]["content-security-policy"].startswith("sandbox")
-    for path in [
-        "/sites/served/../../deployments",
-        "/sites/served/..%2f..%2fdeployments",
-        "/sites/served/%2e%2e/%2e%2e/sources/" + job_id + ".tar.gz",
-        "/sites/served/%2E%2E%2F%2E%2E%2Fsources%2F" + job_id + ".tar.gz",
-        "/sites/served/a/%2e%2e/%2e%2e/%2e%2e/deployments/" + job_id + ".json",
-        "/sites/served/..\\..\\deployments",
-        "/sites/served/%5c..%5c..%5cdeployments",
-        "/sites/served/a%00.txt",
-        "/sites/served//etc/passwd",
-        "/preview/" + job_id + "/..%2f..%2fsources%2f" + job_id + ".tar.gz",
-        "/preview/" + job_id + "%2f..%2f..%2fdeployments/x/index.html",
-        "/preview/..%2f..%2fdeployments%2f" + job_id + ".json/x",
-        "/sites/..%2fsites/index.html",
+    for path, host in [
+        ("/../../deployments", site),
+        ("/..%2f..%2fdeployments", site),
+        ("/%2e%2e/%2e%2e/sources/" + job_id + ".tar.gz", site),
+        ("/%2E%2E%2F%2E%2E%2Fsources%2F" + job_id + ".tar.gz", site),
+        ("/a/%2e%2e/%2e%2e/%2e%2e/deployments/" + job_id + ".json", site),
+        ("/..\\..\\deployments", site),
+        ("/%5c..%5c..%5cdeployments", site),
+        ("/a%00.txt", site),
+        ("//etc/passwd", site),
+        ("/%ff%fe", site),
+        ("/..%2f..%2fsources%2f" + job_id + ".tar.gz", preview),
+        ("/deployments", site),  # no API route is reachable on a site's origin
+        ("/a/b.txt", {"Host": f"{job_id}%2f..%2f.preview.localhost"}),
+        ("/a/b.txt", {"Host": "served.evil.example"}),
+        ("/a/b.txt", {"Host": "127.0.0.1"}),
     ]:
-        status, _, raw = raw_request(guarded, "GET", path)
-        assert status in (400, 404), (path, status)
+        status, _, raw = raw_request(guarded, "GET", path, port=guarded.sites_port, **host)
+        assert status in (400, 404), (path, host, status)
         assert b'"status"' not in raw  # never the saved record
         assert not raw.startswith(b"\x1f\x8b")  # never the source archive
         assert b"root:" not in raw
+    # The API origin serves no site bytes: it redirects to the site's own origin.
+    moved = raw_request(guarded, "GET", "/sites/served/a/b.txt")
+    assert moved[0] == 308
+    assert moved[1]["location"] == f"http://served.localhost:{guarded.sites_port}/a/b.txt"
+    for path in ("/sites/..%2fsites/index.html", "/preview/..%2f..%2fdeployments/x"):
+        assert raw_request(guarded, "GET", path)[0] == 404, path
+    assert raw_request(guarded, "POST", "/a/b.txt", port=guarded.sites_port, **site)[0] == 405
 
 
 def slack_headers(timestamp: str, signature: str) -> dict[str, Any]:

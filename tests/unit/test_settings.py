@@ -26,7 +26,7 @@ def test_defaults_without_any_buildq_variable() -> None:
     assert s.jobs_index_max == 10_000
     assert s.log_level == "info"
     assert s.data_dir == Path(".buildq")
-    assert s.site_base_url == "http://127.0.0.1:8000"
+    assert (s.sites_domain, s.sites_port) == ("localhost", 8080)
 
 
 def test_environment_values_are_coerced_to_their_types() -> None:
@@ -63,10 +63,18 @@ def test_keyword_overrides_win_over_the_environment() -> None:
     assert s.port == 7070
 
 
-def test_public_url_overrides_api_url_for_site_links() -> None:
-    s = load_settings({"BUILDQ_PUBLIC_URL": "https://sites.example.com/"})
+def test_sites_domain_is_normalised_and_checked() -> None:
+    assert load_settings({"BUILDQ_SITES_DOMAIN": "Sites.Example.NET."}).sites_domain == (
+        "sites.example.net"
+    )
+    for bad in ("exa mple.net", "-x.example", "a..b", "evil.com/x", "x:80"):
+        with pytest.raises(ConfigError, match="BUILDQ_SITES_DOMAIN"):
+            load_settings({"BUILDQ_SITES_DOMAIN": bad})
 
-    assert s.site_base_url == "https://sites.example.com"
+
+def test_sites_need_their_own_port() -> None:
+    with pytest.raises(ConfigError, match="BUILDQ_SITES_PORT must differ from BUILDQ_PORT"):
+        load_settings({"BUILDQ_PORT": "9000", "BUILDQ_SITES_PORT": "9000"})
 
 
 def test_unknown_buildq_variable_is_a_config_error_naming_it() -> None:

@@ -1,0 +1,300 @@
+"""Sites on their own origin (uploader/sites.py) and static-host conventions
+(uploader/static_files.py), against moto's S3 API in-process and fakeredis."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterator
+
+import fakeredis
+import httpx
+import pytest
+from fastapi import FastAPI
+from moto import mock_aws
+
+from shared.jobs import JobStore
+from shared.keys import Keys
+from shared.settings import Settings, load_settings
+from shared.siteaddr import SiteHost, SiteKind, parse_host, preview_url, site_url
+from shared.storage import Storage, content_type, make_s3_client, serve_key, site_prefix
+from uploader import serving
+from uploader.sites import SitesOrigin
+from uploader.state import Services
+from uploader.static_files import is_hashed, parse_range
+
+pytestmark = pytest.mark.anyio
+
+LIVE = "aaaaaaaaaaaaaaaaaaaa"
+SPA = "bbbbbbbbbbbbbbbbbbbb"
+FILES = {
+    "index.html": "<h1>home</h1>",
+    "about.html": "<h1>about</h1>",
+    "docs/index.html": "<h1>docs</h1>",
+    "blog.html": "<h1>blog</h1>",
+    "404.html": "<h1>lost</h1>",
+    "assets/index-DiwrgTda.js": "console.log('app')",
+    "data.txt": "0123456789",
+}
+
+
+# --- addresses -------------------------------------------------------------
+
+
+def test_sites_live_at_the_root_of_their_own_localhost_host() -> None:
+    settings = load_settings({})
+
+    assert site_url(settings, "shop") == "http://shop.localhost:8080/"
+    assert preview_url(settings, LIVE) == f"http://{LIVE}.preview.localhost:8080/"
+
+
+def test_a_real_domain_gets_https_without_a_port() -> None:
+    settings = load_settings({"BUILDQ_SITES_DOMAIN": "example.net"})
+
+    assert site_url(settings, "shop") == "https://shop.example.net/"
+
+
+def test_public_port_and_scheme_can_be_set() -> None:
+    settings = load_settings(
+        {
+            "BUILDQ_SITES_DOMAIN": "apps.internal",
+            "BUILDQ_SITES_SCHEME": "http",
+            "BUILDQ_SITES_PUBLIC_PORT": "8443",
+        }
+    )
+
+    assert site_url(settings, "shop") == "http://shop.apps.internal:8443/"
+
+
+@pytest.mark.parametrize(
+    ("host", "expected"),
+    [
+        ("shop.localhost:8080", SiteHost(SiteKind.LIVE, "shop")),
+        ("SHOP.LOCALHOST", SiteHost(SiteKind.LIVE, "shop")),
+        ("shop.localhost.", SiteHost(SiteKind.LIVE, "shop")),
+        (f"{LIVE}.preview.localhost:8080", SiteHost(SiteKind.PREVIEW, LIVE)),
+        ("preview.localhost", SiteHost(SiteKind.LIVE, "preview")),
+        ("localhost:8080", None),
+        ("127.0.0.1:8080", None),
+        ("[::1]:8080", None),
+        ("shop.evil.example", None),
+        ("a.b.localhost", None),
+        ("xyz.preview.localhost", None),
+        ("-x.localhost", None),
+        ("shop.localhost.evil.example", None),
+        ("", None),
+    ],
+)
+def test_the_host_names_one_site_or_none(host: str, expected: SiteHost | None) -> None:
+    assert parse_host(load_settings({}), host) == expected
+
+
+# --- pure conventions ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("rel", "hashed"),
+    [
+        ("assets/index-DiwrgTda.js", True),  # Vite
+        ("assets/react-CHdo91hT.svg", True),
+        ("static/js/main.3f2a1b9c.js", True),  # CRA
+        ("static/js/787.a1b2c3d4.chunk.js", True),
+        ("_astro/index.BxD9G3eE.css", True),  # Astro
+        ("_next/static/chunks/app.js", True),  # Next.js
+        ("index.html", False),
+        ("page.3f2a1b9c.html", False),  # pages always revalidate
+        ("app.js", False),
+        ("bootstrap.min.js", False),
+        ("MyWidget.js", False),
+        ("fonts/MaterialIcons-Regular.woff2", False),
+        ("vendor/jquery-3.6.0.min.js", False),
+    ],
+)
+def test_hashed_asset_names_are_recognised(rel: str, hashed: bool) -> None:
+    assert is_hashed(rel) is hashed
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        (None, None),
+        ("bytes=0-3", (0, 3)),
+        ("bytes=5-", (5, None)),
+        ("bytes=-4", (-4, None)),
+        ("bytes=4-2", None),
+        ("bytes=0-1,4-5", None),  # several ranges: served whole
+        ("items=0-1", None),
+        ("bytes=-0", None),
+        ("bytes=-", None),
+    ],
+)
+def test_single_byte_ranges_are_parsed(header: str | None, expected: object) -> None:
+    assert parse_range(header) == expected
+
+
+# --- the sites origin ------------------------------------------------------
+
+
+@pytest.fixture
+def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(name, raising=False)
+    with mock_aws():
+        yield
+
+
+@pytest.fixture
+async def app(
+    aws: None, redis: fakeredis.FakeAsyncRedis, keys: Keys, settings: Settings
+) -> SitesOrigin:
+    storage = Storage(make_s3_client(settings), "unit-sites", concurrency=4)
+    await storage.ensure_bucket()
+    for job_id, spa in ((LIVE, False), (SPA, True)):
+        for rel, text in FILES.items():
+            await storage.put_bytes(
+                site_prefix(job_id) + rel, text.encode(), mime=content_type(rel)
+            )
+        await storage.put_bytes(serve_key(job_id), json.dumps({"spa": spa}).encode(), mime="x")
+    await redis.hset(keys.site("shop"), mapping={"id": LIVE})
+    await redis.hset(keys.site("app"), mapping={"id": SPA})
+    api = FastAPI()
+    api.include_router(serving.router)
+
+    @api.get("/deployments")
+    async def deployments() -> list[str]:
+        return ["api-only"]
+
+    api.state.services = Services(settings, keys, redis, storage, JobStore(redis, keys, settings))
+    return SitesOrigin(api, settings.sites_port)
+
+
+@pytest.fixture
+async def shop(app: SitesOrigin) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://shop.localhost:8080") as c:
+        yield c
+
+
+async def get(client: httpx.AsyncClient, path: str, **headers: str) -> httpx.Response:
+    return await client.get(path, headers=headers)
+
+
+async def test_clean_urls_serve_name_html(shop: httpx.AsyncClient) -> None:
+    about = await get(shop, "/about")
+
+    assert (about.status_code, about.text) == (200, FILES["about.html"])
+    assert about.headers["content-type"].startswith("text/html")
+
+
+async def test_a_directory_without_its_slash_redirects_and_keeps_the_query(
+    shop: httpx.AsyncClient,
+) -> None:
+    moved = await get(shop, "/docs?x=1")
+
+    assert moved.status_code == 308
+    assert moved.headers["location"] == "/docs/?x=1"
+    assert (await get(shop, "/docs/")).text == FILES["docs/index.html"]
+
+
+async def test_a_trailing_slash_on_a_page_redirects_to_the_clean_url(
+    shop: httpx.AsyncClient,
+) -> None:
+    moved = await get(shop, "/blog/")
+
+    assert (moved.status_code, moved.headers["location"]) == (308, "/blog")
+
+
+async def test_missing_paths_get_the_sites_own_404_page(shop: httpx.AsyncClient) -> None:
+    for path in ("/nowhere", "/nowhere.js", "/docs/deeper/", "/../../etc/passwd"):
+        missing = await get(shop, path)
+        assert (missing.status_code, missing.text) == (404, FILES["404.html"]), path
+
+
+async def test_single_page_apps_get_index_for_extensionless_paths(app: SitesOrigin) -> None:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://app.localhost:8080") as c:
+        route = await c.get("/dashboard/settings")
+        asset = await c.get("/assets/missing-AbCdEfGh.js")
+
+    assert (route.status_code, route.text) == (200, FILES["index.html"])
+    assert asset.status_code == 404  # a missing file is not the app
+
+
+async def test_hashed_assets_are_immutable_and_pages_revalidate(shop: httpx.AsyncClient) -> None:
+    asset = await get(shop, "/assets/index-DiwrgTda.js")
+    page = await get(shop, "/")
+
+    assert asset.headers["cache-control"] == "public, max-age=31536000, immutable"
+    assert page.headers["cache-control"] == "no-cache"
+    assert page.headers["etag"]
+    assert page.headers["x-content-type-options"] == "nosniff"
+
+
+async def test_a_matching_etag_gets_304_without_a_body(shop: httpx.AsyncClient) -> None:
+    etag = (await get(shop, "/")).headers["etag"]
+
+    again = await get(shop, "/", **{"If-None-Match": etag})
+    other = await get(shop, "/", **{"If-None-Match": '"other"'})
+
+    assert (again.status_code, again.content) == (304, b"")
+    assert again.headers["etag"] == etag
+    assert (other.status_code, other.text) == (200, FILES["index.html"])
+
+
+async def test_head_sends_headers_and_no_body(shop: httpx.AsyncClient) -> None:
+    head = await shop.head("/data.txt")
+
+    assert (head.status_code, head.content) == (200, b"")
+    assert head.headers["content-length"] == "10"
+    assert head.headers["content-type"].startswith("text/plain")
+
+
+async def test_byte_ranges(shop: httpx.AsyncClient) -> None:
+    first = await get(shop, "/data.txt", Range="bytes=0-3")
+    tail = await get(shop, "/data.txt", Range="bytes=-3")
+    rest = await get(shop, "/data.txt", Range="bytes=7-")
+    past = await get(shop, "/data.txt", Range="bytes=50-")
+
+    assert (first.status_code, first.text) == (206, "0123")
+    assert first.headers["content-range"] == "bytes 0-3/10"
+    assert (tail.text, tail.headers["content-range"]) == ("789", "bytes 7-9/10")
+    assert (rest.text, rest.headers["content-range"]) == ("789", "bytes 7-9/10")
+    assert (past.status_code, past.headers["content-range"]) == (416, "bytes */10")
+
+
+async def test_previews_are_served_at_their_own_host(app: SitesOrigin) -> None:
+    transport = httpx.ASGITransport(app=app)
+    base = f"http://{SPA}.preview.localhost:8080"
+    async with httpx.AsyncClient(transport=transport, base_url=base) as client:
+        page = await client.get("/")
+
+    assert page.text == FILES["index.html"]
+
+
+async def test_unknown_hosts_and_services_are_404(app: SitesOrigin) -> None:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport) as client:
+        other = await client.get("http://evil.example:8080/")
+        nobody = await client.get("http://nobody.localhost:8080/")
+        bare = await client.get("http://127.0.0.1:8080/")
+
+    assert other.status_code == nobody.status_code == bare.status_code == 404
+    assert "no live deployment" in nobody.text
+
+
+async def test_no_api_route_answers_on_the_sites_listener(shop: httpx.AsyncClient) -> None:
+    assert (await get(shop, "/deployments")).status_code == 404
+    assert (await shop.post("/", json={})).status_code == 405
+
+
+async def test_the_api_origin_redirects_site_paths_to_the_sites_origin(app: SitesOrigin) -> None:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8000") as c:
+        site = await c.get("/sites/shop/docs/?a=b")
+        preview = await c.get(f"/preview/{LIVE}")
+        bad = await c.get("/sites/Bad_Name/")
+        api = await c.get("/deployments")
+
+    assert site.headers["location"] == "http://shop.localhost:8080/docs/?a=b"
+    assert preview.headers["location"] == f"http://{LIVE}.preview.localhost:8080/"
+    assert bad.status_code == 404
+    assert api.json() == ["api-only"]

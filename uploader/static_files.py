@@ -1,0 +1,210 @@
+"""Serving one deployment's files the way people expect of a static host.
+
+- ``/`` and ``/dir/`` serve ``index.html``; ``/dir`` redirects to ``/dir/`` when
+  only ``dir/index.html`` exists; clean URLs: ``/about`` serves ``about.html``.
+- Not found: single-page apps (``spa``) get ``index.html`` for extension-less
+  paths; otherwise the site's own ``404.html`` (status 404) or a plain 404.
+- Hashed asset names (``index-DiwrgTda.js``, ``main.3f2a1b9c.js``) are cached for a
+  year as immutable; everything else revalidates (``ETag``, ``304``).
+- ``HEAD`` and single ``Range`` requests (``206``, ``416``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from urllib.parse import quote
+
+from starlette.responses import PlainTextResponse, RedirectResponse, Response
+
+from shared.archive import check_name
+from shared.errors import ValidationError
+from shared.storage import Blob, ObjectNotFound, RangeNotSatisfiable, Storage
+
+IMMUTABLE = "public, max-age=31536000, immutable"
+REVALIDATE = "no-cache"
+BASE_HEADERS = {"X-Content-Type-Options": "nosniff", "Accept-Ranges": "bytes"}
+RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
+HASH_SEGMENT_RE = re.compile(r"^[A-Za-z0-9_]{8,64}$")
+IMMUTABLE_PREFIXES = ("_next/static/",)  # Next.js content-hashes everything there
+
+
+def is_hashed(rel: str) -> bool:
+    """Whether ``rel`` carries a content hash in its name (so it never changes)."""
+    if rel.startswith(IMMUTABLE_PREFIXES):
+        return True
+    name = rel.rsplit("/", 1)[-1]
+    segments = re.split(r"[.-]", name)
+    if len(segments) < 3 or name.endswith(".html"):  # name, hash, extension at least
+        return False
+    for segment in segments[1:-1]:
+        if not HASH_SEGMENT_RE.fullmatch(segment):
+            continue
+        if any(c.isdigit() for c in segment):
+            return True
+        # Rollup/Vite hashes: 8 base64url characters, upper case after the first.
+        if len(segment) == 8 and any(c.isupper() for c in segment[1:]):
+            return True
+    return False
+
+
+def parse_range(header: str | None) -> tuple[int, int | None] | None:
+    """A single ``bytes=`` range as (start, end or None); None: serve it whole.
+
+    Suffix ranges (``bytes=-N``) come back as (-N, None). Several ranges, or one
+    that makes no sense, are ignored, which RFC 9110 allows.
+    """
+    if not header:
+        return None
+    match = RANGE_RE.fullmatch(header.strip())
+    if not match or not (match[1] or match[2]):
+        return None
+    if not match[1]:
+        return (-int(match[2]), None) if int(match[2]) > 0 else None
+    start = int(match[1])
+    end = int(match[2]) if match[2] else None
+    if end is not None and end < start:
+        return None
+    return start, end
+
+
+def etag_matches(header: str | None, etag: str) -> bool:
+    """``If-None-Match`` against the object's ETag (weak comparison)."""
+    if not header or not etag:
+        return False
+    if header.strip() == "*":
+        return True
+    wanted = etag.removeprefix("W/")
+    return any(tag.strip().removeprefix("W/") == wanted for tag in header.split(","))
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """What of an HTTP request decides the response."""
+
+    method: str  # GET or HEAD
+    path: str  # decoded URL path, starting with "/"
+    query: str = ""
+    headers: Mapping[str, str] | None = None
+
+    def header(self, name: str) -> str | None:
+        return (self.headers or {}).get(name)
+
+
+class SiteFiles:
+    """One deployment's files under ``prefix`` in ``storage``."""
+
+    def __init__(self, storage: Storage, prefix: str, *, spa: bool = False) -> None:
+        self.storage = storage
+        self.prefix = prefix
+        self.spa = spa
+
+    async def respond(self, request: Request) -> Response:
+        """The response for ``request`` (see the module docstring)."""
+        path = request.path or "/"
+        rel = path.lstrip("/")
+        try:
+            if rel:
+                check_name(rel.rstrip("/"))
+        except ValidationError:
+            return await self._not_found(request)
+        if not rel or rel.endswith("/"):
+            found = await self._directory(rel, request)
+        else:
+            found = await self._page(rel, request)
+        return found or await self._not_found(request)
+
+    async def _directory(self, rel: str, request: Request) -> Response | None:
+        """``/dir/``: its index.html, or ``/dir`` when only ``dir.html`` exists."""
+        found = await self._file(rel + "index.html", request)
+        if found is None and rel and await self._exists(rel.rstrip("/") + ".html"):
+            return self._redirect(request.path.rstrip("/"), request)
+        return found
+
+    async def _page(self, rel: str, request: Request) -> Response | None:
+        """``/name``: the file, ``name.html``, or ``/name/`` when it is a directory."""
+        found = await self._file(rel, request)
+        if found is None and not rel.endswith(".html"):
+            found = await self._file(rel + ".html", request)
+        if found is None and await self._exists(rel + "/index.html"):
+            return self._redirect(request.path + "/", request)
+        return found
+
+    async def _exists(self, rel: str) -> bool:
+        return await self.storage.exists(self.prefix + rel)
+
+    def _redirect(self, path: str, request: Request) -> Response:
+        location = quote(path) + (f"?{request.query}" if request.query else "")
+        return RedirectResponse(location, status_code=308, headers=dict(BASE_HEADERS))
+
+    async def _not_found(self, request: Request) -> Response:
+        last = request.path.rsplit("/", 1)[-1]
+        if self.spa and "." not in last:
+            page = await self._file("index.html", request, allow_range=False)
+            if page is not None:
+                return page
+        page = await self._file("404.html", request, allow_range=False, status=404)
+        if page is not None:
+            return page
+        headers = {**BASE_HEADERS, "Cache-Control": REVALIDATE}
+        body = "" if request.method == "HEAD" else f"{request.path} not found\n"
+        return PlainTextResponse(body, status_code=404, headers=headers)
+
+    async def _file(
+        self, rel: str, request: Request, *, allow_range: bool = True, status: int = 200
+    ) -> Response | None:
+        """``rel`` as a response, or None if there is no such file."""
+        key = self.prefix + rel
+        wanted = parse_range(request.header("range")) if allow_range and status == 200 else None
+        conditional = request.header("if-none-match")
+        try:
+            if request.method == "HEAD" or (conditional and status == 200):
+                blob = await self.storage.head(key)
+                if status == 200 and etag_matches(conditional, blob.etag):
+                    return Response(status_code=304, headers=self._headers(rel, blob))
+                if request.method == "HEAD":
+                    headers = self._headers(rel, blob)
+                    headers["Content-Length"] = str(blob.size)
+                    return Response(status_code=status, headers=headers)
+            blob = await self._read(key, wanted)
+        except ObjectNotFound:
+            return None
+        except RangeNotSatisfiable:
+            blob = await self.storage.head(key)
+            headers = {**self._headers(rel, blob), "Content-Range": f"bytes */{blob.size}"}
+            return Response(status_code=416, headers=headers)
+        headers = self._headers(rel, blob)
+        if blob.partial:
+            end = blob.size - 1 if wanted is None else self._range_end(wanted, blob)
+            start = end - len(blob.body) + 1
+            headers["Content-Range"] = f"bytes {start}-{end}/{blob.size}"
+            status = 206
+        return Response(blob.body, status_code=status, headers=headers)
+
+    async def _read(self, key: str, wanted: tuple[int, int | None] | None) -> Blob:
+        if wanted is None:
+            return await self.storage.read(key)
+        start, end = wanted
+        if start < 0:  # the last -start bytes: S3 takes "bytes=-N" itself, we need the size
+            size = (await self.storage.head(key)).size
+            if size == 0:
+                raise RangeNotSatisfiable("empty object")
+            start, end = max(0, size + start), None
+        return await self.storage.read(key, byte_range=(start, end))
+
+    @staticmethod
+    def _range_end(wanted: tuple[int, int | None], blob: Blob) -> int:
+        start, end = wanted
+        if start < 0 or end is None:
+            return blob.size - 1
+        return min(end, blob.size - 1)
+
+    @staticmethod
+    def _headers(rel: str, blob: Blob) -> dict[str, str]:
+        headers = dict(BASE_HEADERS)
+        headers["Content-Type"] = blob.content_type
+        headers["Cache-Control"] = IMMUTABLE if is_hashed(rel) else REVALIDATE
+        if blob.etag:
+            headers["ETag"] = blob.etag
+        return headers
