@@ -1,4 +1,4 @@
-"""Which build to run: the request's, ``buildq.toml``, ``package.json``, or none."""
+"""Which build to run: the request's, ``buildq.toml``, ``package.json``, MkDocs, or none."""
 
 from __future__ import annotations
 
@@ -6,27 +6,43 @@ import json
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from deployer.frameworks import (
+    MKDOCS_CONFIGS,
+    NODE_MARKERS,
+    NODE_OUTPUTS,
+    PIP_ENV,
+    mkdocs_command,
+    mkdocs_site_dir,
+    node_build,
+)
 from shared.errors import ValidationError
 from shared.names import validate_relative_dir
 
+__all__ = ["NODE_OUTPUTS", "BuildConfig", "detect", "resolve_output"]
+
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
-NODE_OUTPUTS = ("dist", "build", "out", "public")
 MAX_CONFIG_BYTES = 256 * 1024
 MAX_COMMAND_CHARS = 4096
 
 
 @dataclass(frozen=True, slots=True)
 class BuildConfig:
-    """A resolved build: ``command`` (None: publish as is) and where output lands."""
+    """A resolved build: ``command`` (None: publish as is) and where output lands.
+
+    ``detected`` says in words what was recognised (for the build log); ``spa`` is
+    ``[serve] spa`` from buildq.toml, None when the repository does not say.
+    """
 
     source: str
     command: str | None
     outputs: tuple[str, ...] = (".",)
     env: Mapping[str, str] = field(default_factory=dict)
+    detected: str = ""
+    spa: bool | None = None
 
 
 def _env(raw: Any, where: str) -> dict[str, str]:
@@ -57,7 +73,23 @@ def _from_table(table: Mapping[str, Any], where: str) -> BuildConfig:
     if not isinstance(output, str):
         raise ValidationError(f"{where}: build output must be a string")
     output = validate_relative_dir(output, "build output") or "."
-    return BuildConfig(where, command, (output,), _env(table.get("env"), where))
+    env = _env(table.get("env"), where)
+    detected = "request build" if where == "request" else where
+    return BuildConfig(where, command, (output,), env, detected=detected)
+
+
+def _serve(raw: Any) -> bool | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping):
+        raise ValidationError("buildq.toml: [serve] must be a table")
+    unknown = set(raw) - {"spa"}
+    if unknown:
+        raise ValidationError(f"buildq.toml: unknown serve key(s) {sorted(unknown)}")
+    spa = raw.get("spa")
+    if spa is not None and not isinstance(spa, bool):
+        raise ValidationError("buildq.toml: [serve] spa must be true or false")
+    return spa
 
 
 def _read_small(path: Path) -> str:
@@ -68,31 +100,72 @@ def _read_small(path: Path) -> str:
     return path.read_text("utf-8")
 
 
+def _is_regular(path: Path) -> bool:
+    # A symlinked marker file counts as absent: it must not steer the build.
+    return path.is_file() and not path.is_symlink()
+
+
+def _exists(path: Path) -> bool:
+    return path.exists() or path.is_symlink()
+
+
+def _from_toml(path: Path) -> tuple[BuildConfig | None, bool | None]:
+    try:
+        data = tomllib.loads(_read_small(path))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ValidationError(f"buildq.toml is not valid TOML: {exc}") from exc
+    spa = _serve(data.get("serve"))
+    if "build" not in data and "serve" in data:
+        return None, spa  # only [serve]: detect the build from the repository
+    build = data.get("build", {})
+    if not isinstance(build, dict):
+        raise ValidationError("buildq.toml: [build] must be a table")
+    return _from_table(build, "buildq.toml"), spa
+
+
+def _from_package_json(checkout: Path) -> BuildConfig | None:
+    try:
+        pkg = json.loads(_read_small(checkout / "package.json"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValidationError(f"package.json is not valid JSON: {exc}") from exc
+    if not isinstance(pkg, dict):
+        return None
+    present = {name for name in NODE_MARKERS if _is_regular(checkout / name)}
+    node = node_build(pkg, present)
+    if node is None:
+        return None
+    return BuildConfig("package.json", node.command, node.outputs, node.env, node.detected)
+
+
+def _from_mkdocs(checkout: Path, name: str) -> BuildConfig:
+    try:
+        site_dir = mkdocs_site_dir(_read_small(checkout / name))
+    except UnicodeDecodeError as exc:
+        raise ValidationError(f"{name} is not valid UTF-8: {exc}") from exc
+    output = validate_relative_dir(site_dir, "mkdocs site_dir") if site_dir else "site"
+    if not output:
+        raise ValidationError("invalid mkdocs site_dir: must be a directory below the checkout")
+    command = mkdocs_command(name, _is_regular(checkout / "requirements.txt"))
+    return BuildConfig(name, command, (output,), dict(PIP_ENV), "MkDocs")
+
+
 def detect(checkout: Path, requested: Mapping[str, Any] | None = None) -> BuildConfig:
     """Resolve the build for ``checkout``: first match wins (see the design's Build)."""
     if requested:
         return _from_table(requested, "request")
+    spa = None
     toml_path = checkout / "buildq.toml"
-    if toml_path.exists() or toml_path.is_symlink():
-        try:
-            data = tomllib.loads(_read_small(toml_path))
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise ValidationError(f"buildq.toml is not valid TOML: {exc}") from exc
-        build = data.get("build", {})
-        if not isinstance(build, dict):
-            raise ValidationError("buildq.toml: [build] must be a table")
-        return _from_table(build, "buildq.toml")
-    pkg_path = checkout / "package.json"
-    if pkg_path.exists() or pkg_path.is_symlink():
-        try:
-            pkg = json.loads(_read_small(pkg_path))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ValidationError(f"package.json is not valid JSON: {exc}") from exc
-        scripts = pkg.get("scripts") if isinstance(pkg, dict) else None
-        if isinstance(scripts, dict) and isinstance(scripts.get("build"), str):
-            install = "npm ci" if (checkout / "package-lock.json").is_file() else "npm install"
-            return BuildConfig("package.json", f"{install} && npm run build", NODE_OUTPUTS)
-    return BuildConfig("static", None, (".",))
+    if _exists(toml_path):
+        config, spa = _from_toml(toml_path)
+        if config is not None:
+            return replace(config, spa=spa)
+    config = _from_package_json(checkout) if _exists(checkout / "package.json") else None
+    if config is None:
+        mkdocs = next((n for n in MKDOCS_CONFIGS if _exists(checkout / n)), None)
+        config = _from_mkdocs(checkout, mkdocs) if mkdocs else None
+    if config is None:
+        config = BuildConfig("static", None, (".",), detected="static files")
+    return replace(config, spa=spa)
 
 
 def resolve_output(checkout: Path, config: BuildConfig) -> Path:

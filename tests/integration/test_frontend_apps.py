@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -59,8 +58,17 @@ def create_app(parent: Path, template: str) -> Path:
     """``npm create vite@latest`` with ``template``, committed as a git repository."""
     name = f"vite-{template}"
     subprocess.run(
-        ["npm", "create", "--yes", "vite@latest", name, "--", "--template", template]
-        + ["--no-interactive"],
+        [
+            "npm",
+            "create",
+            "--yes",
+            "vite@latest",
+            name,
+            "--",
+            "--template",
+            template,
+            "--no-interactive",
+        ],
         cwd=parent,
         check=True,
         capture_output=True,
@@ -108,8 +116,8 @@ def browser_dom(chromium: str, url: str, profile: Path, screenshot: Path) -> str
 
 
 @pytest.fixture(scope="module")
-def apps(tmp_path_factory: pytest.TempPathFactory, npm: None) -> Iterator[Path]:
-    yield tmp_path_factory.mktemp("apps")
+def apps(tmp_path_factory: pytest.TempPathFactory, npm: None) -> Path:
+    return tmp_path_factory.mktemp("apps")
 
 
 @pytest.mark.parametrize("template", ["vanilla", "react-ts"])
