@@ -110,7 +110,7 @@ def test_buildq_up_demo_serves_the_site_and_stops_every_child(tmp_path: Path) ->
         assert page.status_code == 200
         assert "Hello from buildq" in page.text
         assert page.headers["content-type"].startswith("text/html")
-        assert httpx.get(f"{url}style.css").headers["content-type"].startswith("text/css")
+        assert fetch(f"{url}style.css").headers["content-type"].startswith("text/css")
         children = _descendants(proc.pid)
         names = " ".join(" ".join(c.cmdline()) for c in children)
         assert "valkey-server" in names

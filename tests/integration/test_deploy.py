@@ -105,7 +105,7 @@ def test_buildq_toml_build_runs_in_scrubbed_env_and_publishes_output(
     record = stack.wait(job_id)
     assert record["status"] == "live", (record, stack.logs_text(job_id))
 
-    page = httpx.get(record["url"])
+    page = fetch(record["url"])
     assert page.text == "<h1>Built Title</h1>"
     assert fetch(f"{record['url']}README.md").status_code == 404
     build_env = fetch(f"{record['url']}env.json").json()
@@ -121,7 +121,7 @@ def test_request_build_overrides_repository_config(stack: Stack, tmp_path: Path)
     build = {"command": "mkdir -p out && echo override > out/index.html", "output": "out"}
     record = stack.wait(stack.deploy(repo, service="override", build=build))
     assert record["status"] == "live", record
-    assert httpx.get(record["url"]).text.strip() == "override"
+    assert fetch(record["url"]).text.strip() == "override"
 
 
 def test_failing_build_fails_job_with_stderr_in_log_and_promotes_nothing(
@@ -191,7 +191,7 @@ def test_ref_and_root_dir_select_what_is_built(stack: Stack, tmp_path: Path) -> 
     assert record["status"] == "live", record
     assert record["ref"] == "release"
     assert record["root_dir"] == "site"
-    assert httpx.get(record["url"]).text == "release branch"
+    assert fetch(record["url"]).text == "release branch"
     assert fetch(f"{record['url']}other/x").status_code == 404
 
 

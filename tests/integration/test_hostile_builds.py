@@ -16,7 +16,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.integration.helpers import Stack, make_repo
+from tests.integration.helpers import Stack, fetch, make_repo
 from tests.integration.test_hostile_http import module_stack
 from tests.unit.test_hostile_urls import Listener
 
@@ -154,7 +154,7 @@ def test_network_off_builds_cannot_reach_host_services(
             repo = make_repo(tmp_path / f"net-{name}", connect_build(listener.port))
             record = stack.wait(stack.deploy(repo, service=f"net-{name}"))
             assert record["status"] == "live", stack.logs_text(record["id"])
-            results[name] = httpx.get(record["url"]).text
+            results[name] = fetch(record["url"]).text
         assert results["on"] == "CONNECTED"
         assert results["off"].startswith("REFUSED")
         assert len(listener.connections) == 1  # only from the network-on build

@@ -121,7 +121,7 @@ def test_tokens_guard_mutations_and_the_rate_limit_holds_across_replicas(
     port = free_port()
     replica = spawn(
         "uploader",
-        {**guarded.env, "BUILDQ_PORT": str(port)},
+        {**guarded.env, "BUILDQ_PORT": str(port), "BUILDQ_SITES_PORT": str(free_port())},
         guarded.logs / "uploader-replica.log",
     )
     try:
