@@ -6,7 +6,7 @@ import sys
 
 import anyio
 
-from deployer.sandbox import announce
+from deployer import limits, sandbox
 from deployer.worker import Deployer
 from shared.daemon import run_until_signalled
 from shared.errors import ConfigError
@@ -43,7 +43,8 @@ def main() -> None:
         print(f"buildq deployer: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     configure_logging(settings.log_level, json=settings.log_json)
-    announce(settings)  # logs the build isolation level; warns when it is the weakest
+    sandbox.announce(settings)  # logs the build isolation level; warns when it is the weakest
+    limits.announce(settings)  # logs how build limits are enforced; warns for rlimits
     anyio.run(serve, settings)
 
 

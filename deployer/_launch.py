@@ -17,6 +17,12 @@ threaded daemon. SPEC_JSON (built by ``deployer/sandbox.py``) names the level:
              read-only minimal root, only the job directory writable. As root the
              launcher first drops to a separate uid.
 
+Memory, process and CPU caps: when SPEC_JSON lists ``cgroup_procs``, the launcher
+first writes its own pid into each of them, so the whole build runs in the
+deployer's per-build cgroup; otherwise ``RLIMIT_DATA`` (never ``RLIMIT_AS``, which
+counts the address space V8 only reserves). RLIMIT_CPU, RLIMIT_FSIZE, RLIMIT_CORE
+and RLIMIT_NPROC apply at every level.
+
 SIGTERM to the launcher stops the whole tree and reaps it before the launcher
 exits (status 143). The build's own status is the launcher's exit status
 (128 + signal if it was killed).
@@ -86,9 +92,21 @@ def mount(source, target, fstype, flags, data=None):
     check(libc.mount(enc[0], enc[1], enc[2], flags, enc[3]), f"mount {target}")
 
 
+def join_groups(spec):
+    """Enter the build's cgroup in every hierarchy: all our descendants inherit it."""
+    pid = str(os.getpid())
+    for procs in spec["cgroup_procs"]:
+        try:
+            with open(procs, "w") as fh:
+                fh.write(pid)
+        except OSError as exc:
+            fail(f"cannot join build cgroup {procs}: {exc.strerror}")
+
+
 def limit(spec):
-    for name, key in (("RLIMIT_CPU", "cpu_s"), ("RLIMIT_AS", "as_bytes")):
-        resource.setrlimit(getattr(resource, name), (spec[key], spec[key]))
+    resource.setrlimit(resource.RLIMIT_CPU, (spec["cpu_s"], spec["cpu_s"]))
+    if spec["data_bytes"]:  # no cgroup: cap each process's data, never its address space
+        resource.setrlimit(resource.RLIMIT_DATA, (spec["data_bytes"], spec["data_bytes"]))
     resource.setrlimit(resource.RLIMIT_FSIZE, (spec["fsize_bytes"], spec["fsize_bytes"]))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     if spec["nproc"]:
@@ -347,6 +365,7 @@ def run_process(spec, command):
 def main():
     spec = json.loads(sys.argv[1])
     command = sys.argv[2]
+    join_groups(spec)  # first: before any fork, unshare or uid change
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, _on_signal)
     prctl(PR_SET_CHILD_SUBREAPER, 1)

@@ -1,7 +1,9 @@
 """Run a build command in a sandbox (see ``deployer/sandbox.py``), with a scrubbed
 environment, resource limits and a timeout, streaming its output into the job's log.
 
-The build starts under ``deployer/_launch.py``, which isolates it, applies the
+Each build gets its own cgroup where the host allows (``deployer/limits.py``);
+the group's OOM-kill count turns into BuildOutOfMemory. The build starts under
+``deployer/_launch.py``, which joins that group, isolates it, applies the
 rlimits and supervises the whole process tree as a child subreaper (inside a pid
 namespace at the ``uid`` and ``bwrap`` levels). Stopping the launcher stops and
 reaps every process of the build, including those that called ``setsid``.
@@ -22,6 +24,7 @@ import anyio
 import anyio.to_thread
 from anyio.abc import ByteReceiveStream, Process
 
+from deployer.limits import looks_out_of_memory
 from deployer.sandbox import (
     LaunchLimits,
     Level,
@@ -30,19 +33,31 @@ from deployer.sandbox import (
     launcher_argv,
     prepare_workdir,
 )
+from shared.cgroups import Group
 from shared.errors import ValidationError
 from shared.logs import MAX_LINE_CHARS, LogWriter
 
 PASSTHROUGH_ENV = ("PATH", "LANG", "LC_ALL", "TZ")
+# Where the host keeps its trusted CA certificates (paths, not secrets): with a TLS-
+# intercepting proxy, `npm install` and pip fail in builds without them.
+CA_ENV = ("NODE_EXTRA_CA_CERTS", "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "PIP_CERT")
 TERM_WAIT_S = 1.5  # the launcher's own kill-and-reap takes milliseconds
 READ_CHUNK = 65536
 MAX_PARTIAL_LINE = 16384
 TAIL_BYTES = 256 * 1024  # raw output kept once the log's head is full
+RECENT_BYTES = 8192  # output searched for an allocation failure (rlimit mode)
 DEFAULT_SANDBOX = Sandbox(Level.PROCESS, network=True, max_procs=0)
 
 
 class BuildTimeout(Exception):
     """The build ran past its timeout and was killed."""
+
+
+class BuildOutOfMemory(Exception):
+    """The build hit its memory limit: the kernel killed it, or an allocation failed."""
+
+    def __init__(self, memory_bytes: int) -> None:
+        super().__init__(f"build ran out of memory (limit {memory_bytes // (1024 * 1024)} MiB)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +73,7 @@ class Limits:
 def build_env(home: Path, extra: Mapping[str, str], job: Mapping[str, str]) -> dict[str, str]:
     """The whole environment the build sees: an allowlist, never the daemon's secrets."""
     env = {k: os.environ[k] for k in PASSTHROUGH_ENV if k in os.environ}
+    env.update({k: os.environ[k] for k in CA_ENV if os.environ.get(k, "").startswith("/")})
     env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
     # The deployer's interpreter installation (not its virtualenv) first, so
     # `python3` resolves to a Python 3.11+ even on hosts whose system python3 is
@@ -132,12 +148,15 @@ class _Tail:
             log.add(raw[: MAX_LINE_CHARS * 4].decode("utf-8", "replace"))
 
 
-async def _pump(stream: ByteReceiveStream, log: LogWriter) -> None:
+async def _pump(stream: ByteReceiveStream, log: LogWriter, recent: bytearray) -> None:
     """Lines into the log while it has room; then only a bounded raw tail, so a
-    build printing gigabytes costs constant memory and little CPU."""
+    build printing gigabytes costs constant memory and little CPU. ``recent``
+    keeps the last RECENT_BYTES of output."""
     partial = b""
     tail: _Tail | None = None
     async for chunk in stream:
+        recent += chunk[-RECENT_BYTES:]
+        del recent[:-RECENT_BYTES]
         if tail is not None:
             tail.feed(chunk)
             continue
@@ -175,44 +194,84 @@ async def run_build(
 
     ``workdir`` (default ``cwd``) is the job directory the build may write; the
     sandbox (default: the ``process`` level) maps it into the build. Raises
-    BuildTimeout after ``limits.timeout_s``, ValidationError if the build replaced
-    its checkout directory. On timeout or cancellation the whole process tree is
-    terminated and reaped before this returns or re-raises.
+    BuildTimeout after ``limits.timeout_s``, BuildOutOfMemory if the build ran out
+    of memory, ValidationError if the build replaced its checkout directory. On
+    timeout or cancellation the whole process tree is terminated and reaped (and
+    its cgroup emptied and removed) before this returns or re-raises.
     """
     box = sandbox or DEFAULT_SANDBOX
     root = workdir or cwd
+    recent = bytearray()
     with box.lease() as uid:
         if uid is not None:
             await anyio.to_thread.run_sync(prepare_workdir, root, uid)
-        spec = box.spec(
-            cwd=box.inside(cwd, root),
-            workdir=root,
-            uid=uid,
-            limits=LaunchLimits(
-                limits.cpu_s, limits.memory_bytes, limits.file_bytes, box.max_procs
-            ),
-        )
-        process = await anyio.open_process(
-            launcher_argv(spec, command),
-            cwd="/",
-            env=box.translate_env(env, root),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+        group = await box.limiter.start(
+            env.get("BUILDQ_JOB_ID", "build"), limits.memory_bytes, box.max_procs or 0
         )
         try:
-            with anyio.fail_after(limits.timeout_s):
-                assert process.stdout is not None
-                await _pump(process.stdout, log)
-                status = await process.wait()
-        except TimeoutError:
-            await _stop(process)
-            await log.close()
-            raise BuildTimeout(f"build timed out after {limits.timeout_s:g}s") from None
-        except BaseException:
-            await _stop(process)
-            raise
+            status = await _launch(
+                command,
+                cwd=cwd,
+                env=env,
+                limits=limits,
+                log=log,
+                box=box,
+                root=root,
+                uid=uid,
+                group=group,
+                recent=recent,
+            )
+        finally:
+            oom_kills = await box.limiter.finish(group)
     await log.close()
+    if oom_kills or (
+        group is None and status != 0 and looks_out_of_memory(recent.decode("utf-8", "replace"))
+    ):
+        raise BuildOutOfMemory(limits.memory_bytes)
     await anyio.to_thread.run_sync(check_checkout, root, cwd)
     return status
+
+
+async def _launch(
+    command: str,
+    *,
+    cwd: Path,
+    env: Mapping[str, str],
+    limits: Limits,
+    log: LogWriter,
+    box: Sandbox,
+    root: Path,
+    uid: int | None,
+    group: Group | None,
+    recent: bytearray,
+) -> int:
+    """Start the launcher and pump its output until it exits; stop it on timeout
+    or cancellation."""
+    spec = box.spec(
+        cwd=box.inside(cwd, root),
+        workdir=root,
+        uid=uid,
+        limits=LaunchLimits(limits.cpu_s, limits.memory_bytes, limits.file_bytes, box.max_procs),
+        cgroup_procs=group.procs_files if group is not None else (),
+    )
+    process = await anyio.open_process(
+        launcher_argv(spec, command),
+        cwd="/",
+        env=box.translate_env(env, root),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        with anyio.fail_after(limits.timeout_s):
+            assert process.stdout is not None
+            await _pump(process.stdout, log, recent)
+            return await process.wait()
+    except TimeoutError:
+        await _stop(process)
+        await log.close()
+        raise BuildTimeout(f"build timed out after {limits.timeout_s:g}s") from None
+    except BaseException:
+        await _stop(process)
+        raise

@@ -12,7 +12,7 @@ import anyio.to_thread
 import structlog
 from redis.asyncio import Redis
 
-from deployer.build import BuildTimeout, Limits, build_env, run_build
+from deployer.build import BuildOutOfMemory, BuildTimeout, Limits, build_env, run_build
 from deployer.buildconfig import BuildConfig, detect, resolve_output
 from deployer.publish import publish_dir
 from deployer.sandbox import sandbox_for
@@ -95,7 +95,13 @@ class JobRunner:
             return await self._wait_for_lock(record, writer, exc.holder)
         except LockLostError as exc:
             raise TransientError(f"{exc} while deploying; retrying") from exc
-        except (BuildFailed, ValidationError, BuildTimeout, PromotionRefused) as exc:
+        except (
+            BuildFailed,
+            ValidationError,
+            BuildTimeout,
+            BuildOutOfMemory,
+            PromotionRefused,
+        ) as exc:
             status, fields = Status.FAILED, {"error": str(exc)}
         finally:
             with anyio.CancelScope(shield=True):
@@ -153,11 +159,11 @@ class JobRunner:
             concurrency=s.upload_concurrency,
             on_skip=skipped,
         )
-        spa = (
-            config.spa
-            if config.spa is not None
-            else await anyio.to_thread.run_sync(looks_like_spa, output)
-        )
+        spa = config.spa
+        if spa is None:  # only front-end builds are single-page apps by default
+            spa = config.source == "package.json" and await anyio.to_thread.run_sync(
+                looks_like_spa, output
+            )
         await self.storage.put_json(serve_key(record.id), {"spa": spa})
         how = "single-page app: unknown paths serve index.html" if spa else "static files"
         await writer.line(f"buildq: published {count} files ({size} bytes) as {how}")

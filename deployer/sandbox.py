@@ -11,7 +11,9 @@ Three levels, strongest first (``docs/SECURITY.md`` has the threat model):
   and a subreaper that kills the whole tree. A build can read the deployer's
   ``/proc/<pid>/environ`` and files: the start-up log warns.
 
-``auto`` picks the strongest level that a probe build shows working here.
+``auto`` picks the strongest level that a probe build shows working here. The
+detected sandbox also carries the resource-limits mechanism (``deployer/limits.py``:
+a cgroup per build, or rlimits), detected and announced separately.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import lru_cache
@@ -34,6 +36,8 @@ from pathlib import Path
 import anyio.to_thread
 import structlog
 
+from deployer.limits import RLIMIT_ONLY, BuildLimiter
+from deployer.limits import detect as detect_limits
 from shared.errors import ConfigError
 from shared.settings import Settings
 
@@ -113,6 +117,7 @@ class Sandbox:
     disable_userns: bool = True
     tmpfs_bytes: int = 256 * 1024 * 1024
     expose: tuple[str, ...] = field(default_factory=tuple)
+    limiter: BuildLimiter = RLIMIT_ONLY  # cgroup or rlimit (``deployer/limits.py``)
 
     def describe(self) -> str:
         net = "on" if self.network else "off"
@@ -141,8 +146,17 @@ class Sandbox:
         host = str(workdir.resolve())
         return {k: v.replace(host, MOUNT) for k, v in env.items()}
 
-    def spec(self, *, cwd: str, workdir: Path, uid: int | None, limits: LaunchLimits) -> str:
-        """The launcher's JSON spec for one build."""
+    def spec(
+        self,
+        *,
+        cwd: str,
+        workdir: Path,
+        uid: int | None,
+        limits: LaunchLimits,
+        cgroup_procs: Sequence[str] = (),
+    ) -> str:
+        """The launcher's JSON spec for one build; ``cgroup_procs``: the build
+        group's ``cgroup.procs`` files (none: RLIMIT_DATA caps memory instead)."""
         return json.dumps(
             {
                 "level": self.level.value,
@@ -156,7 +170,8 @@ class Sandbox:
                 "expose": list(self.expose),
                 "tmpfs_bytes": self.tmpfs_bytes,
                 "cpu_s": limits.cpu_s,
-                "as_bytes": limits.memory_bytes,
+                "data_bytes": 0 if cgroup_procs else limits.memory_bytes,
+                "cgroup_procs": list(cgroup_procs),
                 "fsize_bytes": limits.file_bytes,
                 "nproc": limits.max_procs,
             }
@@ -266,8 +281,9 @@ def _detect(settings: Settings) -> Sandbox:
 
 
 def detect(settings: Settings) -> Sandbox:
-    """The sandbox builds use under ``settings`` (probed once per process; blocking)."""
-    return _detect(settings)
+    """The sandbox builds use under ``settings``, with its resource-limits mechanism
+    (each probed once per process; blocking)."""
+    return dataclasses.replace(_detect(settings), limiter=detect_limits(settings))
 
 
 async def sandbox_for(settings: Settings) -> Sandbox:
@@ -281,7 +297,7 @@ def announce(settings: Settings) -> Sandbox:
     Exits the process (status 2) when the configured level cannot work here.
     """
     try:
-        sandbox = detect(settings)
+        sandbox = _detect(settings)  # the limits mechanism has its own announcement
     except ConfigError as exc:
         log.error("sandbox.unavailable", error=str(exc))
         raise SystemExit(2) from None

@@ -38,10 +38,8 @@ def main() -> None:
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
 @click.option(
     "--sites-port",
-    default=8080,
-    show_default=True,
     type=click.IntRange(1, 65535),
-    help="where sites are served: http://<service>.localhost:PORT/",
+    help="where sites are served: http://<service>.localhost:PORT/ [default: --port + 1]",
 )
 @click.option("--demo", is_flag=True, help="deploy the bundled demo site once the stack is up")
 @click.option(
@@ -52,13 +50,15 @@ def main() -> None:
     show_default=True,
     help="where the AOF, logs and work files go",
 )
-def up(deployers: int, port: int, sites_port: int, demo: bool, data_dir: Path) -> None:
+def up(deployers: int, port: int, sites_port: int | None, demo: bool, data_dir: Path) -> None:
     """Run the whole stack (embedded valkey + S3 when none is configured)."""
     from shared.stack import Stack
 
     _settings_or_exit()
     started = time.monotonic()
-    stack = Stack(data_dir=data_dir, port=port, sites_port=sites_port, deployers=deployers)
+    stack = Stack(
+        data_dir=data_dir, port=port, sites_port=sites_port or port + 1, deployers=deployers
+    )
     stack.install_signal_handlers()
     code = 0
     try:
@@ -223,14 +223,16 @@ def resume(max_concurrency: int | None, no_limit: bool, api_url: str) -> None:
 @main.command()
 @click.option("--fix", is_flag=True, help="repair what recovery would repair")
 def doctor(fix: bool) -> None:
-    """Check that every job sits in exactly one queue (talks to Redis directly)."""
+    """Check that every job sits in exactly one queue (talks to Redis directly) and
+    say which build resource limits this host enforces."""
     import anyio
 
-    from shared.doctor import Doctor
+    from shared.doctor import Doctor, build_limits
     from shared.keys import Keys
     from shared.redis_client import make_redis
 
     settings = _settings_or_exit()
+    click.echo(build_limits(settings))
 
     async def run() -> list[Any]:
         redis = make_redis(settings)

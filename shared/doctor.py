@@ -1,4 +1,5 @@
-"""``buildq doctor``: check that every job sits in exactly one place, and repair.
+"""``buildq doctor``: check that every job sits in exactly one place, and repair;
+say which resource limits builds on this host get.
 
 The invariant (DESIGN, "No job is lost"): every job that has not ended is in
 exactly one of ingest, queue, an active list of a live or stale worker, delayed or
@@ -14,6 +15,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from shared import cgroups
 from shared.jobs import JobStore, Status, now_ms
 from shared.keys import Keys
 from shared.recovery import requeue
@@ -151,6 +153,11 @@ class Doctor:
             self.keys, STAGE_INGEST if status in INGEST_STATUSES else stage
         )
         await self.store.transition(job_id, resume, push=target, head=True)
+
+
+def build_limits(settings: Settings) -> str:
+    """``build limits: cgroup v1 (memory 4096 MiB, …)``: what builds on this host get."""
+    return f"build limits: {cgroups.report(settings)}"
 
 
 def _names(places: list[Place]) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from functools import lru_cache
@@ -34,7 +35,7 @@ class Settings(BaseSettings):
     # Sites have their own origin: http://<service>.<sites_domain>:<sites_port>/ on
     # the uploader's second listener; previews at <id>.preview.<sites_domain>.
     sites_domain: str = Field("localhost", min_length=1, max_length=190)
-    sites_port: int = Field(8080, ge=1, le=65535)
+    sites_port: int = Field(8001, ge=1, le=65535)  # default: BUILDQ_PORT + 1
     sites_scheme: Literal["auto", "http", "https"] = "auto"
     sites_public_port: int | None = Field(None, ge=0, le=65535)  # 0: none in links
     api_tokens: SecretStr | None = None
@@ -76,6 +77,9 @@ class Settings(BaseSettings):
     build_uid_base: int = Field(60900, ge=1000, le=2**31 - 70000)
     build_uid_count: int = Field(64, ge=1, le=65536)
     build_max_procs: int = Field(1024, ge=16)
+    build_cpus: float = Field(0.0, ge=0, le=1024)  # cgroup CPU quota of a build; 0: none
+    build_limits: Literal["auto", "cgroup", "rlimit"] = "auto"
+    build_cgroup: Path | None = None  # a delegated cgroup v2 directory for build groups
     grace_period_s: float = Field(25.0, ge=0)
     heartbeat_interval_s: float = Field(2.0, gt=0, le=60)
     deploy_lock_ttl_s: float = Field(30.0, ge=1)
@@ -119,6 +123,14 @@ class Settings(BaseSettings):
         if not all(DOMAIN_LABEL_RE.fullmatch(label) for label in labels):
             raise ValueError("must be a DNS name such as localhost or sites.example.net")
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sites_port_follows_port(cls, values: Any) -> Any:
+        if isinstance(values, dict) and "sites_port" not in values and "port" in values:
+            with contextlib.suppress(TypeError, ValueError):  # the port's check says why
+                values = {**values, "sites_port": int(values["port"]) % 65535 + 1}
+        return values
 
     @model_validator(mode="after")
     def _ports(self) -> Settings:

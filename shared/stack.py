@@ -65,7 +65,7 @@ class Stack:
     data_dir: Path
     port: int
     deployers: int
-    sites_port: int = 8080
+    sites_port: int = 8001
     environ: dict[str, str] = field(default_factory=lambda: dict(os.environ))
     infra: list[Child] = field(default_factory=list)
     services: list[Child] = field(default_factory=list)

@@ -71,8 +71,8 @@ async def test_post_deployment_accepts_and_enqueues(
     assert body["service"] == "my-site"
     assert body["seq"] == 1
     assert body["links"]["self"] == f"http://127.0.0.1:8000/deployments/{body['id']}"
-    assert body["links"]["site"] == "http://my-site.localhost:8080/"
-    assert body["links"]["preview"] == f"http://{body['id']}.preview.localhost:8080/"
+    assert body["links"]["site"] == "http://my-site.localhost:8001/"
+    assert body["links"]["preview"] == f"http://{body['id']}.preview.localhost:8001/"
     assert await redis.lrange(keys.ingest, 0, -1) == [body["id"]]
 
 

@@ -43,8 +43,8 @@ FILES = {
 def test_sites_live_at_the_root_of_their_own_localhost_host() -> None:
     settings = load_settings({})
 
-    assert site_url(settings, "shop") == "http://shop.localhost:8080/"
-    assert preview_url(settings, LIVE) == f"http://{LIVE}.preview.localhost:8080/"
+    assert site_url(settings, "shop") == "http://shop.localhost:8001/"
+    assert preview_url(settings, LIVE) == f"http://{LIVE}.preview.localhost:8001/"
 
 
 def test_a_real_domain_gets_https_without_a_port() -> None:
@@ -68,14 +68,14 @@ def test_public_port_and_scheme_can_be_set() -> None:
 @pytest.mark.parametrize(
     ("host", "expected"),
     [
-        ("shop.localhost:8080", SiteHost(SiteKind.LIVE, "shop")),
+        ("shop.localhost:8001", SiteHost(SiteKind.LIVE, "shop")),
         ("SHOP.LOCALHOST", SiteHost(SiteKind.LIVE, "shop")),
         ("shop.localhost.", SiteHost(SiteKind.LIVE, "shop")),
-        (f"{LIVE}.preview.localhost:8080", SiteHost(SiteKind.PREVIEW, LIVE)),
+        (f"{LIVE}.preview.localhost:8001", SiteHost(SiteKind.PREVIEW, LIVE)),
         ("preview.localhost", SiteHost(SiteKind.LIVE, "preview")),
-        ("localhost:8080", None),
-        ("127.0.0.1:8080", None),
-        ("[::1]:8080", None),
+        ("localhost:8001", None),
+        ("127.0.0.1:8001", None),
+        ("[::1]:8001", None),
         ("shop.evil.example", None),
         ("a.b.localhost", None),
         ("xyz.preview.localhost", None),
@@ -170,7 +170,7 @@ async def app(
 @pytest.fixture
 async def shop(app: SitesOrigin) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://shop.localhost:8080") as c:
+    async with httpx.AsyncClient(transport=transport, base_url="http://shop.localhost:8001") as c:
         yield c
 
 
@@ -211,7 +211,7 @@ async def test_missing_paths_get_the_sites_own_404_page(shop: httpx.AsyncClient)
 
 async def test_single_page_apps_get_index_for_extensionless_paths(app: SitesOrigin) -> None:
     transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://app.localhost:8080") as c:
+    async with httpx.AsyncClient(transport=transport, base_url="http://app.localhost:8001") as c:
         route = await c.get("/dashboard/settings")
         asset = await c.get("/assets/missing-AbCdEfGh.js")
 
@@ -263,7 +263,7 @@ async def test_byte_ranges(shop: httpx.AsyncClient) -> None:
 
 async def test_previews_are_served_at_their_own_host(app: SitesOrigin) -> None:
     transport = httpx.ASGITransport(app=app)
-    base = f"http://{SPA}.preview.localhost:8080"
+    base = f"http://{SPA}.preview.localhost:8001"
     async with httpx.AsyncClient(transport=transport, base_url=base) as client:
         page = await client.get("/")
 
@@ -273,9 +273,9 @@ async def test_previews_are_served_at_their_own_host(app: SitesOrigin) -> None:
 async def test_unknown_hosts_and_services_are_404(app: SitesOrigin) -> None:
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport) as client:
-        other = await client.get("http://evil.example:8080/")
-        nobody = await client.get("http://nobody.localhost:8080/")
-        bare = await client.get("http://127.0.0.1:8080/")
+        other = await client.get("http://evil.example:8001/")
+        nobody = await client.get("http://nobody.localhost:8001/")
+        bare = await client.get("http://127.0.0.1:8001/")
 
     assert other.status_code == nobody.status_code == bare.status_code == 404
     assert "no live deployment" in nobody.text
@@ -294,7 +294,7 @@ async def test_the_api_origin_redirects_site_paths_to_the_sites_origin(app: Site
         bad = await c.get("/sites/Bad_Name/")
         api = await c.get("/deployments")
 
-    assert site.headers["location"] == "http://shop.localhost:8080/docs/?a=b"
-    assert preview.headers["location"] == f"http://{LIVE}.preview.localhost:8080/"
+    assert site.headers["location"] == "http://shop.localhost:8001/docs/?a=b"
+    assert preview.headers["location"] == f"http://{LIVE}.preview.localhost:8001/"
     assert bad.status_code == 404
     assert api.json() == ["api-only"]

@@ -26,7 +26,7 @@ def test_defaults_without_any_buildq_variable() -> None:
     assert s.jobs_index_max == 10_000
     assert s.log_level == "info"
     assert s.data_dir == Path(".buildq")
-    assert (s.sites_domain, s.sites_port) == ("localhost", 8080)
+    assert (s.sites_domain, s.sites_port) == ("localhost", 8001)
 
 
 def test_environment_values_are_coerced_to_their_types() -> None:
@@ -70,6 +70,11 @@ def test_sites_domain_is_normalised_and_checked() -> None:
     for bad in ("exa mple.net", "-x.example", "a..b", "evil.com/x", "x:80"):
         with pytest.raises(ConfigError, match="BUILDQ_SITES_DOMAIN"):
             load_settings({"BUILDQ_SITES_DOMAIN": bad})
+
+
+def test_the_sites_port_follows_the_api_port_unless_set() -> None:
+    assert load_settings({"BUILDQ_PORT": "9000"}).sites_port == 9001
+    assert load_settings({"BUILDQ_PORT": "9000", "BUILDQ_SITES_PORT": "7000"}).sites_port == 7000
 
 
 def test_sites_need_their_own_port() -> None:
