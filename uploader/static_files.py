@@ -26,24 +26,31 @@ IMMUTABLE = "public, max-age=31536000, immutable"
 REVALIDATE = "no-cache"
 BASE_HEADERS = {"X-Content-Type-Options": "nosniff", "Accept-Ranges": "bytes"}
 RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
-HASH_SEGMENT_RE = re.compile(r"^[A-Za-z0-9_]{8,64}$")
+HASH_SEGMENT_RE = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
 IMMUTABLE_PREFIXES = ("_next/static/",)  # Next.js content-hashes everything there
 
 
 def is_hashed(rel: str) -> bool:
-    """Whether ``rel`` carries a content hash in its name (so it never changes)."""
+    """Whether ``rel`` carries a content hash in its name (so it never changes).
+
+    A hash follows the name after ``-`` or ``.`` and runs to the next ``.``:
+    ``index-CAoPt-vL.js`` (Rollup/Vite, base64url, may hold ``-``), ``main.3f2a1b9c.js``
+    and ``787.a1b2c3d4.chunk.js`` (webpack, hex).
+    """
     if rel.startswith(IMMUTABLE_PREFIXES):
         return True
     name = rel.rsplit("/", 1)[-1]
-    segments = re.split(r"[.-]", name)
-    if len(segments) < 3 or name.endswith(".html"):  # name, hash, extension at least
+    stem = name.rsplit(".", 1)[0] if "." in name else ""
+    if not stem or name.endswith(".html"):
         return False
-    for segment in segments[1:-1]:
+    for index, char in enumerate(stem):
+        if index == 0 or char not in "-.":
+            continue
+        segment = stem[index + 1 :].split(".", 1)[0]
         if not HASH_SEGMENT_RE.fullmatch(segment):
             continue
         if any(c.isdigit() for c in segment):
             return True
-        # Rollup/Vite hashes: 8 base64url characters, upper case after the first.
         if len(segment) == 8 and any(c.isupper() for c in segment[1:]):
             return True
     return False

@@ -95,6 +95,8 @@ def test_the_host_names_one_site_or_none(host: str, expected: SiteHost | None) -
     ("rel", "hashed"),
     [
         ("assets/index-DiwrgTda.js", True),  # Vite
+        ("assets/index-CAoPt-vL.js", True),  # base64url hashes may hold "-"
+        ("assets/vite-BF8QNONU.svg", True),
         ("assets/react-CHdo91hT.svg", True),
         ("static/js/main.3f2a1b9c.js", True),  # CRA
         ("static/js/787.a1b2c3d4.chunk.js", True),
@@ -107,6 +109,8 @@ def test_the_host_names_one_site_or_none(host: str, expected: SiteHost | None) -
         ("MyWidget.js", False),
         ("fonts/MaterialIcons-Regular.woff2", False),
         ("vendor/jquery-3.6.0.min.js", False),
+        ("my-component-library.js", False),
+        ("archive-2024.tar.gz", False),
     ],
 )
 def test_hashed_asset_names_are_recognised(rel: str, hashed: bool) -> None:
