@@ -6,7 +6,7 @@ import importlib
 import subprocess
 import sys
 
-BENCHMARKS = ("tests.bench.bench_queue", "tests.bench.bench_locks")
+BENCHMARKS = ("tests.bench.bench_queue", "tests.bench.bench_locks", "tests.bench.bench_frontend")
 
 
 def main() -> int:

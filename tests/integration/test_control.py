@@ -151,6 +151,6 @@ def test_doctor_finds_a_lost_job_and_fix_puts_it_back(fast_stack: Stack, tmp_pat
     fixed = doctor("--fix")
     assert fixed.returncode == 0, fixed.stdout
     assert "2 problem(s), 0 left" in fixed.stdout
-    assert doctor().stdout.strip() == "0 problem(s), 0 left"
+    assert doctor().stdout.strip().endswith("\n0 problem(s), 0 left")
     httpx.put(f"{fast_stack.url}/fleet", json={"paused": False})
     assert wait_all_ended(client, keys, [job_id], 60, fast_stack)[job_id]["status"] == "live"

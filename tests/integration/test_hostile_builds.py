@@ -12,7 +12,6 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import psutil
 import pytest
 
@@ -89,7 +88,7 @@ def test_no_deployer_secret_reaches_the_published_output(builds: Stack, tmp_path
     job_id = builds.deploy(repo, service="snoop")
     record = builds.wait(job_id)
     assert record["status"] == "live", builds.logs_text(job_id)
-    raw = httpx.get(f"{record['url']}seen.json").text
+    raw = fetch(f"{record['url']}seen.json").text
     seen = json.loads(raw)
     assert seen["env"]["BUILDQ_JOB_ID"] == job_id
     assert seen["files"]  # the build did look around

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import fakeredis
 import pytest
+from moto import mock_aws
 
 from shared.jobs import JobStore
 from shared.keys import Keys
@@ -68,3 +69,12 @@ def store(
     redis: fakeredis.FakeAsyncRedis, keys: Keys, settings: Settings, clock: FakeClock
 ) -> JobStore:
     return JobStore(redis, keys, settings, clock=clock)
+
+
+@pytest.fixture
+def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """moto's S3 in-process, never the developer's own AWS settings."""
+    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(name, raising=False)
+    with mock_aws():
+        yield

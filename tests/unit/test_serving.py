@@ -4,13 +4,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import fakeredis
 import httpx
 import pytest
 from fastapi import FastAPI
-from moto import mock_aws
 
 from shared.jobs import JobStore
 from shared.keys import Keys
@@ -136,14 +135,6 @@ def test_single_byte_ranges_are_parsed(header: str | None, expected: object) -> 
 
 
 # --- the sites origin ------------------------------------------------------
-
-
-@pytest.fixture
-def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
-        monkeypatch.delenv(name, raising=False)
-    with mock_aws():
-        yield
 
 
 @pytest.fixture

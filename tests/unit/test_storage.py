@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from moto import mock_aws
 
 from shared.errors import StorageError
 from shared.settings import Settings
@@ -42,14 +40,6 @@ def test_content_type_of_javascript_is_utf8_text() -> None:
 def test_binary_types_get_no_charset() -> None:
     for name in ("a.png", "a.woff2", "a.wasm", "a.bin", "a.zip"):
         assert "charset" not in content_type(name), name
-
-
-@pytest.fixture
-def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
-        monkeypatch.delenv(name, raising=False)
-    with mock_aws():
-        yield
 
 
 @pytest.fixture
