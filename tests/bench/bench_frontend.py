@@ -119,7 +119,7 @@ def main() -> int:
                         build, live = deploy(api, repo, f"vite-{template}")
                         results[template]["build"].append(build)
                         results[template]["live"].append(live)
-                print(f"round {round_no + 1}/{args.rounds} done", flush=True)
+            print(f"round {round_no + 1}/{args.rounds} done", flush=True)
         print(f"\n{'app':<16}{'bare npm build':<28}{'buildq building phase':<28}"
               f"{'buildq POST→live':<28}build ratio")  # fmt: skip
         for template, r in results.items():
