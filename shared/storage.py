@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import mimetypes
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -23,6 +24,8 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 T = TypeVar("T")
+INLINE_BYTES = 1024 * 1024  # read at once; the rest of a larger object streams
+STREAM_CHUNK_BYTES = 256 * 1024
 
 NOT_FOUND_CODES = frozenset({"404", "NoSuchKey", "NotFound", "NoSuchBucket"})
 TEXT_TYPES = ("text/", "application/javascript", "application/json", "image/svg+xml")
@@ -45,6 +48,8 @@ class Blob:
     etag: str
     size: int  # of the whole object
     partial: bool = False
+    length: int = -1  # bytes in this answer (the whole object or the range)
+    rest: AsyncIterator[bytes] | None = None  # what follows ``body``, streamed
 
 
 def content_type(name: str) -> str:
@@ -126,29 +131,51 @@ class Storage:
 
     async def read(self, key: str, *, byte_range: tuple[int, int | None] | None = None) -> Blob:
         """The object (or ``byte_range``, inclusive, end None: to the end) with its
-        metadata; ObjectNotFound if missing, RangeNotSatisfiable past its end."""
+        metadata; ObjectNotFound if missing, RangeNotSatisfiable past its end.
 
-        def read() -> Blob:
+        At most INLINE_BYTES are read at once; a larger answer streams the rest
+        (``Blob.rest``), so serving a big file costs constant memory."""
+
+        def open_object() -> tuple[Blob, Any]:
             if byte_range is None:
                 obj = self.client.get_object(Bucket=self.bucket, Key=key)
             else:
                 start, end = byte_range
                 wanted = f"bytes={start}-{'' if end is None else end}"
                 obj = self.client.get_object(Bucket=self.bucket, Key=key, Range=wanted)
-            body = obj["Body"].read()
-            total = obj.get("ContentLength", len(body))
+            stream: Any = obj["Body"]
+            length = int(obj.get("ContentLength", 0))
+            head = stream.read(INLINE_BYTES)
+            total = length
             content_range = obj.get("ContentRange")
             if content_range and "/" in content_range:
                 total = int(content_range.rsplit("/", 1)[1])
-            return Blob(
-                body=body,
+            if len(head) >= length:
+                stream.close()
+                stream = None
+            meta = Blob(
+                body=head,
                 content_type=obj.get("ContentType", "application/octet-stream"),
                 etag=obj.get("ETag", ""),
                 size=total,
                 partial=byte_range is not None,
+                length=length,
             )
+            return meta, stream
 
-        return await self._run(read)
+        blob, stream = await self._run(open_object)
+        if stream is None:
+            return blob
+        return dataclasses.replace(blob, rest=self._chunks(stream))
+
+    async def _chunks(self, stream: Any) -> AsyncIterator[bytes]:
+        """The rest of a streaming body, STREAM_CHUNK_BYTES at a time; closed at the end."""
+        try:
+            while chunk := await self._run(stream.read, STREAM_CHUNK_BYTES):
+                yield chunk
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(stream.close)
 
     async def head(self, key: str) -> Blob:
         """The object's metadata only (``body`` is empty)."""

@@ -12,11 +12,11 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from urllib.parse import quote
 
-from starlette.responses import PlainTextResponse, RedirectResponse, Response
+from starlette.responses import PlainTextResponse, RedirectResponse, Response, StreamingResponse
 
 from shared.archive import check_name
 from shared.errors import ValidationError
@@ -54,6 +54,12 @@ def is_hashed(rel: str) -> bool:
         if len(segment) == 8 and any(c.isupper() for c in segment[1:]):
             return True
     return False
+
+
+async def _chain(head: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    yield head
+    async for chunk in rest:
+        yield chunk
 
 
 def parse_range(header: str | None) -> tuple[int, int | None] | None:
@@ -182,12 +188,16 @@ class SiteFiles:
             headers = {**self._headers(rel, blob), "Content-Range": f"bytes */{blob.size}"}
             return Response(status_code=416, headers=headers)
         headers = self._headers(rel, blob)
+        length = blob.length if blob.length >= 0 else len(blob.body)
         if blob.partial:
             end = blob.size - 1 if wanted is None else self._range_end(wanted, blob)
-            start = end - len(blob.body) + 1
+            start = end - length + 1
             headers["Content-Range"] = f"bytes {start}-{end}/{blob.size}"
             status = 206
-        return Response(blob.body, status_code=status, headers=headers)
+        if blob.rest is None:
+            return Response(blob.body, status_code=status, headers=headers)
+        headers["Content-Length"] = str(length)
+        return StreamingResponse(_chain(blob.body, blob.rest), status_code=status, headers=headers)
 
     async def _read(self, key: str, wanted: tuple[int, int | None] | None) -> Blob:
         if wanted is None:

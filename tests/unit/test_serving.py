@@ -293,3 +293,19 @@ async def test_the_api_origin_redirects_site_paths_to_the_sites_origin(app: Site
     assert preview.headers["location"] == f"http://{LIVE}.preview.localhost:8001/"
     assert bad.status_code == 404
     assert api.json() == ["api-only"]
+
+
+async def test_large_files_stream_whole_and_in_ranges(app: SitesOrigin) -> None:
+    svc: Services = app.app.state.services
+    big = bytes(range(256)) * (3 * 4096 + 7)  # ~3 MiB: past the inline read
+    await svc.storage.put_bytes(site_prefix(LIVE) + "big.bin", big, mime="application/x-big")
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://shop.localhost:8001") as c:
+        whole = await c.get("/big.bin")
+        middle = await c.get("/big.bin", headers={"Range": "bytes=1048000-2200000"})
+
+    assert whole.content == big
+    assert whole.headers["content-length"] == str(len(big))
+    assert middle.status_code == 206
+    assert middle.content == big[1048000:2200001]
+    assert middle.headers["content-range"] == f"bytes 1048000-2200000/{len(big)}"
