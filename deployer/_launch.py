@@ -1,9 +1,17 @@
 """Build launcher: isolate, limit and supervise ``/bin/sh -c COMMAND``.
 
-Run as ``python -I -S _launch.py SPEC_JSON COMMAND`` with the build's whole
-environment. It is a standalone file (stdlib only, no buildq imports) so every
-step happens in a fresh, single-threaded process, not in a ``preexec_fn`` of the
-threaded daemon. SPEC_JSON (built by ``deployer/sandbox.py``) names the level:
+Run as ``python -I -S _launch.py FD`` with a fixed minimal environment; FD is
+an inherited pipe holding the launch spec as JSON: ``{"spec": …, "command": …,
+"env": …}``. The launcher reads it to the end and closes it first thing. The
+build's command and environment never appear on a command line (``ps``) or in the
+launcher's own environment: the environment is applied only where the build
+shell is executed (``execve`` inside the sandbox, or bubblewrap's ``--clearenv``
+and ``--setenv`` read from an ``--args`` pipe), so no variable such as
+``LD_PRELOAD`` ever reaches the launcher or bubblewrap. The shell runs
+``eval "$BUILDQ_COMMAND"``. It is a standalone file (stdlib only, no buildq
+imports) so every step happens in a fresh, single-threaded process, not in a
+``preexec_fn`` of the threaded daemon. The spec (built by ``deployer/sandbox.py``)
+names the level:
 
 ``process``  same uid; rlimits; the launcher stays as a child subreaper, so even
              children that ``setsid`` and double-fork are re-parented to it and
@@ -17,7 +25,7 @@ threaded daemon. SPEC_JSON (built by ``deployer/sandbox.py``) names the level:
              read-only minimal root, only the job directory writable. As root the
              launcher first drops to a separate uid.
 
-Memory, process and CPU caps: when SPEC_JSON lists ``cgroup_procs``, the launcher
+Memory, process and CPU caps: when the spec lists ``cgroup_procs``, the launcher
 first writes its own pid into each of them, so the whole build runs in the
 deployer's per-build cgroup; otherwise ``RLIMIT_DATA`` (never ``RLIMIT_AS``, which
 counts the address space V8 only reserves). RLIMIT_CPU, RLIMIT_FSIZE, RLIMIT_CORE
@@ -59,6 +67,9 @@ ETC = (
 )  # fmt: skip
 SHARED_WRITABLE = ("/var/tmp", "/dev/shm", "/run/lock", "/dev/mqueue")
 ROOT_LINKS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
+# The shell reads the build command from its environment, never from its argv.
+COMMAND_VAR = "BUILDQ_COMMAND"
+SHELL = ("/bin/sh", "-c", f'eval "${COMMAND_VAR}"')
 
 libc = ctypes.CDLL(None, use_errno=True)
 
@@ -135,11 +146,16 @@ def drop(uid):
         fail("could not drop privileges")
 
 
-def exec_shell(spec, command):
+def shell_env(launch):
+    """The build shell's whole environment: the build's, plus its command."""
+    return {**launch["env"], COMMAND_VAR: launch["command"]}
+
+
+def exec_shell(spec, launch):
     limit(spec)
     os.chdir(spec["cwd"])
     prctl(PR_SET_NO_NEW_PRIVS, 1)
-    os.execve("/bin/sh", ["/bin/sh", "-c", command], dict(os.environ))  # noqa: S606 - the build
+    os.execve(SHELL[0], list(SHELL), shell_env(launch))  # noqa: S606 - the build
 
 
 def status_code(status):
@@ -255,7 +271,7 @@ def loopback_up():
         fcntl.ioctl(sock, SIOCSIFFLAGS, struct.pack("16sH22x", b"lo", flags | IFF_UP))
 
 
-def run_uid(spec, command):
+def run_uid(spec, launch):
     flags = CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS
     if not spec["network"]:
         flags |= CLONE_NEWNET
@@ -277,7 +293,7 @@ def run_uid(spec, command):
         prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # the launcher is our parent (ppid 0 here)
         build = os.fork()
         if build == 0:
-            exec_shell(spec, command)
+            exec_shell(spec, launch)
         while True:
             pid, status = os.waitpid(-1, 0)
             if pid == build:
@@ -288,14 +304,14 @@ def run_uid(spec, command):
         fail(f"init: {exc}")
 
 
-def bwrap_argv(spec, staged, data_fd):
+def bwrap_argv(spec, launch, staged, data_fd):
     args = ["--unshare-all", "--unshare-user", "--die-with-parent", "--new-session"]
     if spec["disable_userns"]:
         args.append("--disable-userns")
     if spec["network"]:
         args.append("--share-net")
     args += ["--hostname", "buildq", "--clearenv"]
-    for key, value in os.environ.items():
+    for key, value in shell_env(launch).items():  # via --args: never on a command line
         args += ["--setenv", key, value]
     args += ["--ro-bind", "/usr", "/usr"]
     for name in ROOT_LINKS:
@@ -315,7 +331,7 @@ def bwrap_argv(spec, staged, data_fd):
     return [*args, "--chdir", spec["cwd"]]
 
 
-def run_bwrap(spec, command):
+def run_bwrap(spec, launch):
     staged = {"work": spec["workdir"], "expose": [(p, p) for p in spec["expose"]]}
     if spec["uid"] is not None:
         # Root: stage the job directory and the interpreter where the unprivileged
@@ -340,7 +356,7 @@ def run_bwrap(spec, command):
     args_r, args_w = os.pipe()
     os.write(data_w, passwd.encode())
     os.close(data_w)
-    argv = bwrap_argv(spec, staged, data_r)
+    argv = bwrap_argv(spec, launch, staged, data_r)
     os.write(args_w, b"\0".join(a.encode() for a in argv) + b"\0")
     os.close(args_w)
     os.set_inheritable(data_r, True)
@@ -348,30 +364,49 @@ def run_bwrap(spec, command):
     pid = os.fork()
     if pid == 0:
         limit(spec)  # inherited by bwrap and everything in the sandbox
-        shell = ["--", "/bin/sh", "-c", command]
-        os.execv(spec["bwrap"], [spec["bwrap"], "--args", str(args_r), *shell])  # noqa: S606
+        # bubblewrap runs with the launcher's fixed environment, never the build's.
+        os.execv(spec["bwrap"], [spec["bwrap"], "--args", str(args_r), "--", *SHELL])  # noqa: S606
     os.close(data_r)
     os.close(args_r)
     supervise(pid)
 
 
-def run_process(spec, command):
+def run_process(spec, launch):
     pid = os.fork()
     if pid == 0:
-        exec_shell(spec, command)
+        exec_shell(spec, launch)
     supervise(pid)
 
 
+def read_launch(fd):
+    """The launch spec from the pipe ``fd``, read to its end; the pipe is closed."""
+    chunks = []
+    try:
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+        os.close(fd)
+        launch = json.loads(b"".join(chunks))
+    except (OSError, ValueError) as exc:
+        fail(f"cannot read the launch spec: {exc}")
+    if not isinstance(launch, dict) or not isinstance(launch.get("env"), dict):
+        fail("launch spec without env")
+    if not isinstance(launch.get("command"), str):
+        fail("launch spec without env or command")
+    return launch
+
+
 def main():
-    spec = json.loads(sys.argv[1])
-    command = sys.argv[2]
+    if len(sys.argv) != 2 or not sys.argv[1].isdigit():
+        fail("usage: _launch.py FD (a pipe holding the launch spec)")
+    launch = read_launch(int(sys.argv[1]))
+    spec = launch["spec"]
     join_groups(spec)  # first: before any fork, unshare or uid change
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, _on_signal)
     prctl(PR_SET_CHILD_SUBREAPER, 1)
     prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     try:
-        {"process": run_process, "uid": run_uid, "bwrap": run_bwrap}[spec["level"]](spec, command)
+        {"process": run_process, "uid": run_uid, "bwrap": run_bwrap}[spec["level"]](spec, launch)
     except Stop:
         os._exit(143)
     except OSError as exc:

@@ -26,12 +26,15 @@ from anyio.abc import ByteReceiveStream, Process
 
 from deployer.limits import looks_out_of_memory
 from deployer.sandbox import (
+    LAUNCHER_ENV,
     LaunchLimits,
     Level,
     Sandbox,
     interpreter_prefix,
+    launch_pipe,
     launcher_argv,
     prepare_workdir,
+    reclaim_workdir,
 )
 from shared.cgroups import Group
 from shared.errors import ValidationError
@@ -222,7 +225,10 @@ async def run_build(
                 recent=recent,
             )
         finally:
-            oom_kills = await box.limiter.finish(group)
+            with anyio.CancelScope(shield=True):
+                oom_kills = await box.limiter.finish(group)
+                # Before the uid is released: the next build runs as it.
+                await anyio.to_thread.run_sync(reclaim_workdir, root, uid)
     await log.close()
     if oom_kills or (
         group is None and status != 0 and looks_out_of_memory(recent.decode("utf-8", "replace"))
@@ -254,15 +260,22 @@ async def _launch(
         limits=LaunchLimits(limits.cpu_s, limits.memory_bytes, limits.file_bytes, box.max_procs),
         cgroup_procs=group.procs_files if group is not None else (),
     )
-    process = await anyio.open_process(
-        launcher_argv(spec, command),
-        cwd="/",
-        env=box.translate_env(env, root),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    # The command and environment go on a pipe: never on the launcher's command
+    # line (``ps``) nor in its environment (the loader would act on LD_PRELOAD).
+    spec_fd = launch_pipe(spec, command, box.translate_env(env, root))
+    try:
+        process = await anyio.open_process(
+            launcher_argv(spec_fd),
+            cwd="/",
+            env=LAUNCHER_ENV,
+            pass_fds=(spec_fd,),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    finally:
+        os.close(spec_fd)
     try:
         with anyio.fail_after(limits.timeout_s):
             assert process.stdout is not None

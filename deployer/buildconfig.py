@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -19,12 +18,12 @@ from deployer.frameworks import (
     mkdocs_site_dir,
     node_build,
 )
+from shared.buildenv import validate_build_env
 from shared.errors import ValidationError
 from shared.names import validate_relative_dir
 
 __all__ = ["NODE_OUTPUTS", "BuildConfig", "detect", "resolve_output"]
 
-ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 MAX_CONFIG_BYTES = 256 * 1024
 MAX_COMMAND_CHARS = 4096
 
@@ -46,18 +45,18 @@ class BuildConfig:
 
 
 def _env(raw: Any, where: str) -> dict[str, str]:
+    """``[build.env]`` (or the request's ``env``) as strings, checked by
+    :func:`shared.buildenv.validate_build_env`: loader variables fail the job."""
     if raw is None:
         return {}
     if not isinstance(raw, Mapping):
         raise ValidationError(f"{where}: build env must be a table of strings")
     env: dict[str, str] = {}
     for key, value in raw.items():
-        if not isinstance(key, str) or not ENV_NAME_RE.fullmatch(key):
-            raise ValidationError(f"{where}: invalid environment variable name {key!r}")
-        if not isinstance(value, str | int | float | bool) or "\x00" in str(value):
+        if not isinstance(value, str | int | float | bool):
             raise ValidationError(f"{where}: environment value for {key} must be a string")
         env[key] = str(value).lower() if isinstance(value, bool) else str(value)
-    return env
+    return validate_build_env(env, where)
 
 
 def _from_table(table: Mapping[str, Any], where: str) -> BuildConfig:

@@ -6,6 +6,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import anyio
 import anyio.to_thread
@@ -18,7 +19,7 @@ from deployer.publish import publish_dir
 from deployer.sandbox import sandbox_for
 from shared.archive import extract
 from shared.errors import StorageError, TransientError, ValidationError
-from shared.jobs import JobRecord, JobStore, Status, now_ms
+from shared.jobs import HIDDEN, JobRecord, JobStore, Status, now_ms
 from shared.keys import Keys
 from shared.lockbook import LockLostError, LockRecord, LockTimeoutError
 from shared.locks import DeployLock
@@ -140,7 +141,7 @@ class JobRunner:
         checkout = workdir / "src" / (record.root_dir or "")
         if not checkout.is_dir():
             raise BuildFailed(f"root_dir {record.root_dir!r} is not a directory in the repository")
-        config = detect(checkout, record.build)
+        config = detect(checkout, await self._requested_build(record))
         await writer.line(f"buildq: detected {config.detected}")
         await self._build(record, config, checkout, workdir, writer)
         output = resolve_output(checkout, config)
@@ -169,6 +170,18 @@ class JobRunner:
         await writer.line(f"buildq: published {count} files ({size} bytes) as {how}")
         return await self._promote(record, writer, fence)
 
+    async def _requested_build(self, record: JobRecord) -> dict[str, Any] | None:
+        """The request's build override with its real command and env values, from
+        the job's private key (the record holds only a redacted copy)."""
+        if not record.build:
+            return None
+        override = await self.store.build_override(record.id)
+        if override is not None:
+            return override
+        if HIDDEN in (record.build.get("command"), *dict(record.build.get("env") or {}).values()):
+            raise ValidationError("the job's build override has expired; submit it again")
+        return record.build  # submitted before overrides were kept apart: nothing hidden
+
     async def _build(
         self,
         record: JobRecord,
@@ -180,7 +193,11 @@ class JobRunner:
         if config.command is None:
             await writer.line("buildq: no build configured; publishing the repository as is")
             return
-        await writer.line(f"buildq: build from {config.source}: {config.command}")
+        if config.source == "request":
+            # A request's command may carry secrets; a repository's is in the repository.
+            await writer.line("buildq: build from request (command hidden)")
+        else:
+            await writer.line(f"buildq: build from {config.source}: {config.command}")
         s = self.settings
         env = build_env(
             workdir / "home",

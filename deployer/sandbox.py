@@ -24,6 +24,7 @@ import fcntl
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -48,6 +49,12 @@ LAUNCHER = Path(__file__).with_name("_launch.py")
 # private tmpfs, so this is not a shared temporary path.
 MOUNT = "/tmp/buildq"  # noqa: S108
 PROBE_TIMEOUT_S = 20.0
+# The launcher's whole environment. The build's own environment travels in the
+# launch spec and is applied only where the build shell starts, inside the sandbox:
+# no LD_PRELOAD, GCONV_PATH or the like ever reaches the launcher or bubblewrap.
+LAUNCHER_ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
+F_SETPIPE_SZ = 1031
+PIPE_DEFAULT_BYTES = 65536
 
 
 class Level(StrEnum):
@@ -199,8 +206,58 @@ def prepare_workdir(workdir: Path, uid: int | None) -> None:
     workdir.chmod(0o700)
 
 
-def launcher_argv(spec: str, command: str) -> list[str]:
-    return [sys.executable, "-I", "-S", str(LAUNCHER), spec, command]
+def reclaim_workdir(workdir: Path, uid: int | None) -> None:
+    """Hand the job directory back to the deployer's uid after the build (blocking).
+
+    Called while the build's uid is still leased and every process of the build is
+    gone: once the lease ends, the next build runs as that uid and could otherwise
+    rewrite this job's output while the deployer publishes it. Links are never
+    followed; a hard-linked file (never published) is left as it is, so no inode
+    outside the tree changes owner.
+    """
+    if uid is None:
+        return
+    me, group = os.getuid(), os.getgid()
+    for root, dirs, files in os.walk(workdir):
+        for name in dirs + files:
+            path = os.path.join(root, name)
+            st = os.lstat(path)
+            if st.st_uid == uid and (stat.S_ISDIR(st.st_mode) or st.st_nlink == 1):
+                os.lchown(path, me, group)
+    os.lchown(workdir, me, group)
+
+
+def launcher_argv(spec_fd: int) -> list[str]:
+    """The launcher's command line: the launch spec comes on the inherited ``spec_fd``."""
+    return [sys.executable, "-I", "-S", str(LAUNCHER), str(spec_fd)]
+
+
+def launch_pipe(spec: str, command: str, env: Mapping[str, str]) -> int:
+    """A pipe's read end holding the whole launch spec (the sandbox ``spec``, the
+    build ``command`` and its ``env``); pass it to the launcher and close it after.
+
+    The payload is written before the launcher starts, so the pipe is grown to
+    hold it; the write end is closed here.
+    """
+    payload = json.dumps(
+        {"spec": json.loads(spec), "command": command, "env": dict(env)}, separators=(",", ":")
+    ).encode("utf-8", "surrogatepass")
+    read_fd, write_fd = os.pipe()
+    try:
+        if len(payload) > PIPE_DEFAULT_BYTES:
+            try:
+                fcntl.fcntl(write_fd, F_SETPIPE_SZ, len(payload))
+            except OSError as exc:
+                raise ConfigError(f"build command and environment too large ({exc})") from exc
+        view = memoryview(payload)
+        while view:
+            view = view[os.write(write_fd, view) :]
+    except BaseException:
+        os.close(read_fd)
+        raise
+    finally:
+        os.close(write_fd)
+    return read_fd
 
 
 def _candidate(level: Level, network: bool, max_procs: int, uids: UidPool | None) -> Sandbox | None:
@@ -231,16 +288,21 @@ def probe(sandbox: Sandbox) -> str | None:
                 uid=uid,
                 limits=limits,
             )
+            command = 'echo ok > probe && test "$(cat probe)" = ok'
+            spec_fd = launch_pipe(spec, command, LAUNCHER_ENV)
             try:
                 done = subprocess.run(
-                    launcher_argv(spec, 'echo ok > probe && test "$(cat probe)" = ok'),
-                    env={"PATH": "/usr/bin:/bin"},
+                    launcher_argv(spec_fd),
+                    env=LAUNCHER_ENV,
+                    pass_fds=(spec_fd,),
                     capture_output=True,
                     timeout=PROBE_TIMEOUT_S,
                     check=False,
                 )
             except subprocess.TimeoutExpired:
                 return "probe timed out"
+            finally:
+                os.close(spec_fd)
             if done.returncode != 0:
                 return (done.stdout + done.stderr).decode("utf-8", "replace").strip()[:300]
     return None

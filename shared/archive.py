@@ -93,6 +93,55 @@ def walk_tree(
                 on_skip(rel, kind)
 
 
+OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# O_NONBLOCK: a FIFO swapped in for a file must not hang the open.
+OPEN_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+
+
+def open_root(root: Path) -> int:
+    """A directory fd for ``root`` (not a symlink), for :func:`open_entry`."""
+    try:
+        return os.open(root, OPEN_DIR)
+    except OSError as exc:
+        raise ValidationError(f"cannot open {root.name!r} as a directory: {exc.strerror}") from exc
+
+
+def _open_at(parent: int, name: str, flags: int) -> int:
+    """``name`` opened relative to ``parent``, which is closed either way."""
+    try:
+        return os.open(name, flags, dir_fd=parent)
+    finally:
+        os.close(parent)
+
+
+def open_entry(root_fd: int, entry: Entry) -> int:
+    """Open ``entry`` (found by :func:`walk_tree`) beneath ``root_fd`` for reading.
+
+    Every component is opened relative to its parent's fd with ``O_NOFOLLOW``, and
+    the file must still be a regular file with no other link, of the size walked:
+    a file swapped for a symlink (to ``/etc/shadow``), a FIFO or a hard link after
+    the walk is refused with ValidationError instead of read.
+    """
+    *dirs, name = check_name(entry.rel).split("/")
+    changed = f"output file {entry.rel!r} changed after it was listed"
+    try:
+        fd = os.dup(root_fd)
+        for part in dirs:
+            fd = _open_at(fd, part, OPEN_DIR)
+        fd = _open_at(fd, name, OPEN_FILE)
+    except OSError as exc:
+        raise ValidationError(f"{changed}: {exc.strerror}") from exc
+    try:
+        st = os.fstat(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or st.st_size != entry.size:
+        os.close(fd)
+        raise ValidationError(changed)
+    return fd
+
+
 def pack(
     root: Path, dest: Path, *, max_files: int, max_bytes: int, on_skip: Skipped | None = None
 ) -> int:

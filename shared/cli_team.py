@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import getpass
 import re
 import time
 from typing import Any
@@ -30,9 +29,11 @@ def _when(ms: int | None) -> str:
 
 
 def _owner(f: Any) -> Any:
-    return click.option(
-        "--owner", default=getpass.getuser, show_default="your login name", help="who you are"
-    )(f)
+    # The API takes the owner from the caller's token (or, locally, the uploader's
+    # user); --owner is only a check that it is who you think.
+    return click.option("--owner", default=None, help="who you are (must match your API identity)")(
+        f
+    )
 
 
 @click.command()
@@ -41,7 +42,7 @@ def _owner(f: Any) -> Any:
 @click.option("--reason", default="", help="shown to whoever finds it locked")
 @_owner
 @api_option
-def lock(service: str, ttl: str | None, reason: str, owner: str, api_url: str) -> None:
+def lock(service: str, ttl: str | None, reason: str, owner: str | None, api_url: str) -> None:
     """Take SERVICE's deploy lock: deploys of it wait until you unlock."""
     ttl_s = parse_duration_s(ttl) if ttl else None
     record = call_api(api_url, "lock", service, owner=owner, ttl_s=ttl_s, reason=reason)
@@ -53,7 +54,7 @@ def lock(service: str, ttl: str | None, reason: str, owner: str, api_url: str) -
 @click.option("--force", is_flag=True, help="release someone else's lock (admins only)")
 @_owner
 @api_option
-def unlock(service: str, force: bool, owner: str, api_url: str) -> None:
+def unlock(service: str, force: bool, owner: str | None, api_url: str) -> None:
     """Release SERVICE's lock (yours, or anyone's with --force as an admin)."""
     result = call_api(api_url, "unlock", service, owner=owner, force=force)
     click.echo(f"unlocked {service} (was {result['lock']['owner']}'s)")
@@ -80,7 +81,7 @@ def locks(api_url: str) -> None:
 @click.option("--ttl", "ttl", help="free it automatically after e.g. 4h, 2d")
 @_owner
 @api_option
-def claim(env: str, branch: str | None, ttl: str | None, owner: str, api_url: str) -> None:
+def claim(env: str, branch: str | None, ttl: str | None, owner: str | None, api_url: str) -> None:
     """Claim staging environment ENV."""
     ttl_s = parse_duration_s(ttl) if ttl else None
     result = call_api(api_url, "claim", env, owner=owner, branch=branch, ttl_s=ttl_s)
@@ -92,7 +93,7 @@ def claim(env: str, branch: str | None, ttl: str | None, owner: str, api_url: st
 @click.option("--force", is_flag=True, help="release someone else's claim (admins only)")
 @_owner
 @api_option
-def release(env: str, force: bool, owner: str, api_url: str) -> None:
+def release(env: str, force: bool, owner: str | None, api_url: str) -> None:
     """Release your claim on staging environment ENV."""
     result = call_api(api_url, "release_claim", env, owner=owner, force=force)
     click.echo(f"released {env} (was {result['claim']['owner']}'s)")

@@ -30,6 +30,8 @@ class Client:
         self.http.close()
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        if method not in ("GET", "HEAD") and kwargs.get("json") is None and "content" not in kwargs:
+            kwargs["json"] = {}  # the API takes state changes as JSON only (no CSRF)
         try:
             response = self.http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
@@ -113,17 +115,24 @@ class Client:
         result: list[dict[str, Any]] = self._call("GET", "/locks")
         return result
 
+    # The owner of a lock or claim is the caller's identity (its token, or the local
+    # user): ``owner`` is only sent when given, and the API refuses someone else's name.
+
     def lock(
-        self, service: str, *, owner: str, ttl_s: int | None = None, reason: str = ""
+        self, service: str, *, owner: str | None = None, ttl_s: int | None = None, reason: str = ""
     ) -> dict[str, Any]:
-        body: dict[str, Any] = {"owner": owner, "reason": reason}
+        body: dict[str, Any] = {"reason": reason}
+        if owner is not None:
+            body["owner"] = owner
         if ttl_s is not None:
             body["ttl_s"] = ttl_s
         result: dict[str, Any] = self._call("PUT", f"/locks/{quote(service, safe='')}", json=body)
         return result
 
-    def unlock(self, service: str, *, owner: str, force: bool = False) -> dict[str, Any]:
-        params = {"owner": owner, "force": "true" if force else "false"}
+    def unlock(
+        self, service: str, *, owner: str | None = None, force: bool = False
+    ) -> dict[str, Any]:
+        params = _release_params(owner, force)
         path = f"/locks/{quote(service, safe='')}"
         result: dict[str, Any] = self._call("DELETE", path, params=params)
         return result
@@ -133,14 +142,28 @@ class Client:
         return result
 
     def claim(
-        self, env: str, *, owner: str, branch: str | None = None, ttl_s: int | None = None
+        self,
+        env: str,
+        *,
+        owner: str | None = None,
+        branch: str | None = None,
+        ttl_s: int | None = None,
     ) -> dict[str, Any]:
         body = {k: v for k, v in {"owner": owner, "branch": branch, "ttl_s": ttl_s}.items() if v}
         result: dict[str, Any] = self._call("PUT", f"/staging/{quote(env, safe='')}", json=body)
         return result
 
-    def release_claim(self, env: str, *, owner: str, force: bool = False) -> dict[str, Any]:
-        params = {"owner": owner, "force": "true" if force else "false"}
+    def release_claim(
+        self, env: str, *, owner: str | None = None, force: bool = False
+    ) -> dict[str, Any]:
+        params = _release_params(owner, force)
         path = f"/staging/{quote(env, safe='')}"
         result: dict[str, Any] = self._call("DELETE", path, params=params)
         return result
+
+
+def _release_params(owner: str | None, force: bool) -> dict[str, str]:
+    params = {"force": "true" if force else "false"}
+    if owner is not None:
+        params["owner"] = owner
+    return params

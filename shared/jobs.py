@@ -72,6 +72,20 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, f"***@{host}", parts.path, parts.query, parts.fragment))
 
 
+HIDDEN = "***"
+
+
+def redact_build(build: Mapping[str, Any]) -> dict[str, Any]:
+    """The public copy of a build override: the command and every ``env`` value
+    hidden (names kept), so records, API answers and S3 copies never hold them."""
+    public = dict(build)
+    if "command" in public:
+        public["command"] = HIDDEN
+    if isinstance(public.get("env"), Mapping):
+        public["env"] = dict.fromkeys(public["env"], HIDDEN)
+    return public
+
+
 class Phase(BaseModel):
     """One phase's timing."""
 
@@ -190,10 +204,12 @@ class JobStore:
             fields += ["ref", ref]
         if root_dir:
             fields += ["root_dir", root_dir]
+        private = ""
         if build:
-            fields += ["build", json.dumps(dict(build), separators=(",", ":"))]
+            fields += ["build", json.dumps(redact_build(build), separators=(",", ":"))]
+            private = json.dumps(dict(build), separators=(",", ":"))
         k = self.keys
-        keys = [k.job(job_id), k.jobs, k.seq(service), k.ingest, k.events]
+        keys = [k.job(job_id), k.jobs, k.seq(service), k.ingest, k.events, k.build(job_id)]
         if idem_key is not None:
             keys.append(k.idem(idem_key))
         result = await self.scripts.submit(
@@ -204,6 +220,7 @@ class JobStore:
                 self.settings.jobs_index_max,
                 self.settings.events_max_entries,
                 self.settings.idempotency_ttl_s * 1000,
+                private,
                 *fields,
             ],
         )
@@ -299,7 +316,7 @@ class JobStore:
         Ended jobs never change again.
         """
         k = self.keys
-        keys = [k.job(job_id), k.events, k.logs(job_id)]
+        keys = [k.job(job_id), k.events, k.logs(job_id), k.build(job_id)]
         flags = "r" if fetch else ""
         source = k.delayed if from_delayed else ack
         if source is not None:
@@ -326,7 +343,7 @@ class JobStore:
         that has ended or vanished is dropped from ``active`` by the same call.
         """
         k = self.keys
-        args = [k.job(""), k.logs(""), *self._args("", status, "rx", 0, fields)[1:]]
+        args = [k.job(""), k.logs(""), k.build(""), *self._args("", status, "rx", 0, fields)[1:]]
         result = await self.scripts.claim(keys=[source, active, k.events], args=args)
         if not result:
             return None
@@ -336,7 +353,15 @@ class JobStore:
         """End a job as cancelled wherever it is; running workers are notified."""
         k = self.keys
         result = await self.scripts.cancel(
-            keys=[k.job(job_id), k.events, k.logs(job_id), k.ingest, k.queue, k.delayed],
+            keys=[
+                k.job(job_id),
+                k.events,
+                k.logs(job_id),
+                k.ingest,
+                k.queue,
+                k.delayed,
+                k.build(job_id),
+            ],
             args=[
                 job_id,
                 now_ms(self.clock),
@@ -353,10 +378,19 @@ class JobStore:
         k = self.keys
         destination = k.ingest if status is Status.ACCEPTED else k.queue
         result = await self.scripts.revive(
-            keys=[k.job(job_id), k.events, k.logs(job_id), k.dead, destination],
+            keys=[k.job(job_id), k.events, k.logs(job_id), k.dead, destination, k.build(job_id)],
             args=[job_id, now_ms(self.clock), self.settings.events_max_entries, status.value],
         )
         return Transition(int(result[0]), _text(result[1]) if len(result) > 1 else None)
+
+    async def build_override(self, job_id: str) -> dict[str, Any] | None:
+        """The job's build override as submitted (with its command and env values),
+        or None if it had none or it is gone. Only the deployer reads this."""
+        raw = await self.redis.get(self.keys.build(job_id))
+        if raw is None:
+            return None
+        value = json.loads(_text(raw))
+        return value if isinstance(value, dict) else None
 
     async def get_raw(self, job_id: str) -> dict[str, str]:
         raw = await self.redis.hgetall(self.keys.job(job_id))

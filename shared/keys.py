@@ -82,6 +82,13 @@ class Keys:
     def logs(self, job_id: str) -> str:
         return f"{self.prefix}:logs:{job_id}"
 
+    def build(self, job_id: str) -> str:
+        """string: a job's build override as submitted (command, env values), JSON.
+
+        Private: the public record keeps only its redacted copy. Written with the
+        job; deleted when the job goes live, else expires with the record."""
+        return f"{self.prefix}:build:{job_id}"
+
     def lock(self, service: str) -> str:
         return f"{self.prefix}:lock:{service}"
 

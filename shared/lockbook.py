@@ -30,6 +30,7 @@ from shared.scripts import source
 
 OWNER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@:+-]{0,63}$")
 MAX_REASON_CHARS = 200
+MANUAL_TASK = "manual"  # the task of every lock a person took (API, CLI, ChatOps)
 
 
 class Released(StrEnum):
@@ -262,7 +263,7 @@ class LockBook:
             token=os.urandom(16).hex(),
             owner=owner,
             ttl_ms=ttl_ms,
-            task="manual",
+            task=MANUAL_TASK,
             reason=reason,
             user_id=user_id,
             refresh=True,
@@ -277,9 +278,17 @@ class LockBook:
     async def release_manual(
         self, service: str, *, owner: str, force: bool = False
     ) -> tuple[Released, LockRecord | None]:
-        """Release ``service`` if ``owner`` holds it, or whoever holds it with ``force``
-        (the caller checks that ``owner`` is an admin)."""
+        """Release ``service`` if ``owner`` holds it as a manual lock, or whoever holds
+        it with ``force`` (the caller checks that ``owner`` is an admin; the history
+        keeps ``end: forced`` and ``released_by``).
+
+        A deploy's lock (task other than ``manual``) is never released by owner name,
+        so naming a deployer's public worker id cannot abort its deploy."""
         service, owner = validate_name(service), validate_owner(owner)
+        if not force:
+            holder = await self.holder(service)
+            if holder is not None and holder.task != MANUAL_TASK:
+                return Released.NOT_OWNER, holder
         reply = await self.release(
             [service], mode="force" if force else "owner", value=owner, actor=owner
         )

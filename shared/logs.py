@@ -104,7 +104,7 @@ class LogWriter:
         await self.flush()
 
 
-def _decode(entry_id: Any, fields: dict[Any, Any]) -> LogEntry:
+def decode_entry(entry_id: Any, fields: dict[Any, Any]) -> LogEntry:
     def s(v: Any) -> str:
         return v.decode() if isinstance(v, bytes) else str(v)
 
@@ -118,7 +118,7 @@ async def read_log(
     """Entries after ``after`` (an entry id, or "0" for the beginning)."""
     start = "(" + after if after not in ("0", "0-0", "-") else "-"
     rows: Any = await redis.xrange(keys.logs(job_id), min=start, max="+", count=count)
-    return [_decode(i, f) for i, f in rows]
+    return [decode_entry(i, f) for i, f in rows]
 
 
 async def follow_log(
@@ -129,4 +129,4 @@ async def follow_log(
     if not reply:
         return []
     _, rows = reply[0]
-    return [_decode(i, f) for i, f in rows]
+    return [decode_entry(i, f) for i, f in rows]

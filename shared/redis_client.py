@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared.settings import Settings
+
+POOL_WAIT_S = 20.0  # how long a command waits for a free pooled connection
 
 
 def make_redis(settings: Settings, *, blocking: bool = False) -> Redis:
@@ -31,8 +33,12 @@ def make_redis(settings: Settings, *, blocking: bool = False) -> Redis:
             retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=0),
         )
     retry = Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3)
-    return Redis.from_url(
+    # A bounded pool: a burst of requests waits for a connection instead of opening
+    # one Redis client each (hundreds of log followers must not mean hundreds).
+    pool = BlockingConnectionPool.from_url(
         settings.redis_url,
+        max_connections=settings.redis_max_connections,
+        timeout=POOL_WAIT_S,
         decode_responses=True,
         socket_timeout=10,
         socket_connect_timeout=5,
@@ -41,3 +47,4 @@ def make_redis(settings: Settings, *, blocking: bool = False) -> Redis:
         retry=retry,
         retry_on_error=errors,
     )
+    return Redis.from_pool(pool)

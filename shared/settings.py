@@ -38,13 +38,17 @@ class Settings(BaseSettings):
     sites_port: int = Field(8001, ge=1, le=65535)  # default: BUILDQ_PORT + 1
     sites_scheme: Literal["auto", "http", "https"] = "auto"
     sites_public_port: int | None = Field(None, ge=0, le=65535)  # 0: none in links
+    # name:role[:svc|glob...]=token entries (uploader/auth.py); none: local mode
     api_tokens: SecretStr | None = None
     api_token: SecretStr | None = None  # the token the CLI sends (one of api_tokens)
+    # Host header values the API answers (any port); the API URL's host is added.
+    # Unset: 127.0.0.1, localhost and [::1], enforced in local mode (no tokens).
+    allowed_hosts: str | None = Field(None, max_length=4096)
     max_body_bytes: int = Field(1024 * 1024, ge=1024)
-    submit_rate_per_min: int = Field(60, ge=0)  # per API token; 0 turns the limit off
+    submit_rate_per_min: int = Field(60, ge=0)  # per identity; 0 turns the limit off
     slack_signing_secret: SecretStr | None = None
     mattermost_token: SecretStr | None = None
-    admins: str = Field("", max_length=4096)  # comma-separated names that may force-release
+    chat_users: str = Field("", max_length=65536)  # team:user=name,... (chat identities)
     lock_default_ttl_s: int = Field(3600, ge=1, le=30 * 24 * 3600)
     claim_default_ttl_s: int = Field(0, ge=0, le=365 * 24 * 3600)  # 0: claims do not expire
 
@@ -63,6 +67,8 @@ class Settings(BaseSettings):
     log_max_entries: int = Field(20_000, ge=100)
     log_max_bytes: int = Field(2 * 1024 * 1024, ge=1024)
     events_max_entries: int = Field(10_000, ge=100)
+    redis_max_connections: int = Field(32, ge=2, le=10_000)  # pooled, per process
+    max_log_streams: int = Field(256, ge=1, le=100_000)  # open SSE log streams per uploader
 
     max_source_bytes: int = Field(512 * 1024 * 1024, ge=1024)
     max_source_files: int = Field(100_000, ge=1)
@@ -140,15 +146,21 @@ class Settings(BaseSettings):
             )
         return self
 
-    @property
-    def admin_names(self) -> frozenset[str]:
-        """Owners allowed to force-release someone else's lock or claim."""
-        return frozenset(name.strip() for name in self.admins.split(",") if name.strip())
+
+# Settings that existed once, with what replaced them.
+REMOVED = {
+    "BUILDQ_ADMINS": (
+        "admins are identities with the admin role now: give each one an entry "
+        "name:admin=token in BUILDQ_API_TOKENS (and map chat users with BUILDQ_CHAT_USERS)"
+    ),
+}
 
 
 def _unknown_keys(environ: dict[str, str]) -> list[str]:
     known = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
-    return sorted(k for k in environ if k.startswith(ENV_PREFIX) and k not in known)
+    return sorted(
+        k for k in environ if k.startswith(ENV_PREFIX) and k not in known and k not in REMOVED
+    )
 
 
 def load_settings(environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
@@ -157,6 +169,9 @@ def load_settings(environ: dict[str, str] | None = None, **overrides: Any) -> Se
     Fails at once, naming the key, on an unknown or invalid ``BUILDQ_*`` variable.
     """
     env = dict(os.environ if environ is None else environ)
+    removed = sorted(k for k in env if k in REMOVED)
+    if removed:
+        raise ConfigError("; ".join(f"{k} is no longer supported: {REMOVED[k]}" for k in removed))
     unknown = _unknown_keys(env)
     if unknown:
         raise ConfigError(f"unknown setting(s): {', '.join(unknown)}")

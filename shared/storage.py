@@ -9,7 +9,7 @@ import mimetypes
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -107,6 +107,11 @@ class Storage:
     async def put_file(self, key: str, path: Path, *, mime: str | None = None) -> None:
         extra = {"ContentType": mime or content_type(key)}
         await self._run(self.client.upload_file, str(path), self.bucket, key, ExtraArgs=extra)
+
+    async def put_fileobj(self, key: str, fileobj: BinaryIO, *, mime: str | None = None) -> None:
+        """Upload an already open binary file (read in a worker thread)."""
+        extra = {"ContentType": mime or content_type(key)}
+        await self._run(self.client.upload_fileobj, fileobj, self.bucket, key, ExtraArgs=extra)
 
     async def put_bytes(self, key: str, data: bytes, *, mime: str) -> None:
         await self._run(

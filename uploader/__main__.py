@@ -12,6 +12,7 @@ from shared.errors import ConfigError
 from shared.logsetup import configure_logging
 from shared.settings import Settings, get_settings
 from uploader.app import create_app
+from uploader.auth import check_local_bind, parse_tokens
 
 
 def listen(host: str, port: int, what: str) -> socket.socket:
@@ -32,6 +33,9 @@ def listen(host: str, port: int, what: str) -> socket.socket:
 def main() -> None:
     try:
         settings: Settings = get_settings()
+        tokens = settings.api_tokens.get_secret_value() if settings.api_tokens else None
+        check_local_bind(settings.host, parse_tokens(tokens))
+        app = create_app(settings)
         sockets = [
             listen(settings.host, settings.port, "the API (BUILDQ_PORT)"),
             listen(settings.host, settings.sites_port, "sites (BUILDQ_SITES_PORT)"),
@@ -41,7 +45,7 @@ def main() -> None:
         raise SystemExit(2) from None
     configure_logging(settings.log_level, json=settings.log_json)
     config = uvicorn.Config(
-        create_app(settings),
+        app,
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=int(settings.grace_period_s) + 5,

@@ -8,23 +8,27 @@ import re
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
+import anyio
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from redis.exceptions import RedisError
 
-from shared.jobs import JobRecord, Status, new_job_id
-from shared.logs import follow_log, read_log
+from shared.buildenv import MAX_ENTRIES, validate_build_env
+from shared.errors import ValidationError
+from shared.jobs import TERMINAL, JobRecord, Status, new_job_id
+from shared.logs import read_log
 from shared.names import service_from_repo_url, validate_name, validate_relative_dir
 from shared.queue import Queue
-from shared.redis_client import make_redis
 from shared.siteaddr import JOB_ID_RE, preview_url, site_url
 from shared.workers import list_workers
+from uploader.auth import Action, Caller, require
+from uploader.loghub import HubFull, Subscription, entry_key
 from uploader.repourl import validate_ref, validate_repo_url
 from uploader.state import Services, services
 
 router = APIRouter()
-SSE_BLOCK_MS = 5000
+SSE_KEEPALIVE_S = 5.0
 
 Svc = Annotated[Services, Depends(services)]
 
@@ -35,7 +39,18 @@ class BuildSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     command: str | None = Field(None, min_length=1, max_length=4096)
     output: str | None = Field(None, min_length=1, max_length=255)
-    env: dict[str, str] | None = Field(None, max_length=100)
+    env: dict[str, str] | None = Field(None, max_length=MAX_ENTRIES)
+
+    @field_validator("env")
+    @classmethod
+    def _safe_env(cls, env: dict[str, str] | None) -> dict[str, str] | None:
+        """Loader and interpreter variables and oversized environments are a 422."""
+        if env is None:
+            return None
+        try:
+            return validate_build_env(env, "build.env")
+        except ValidationError as exc:
+            raise ValueError(str(exc)) from None
 
 
 class DeploymentRequest(BaseModel):
@@ -76,15 +91,17 @@ def _links(svc: Services, job_id: str, service: str) -> dict[str, str]:
 async def create_deployment(
     body: DeploymentRequest,
     svc: Svc,
+    who: Caller,
     idempotency_key: Annotated[str | None, Header(min_length=1, max_length=200)] = None,
 ) -> Any:
     """Accept a repository for deployment; it is cloned and built in the background.
 
     With an ``Idempotency-Key`` header, repeating the request returns the first job
-    (200, same id) instead of creating another.
+    (200, same id) instead of creating another; keys are the caller's own.
     """
     validate_repo_url(body.repo_url, allow_local=svc.settings.allow_local_repos)
     service = validate_name(body.service) if body.service else service_from_repo_url(body.repo_url)
+    require(who, Action.DEPLOY, service)
     ref = validate_ref(body.ref) if body.ref else None
     root_dir = validate_relative_dir(body.root_dir) or None if body.root_dir else None
     build = body.build.model_dump(exclude_none=True) if body.build else None
@@ -107,7 +124,9 @@ async def create_deployment(
             seq=seq,
             links=_links(svc, job_id, service),
         )
-    digest = hashlib.sha256(idempotency_key.encode("utf-8", "surrogatepass")).hexdigest()
+    # Scoped to the caller: another identity's key can neither replay nor block this one.
+    scoped = f"{who.name}\x00{idempotency_key}".encode("utf-8", "surrogatepass")
+    digest = hashlib.sha256(scoped).hexdigest()
     job_id, created = await svc.store.submit_once(job_id, digest, **fields)
     record = await svc.store.get(job_id)
     if record is None:  # the first job expired while its key lived on
@@ -163,31 +182,66 @@ async def get_logs(
         entries = await read_log(svc.redis, svc.keys, job_id)
         return PlainTextResponse("".join(e.render() + "\n" for e in entries))
     after = last_event_id if last_event_id and re.fullmatch(r"\d+-\d+", last_event_id) else "0"
+    hub = svc.logs
+    if hub is None:
+        raise HTTPException(503, "log streaming is not running in this process")
+    try:
+        subscription = await hub.follow(job_id, after)
+    except HubFull as exc:
+        raise HTTPException(503, f"{exc}; retry later", {"Retry-After": "5"}) from None
+
+    async def stream() -> AsyncIterator[str]:
+        try:
+            async for event in _sse(svc, subscription, job_id, after, request):
+                yield event
+        finally:
+            subscription.close()
+
     return StreamingResponse(
-        _sse(svc, job_id, after, request),
+        stream(),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
 
 
-async def _sse(svc: Services, job_id: str, after: str, request: Request) -> AsyncIterator[str]:
-    conn = make_redis(svc.settings, blocking=True)
-    try:
-        while not await request.is_disconnected():
-            entries = await follow_log(conn, svc.keys, job_id, after=after, block_ms=SSE_BLOCK_MS)
-            if not entries:
-                if await svc.redis.exists(svc.keys.job(job_id)) == 0:
-                    return
-                yield ": keep-alive\n\n"
+async def _sse(
+    svc: Services,
+    updates: Subscription,
+    job_id: str,
+    after: str,
+    request: Request,
+) -> AsyncIterator[str]:
+    """Catch up from ``after``, then what the hub hands us, until the job ends."""
+    last = entry_key(after)
+    while not await request.is_disconnected():
+        # The stream's history since our cursor: at the start, after a keep-alive
+        # tick, and whenever the hub might have dropped us (it never blocks on us).
+        batch = await read_log(svc.redis, svc.keys, job_id, after=after)
+        if not batch:
+            with anyio.move_on_after(SSE_KEEPALIVE_S):
+                try:
+                    batch = await updates.receive()
+                except anyio.EndOfStream:
+                    return  # dropped as too slow: the client resumes with Last-Event-ID
+        if not batch:
+            if await _ended(svc, job_id):
+                return
+            yield ": keep-alive\n\n"
+            continue
+        for entry in batch:
+            if entry_key(entry.id) <= last:
                 continue
-            for entry in entries:
-                after = entry.id
-                data = json.dumps({"kind": entry.kind, "text": entry.text, "status": entry.status})
-                yield f"id: {entry.id}\nevent: {entry.kind}\ndata: {data}\n\n"
-                if entry.kind == "end":
-                    return
-    finally:
-        await conn.aclose()
+            last, after = entry_key(entry.id), entry.id
+            data = json.dumps({"kind": entry.kind, "text": entry.text, "status": entry.status})
+            yield f"id: {entry.id}\nevent: {entry.kind}\ndata: {data}\n\n"
+            if entry.kind == "end":
+                return
+
+
+async def _ended(svc: Services, job_id: str) -> bool:
+    """Whether a followed job is gone or over (a cursor past its end waits no longer)."""
+    status = await svc.redis.hget(svc.keys.job(job_id), "status")
+    return status is None or Status(status) in TERMINAL
 
 
 @router.get("/queue")

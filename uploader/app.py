@@ -22,6 +22,7 @@ from shared.workers import new_worker_id
 from uploader import api, chatops, control_api, metrics, serving, team_api
 from uploader.errors import install_error_handlers
 from uploader.ingest import Ingest
+from uploader.loghub import LogHub
 from uploader.security import install_security
 from uploader.sites import SitesOrigin
 from uploader.state import Services
@@ -49,9 +50,22 @@ def create_app(settings: Settings, *, run_ingest: bool = True) -> SitesOrigin:
         except StorageError as exc:
             log.warning("uploader.bucket_unavailable", error=str(exc))
         store = JobStore(redis, keys, settings)
-        app.state.services = Services(settings, keys, redis, storage, store)
+        hub = LogHub(
+            make_reader=lambda: make_redis(settings, blocking=True),
+            redis=redis,
+            keys=keys,
+            max_followers=settings.max_log_streams,
+        )
+        app.state.services = Services(settings, keys, redis, storage, store, hub)
         stopping = anyio.Event()
+        hub_scope = anyio.CancelScope()
+
+        async def run_hub() -> None:
+            with hub_scope:
+                await hub.run()
+
         async with anyio.create_task_group() as tg:
+            tg.start_soon(run_hub)
             if run_ingest:
                 worker_id = new_worker_id("ingest")
                 ingest = Ingest(
@@ -79,6 +93,7 @@ def create_app(settings: Settings, *, run_ingest: bool = True) -> SitesOrigin:
                 yield
             finally:
                 stopping.set()
+                hub_scope.cancel()
         await redis.aclose()
 
     app = FastAPI(title="buildq", version=__version__, lifespan=lifespan)

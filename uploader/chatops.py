@@ -4,8 +4,10 @@ Slack requests carry ``X-Slack-Signature: v0=<hex>``, an HMAC-SHA256 with the si
 secret over ``v0:{X-Slack-Request-Timestamp}:{raw body}``; the timestamp must be
 within five minutes of now. Mattermost requests carry the command's ``token`` form
 field. Both comparisons are constant-time; anything unverifiable gets 401 and changes
-nothing. A delivery seen before (a retry, or a second replica behind a balancer) gets
-the first delivery's answer and is not executed again.
+nothing. The workspace (``team_id``) must be one ``BUILDQ_CHAT_USERS`` names (403
+otherwise); the user id maps to the identity the command runs as. A delivery seen
+before (a retry, or a second replica behind a balancer) gets the first delivery's
+answer and is not executed again.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import json
 import re
 import time
 from collections.abc import Callable, Mapping
+from functools import lru_cache
 from typing import Annotated, Any
 from urllib.parse import parse_qsl
 
@@ -23,6 +26,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import JSONResponse
 
 from shared.settings import Settings
+from uploader.auth import Authenticator, ChatDirectory, parse_chat_users, parse_tokens
 from uploader.chatops_commands import ChatRequest, ephemeral, execute
 from uploader.team_api import TeamDep
 
@@ -102,6 +106,14 @@ def authenticate(settings: Settings, headers: Mapping[str, str], body: bytes, no
     raise HTTPException(401, "unsigned or unverified chat request")
 
 
+@lru_cache(maxsize=4)
+def chat_directory(settings: Settings) -> ChatDirectory:
+    """Chat users and the identities their names have in ``BUILDQ_API_TOKENS``."""
+    raw = settings.api_tokens.get_secret_value() if settings.api_tokens else None
+    known = Authenticator(parse_tokens(raw)).by_name
+    return ChatDirectory(parse_chat_users(settings.chat_users), known)
+
+
 def fingerprint(request: ChatRequest) -> tuple[str, int]:
     """The dedupe key part for ``request`` and how long duplicates are recognised."""
     parts = (
@@ -136,6 +148,10 @@ async def chatops(request: Request, t: TeamDep, clock: Clock) -> JSONResponse:
     body = await read_body(request)
     platform = authenticate(t.svc.settings, request.headers, body, clock())
     chat = ChatRequest.from_form(platform, parse_form(body))
+    directory = chat_directory(t.svc.settings)
+    if chat.team_id not in directory.teams:
+        raise HTTPException(403, "this chat workspace is not configured (BUILDQ_CHAT_USERS)")
+    who = directory.identity(chat.team_id, chat.user_id)
     digest, ttl_ms = fingerprint(chat)
     key = t.svc.keys.idem(f"chatops:{digest}")
     redis = t.svc.redis
@@ -146,7 +162,7 @@ async def chatops(request: Request, t: TeamDep, clock: Clock) -> JSONResponse:
             return JSONResponse(answer)
         return JSONResponse(ephemeral("That command is already being handled."))
     try:
-        answer = await execute(chat, t)
+        answer = await execute(chat, t, who)
     except Exception:
         await redis.delete(key)  # not done: a retry may run it
         raise

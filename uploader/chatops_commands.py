@@ -2,6 +2,11 @@
 
 Changes are answered ``in_channel`` (the team sees who locked what); errors, help and
 read-only answers are ``ephemeral`` (only the caller sees them).
+
+Who is asking is the identity ``BUILDQ_CHAT_USERS`` maps the workspace and user id to
+(``uploader/auth.py``), never the display name: it owns locks and claims, and its role
+decides what it may do. Unmapped users may only read (status, queue, locks, claims,
+help).
 """
 
 from __future__ import annotations
@@ -13,10 +18,12 @@ from typing import Any
 
 from shared.errors import ValidationError
 from shared.jobs import new_job_id, redact_url
-from shared.lockbook import Released, validate_owner
+from shared.lockbook import Released
 from shared.names import service_from_repo_url, validate_name
 from shared.workers import list_workers
+from uploader.auth import Action, Identity, decide
 from uploader.netcheck import HostPolicy
+from uploader.ratelimit import submission_wait_s
 from uploader.repourl import validate_repo_url
 from uploader.team_api import Team, describe_claim, describe_lock
 
@@ -24,6 +31,7 @@ HELP = """buildq commands:
   lock <service> [reason]     take the deploy lock of a service (released after {ttl})
   unlock <service> [force]    release it (force: admins only)
   status [service]            locks and recent deployments
+  locks                       who holds which deploy lock
   claim <env> [branch]        claim a staging environment
   release <env> [force]       release your claim (force: admins only)
   claims                      who has which environment
@@ -85,47 +93,71 @@ def _forced(args: list[str]) -> bool:
     return len(args) > 1 and args[1].lower() in ("force", "--force")
 
 
+class Refusal(Exception):
+    """The caller may not do this; the message says why."""
+
+
+def _allow(who: Identity | None, action: Action, service: str | None = None) -> Identity:
+    """``who`` if it may do ``action`` (on ``service``), else :class:`Refusal`."""
+    if who is None:
+        raise Refusal(
+            "your chat account is not mapped to a buildq identity (BUILDQ_CHAT_USERS): "
+            "you may use status, queue, locks, claims and help."
+        )
+    reason = decide(who, action, service)
+    if reason is not None:
+        raise Refusal(reason + ".")
+    return who
+
+
 def _hours(seconds: int) -> str:
     return f"{seconds / 3600:g} h" if seconds >= 3600 else f"{seconds // 60} min"
 
 
-async def _lock(t: Team, who: str, chat: ChatRequest, args: list[str]) -> dict[str, str]:
+async def _lock(
+    t: Team, who: Identity | None, chat: ChatRequest, args: list[str]
+) -> dict[str, str]:
     service = validate_name(args[0]) if args else ""
     if not service:
         return ephemeral("usage: lock <service> [reason]")
+    me = _allow(who, Action.LOCK, service).name
     ttl_s = t.svc.settings.lock_default_ttl_s
     taken, record = await t.locks.acquire_manual(
-        service, owner=who, ttl_ms=ttl_s * 1000, reason=" ".join(args[1:]), user_id=chat.user_id
+        service, owner=me, ttl_ms=ttl_s * 1000, reason=" ".join(args[1:]), user_id=chat.user_id
     )
     if not taken:
         return ephemeral(f"{describe_lock(record)} since {_at(record.acquired_at)}.")
     why = f": {record.reason}" if record.reason else ""
-    return in_channel(f"{who} locked {service} until {_at(record.expires_at)}{why}")
+    return in_channel(f"{me} locked {service} until {_at(record.expires_at)}{why}")
 
 
-async def _unlock(t: Team, who: str, chat: ChatRequest, args: list[str]) -> dict[str, str]:
+async def _unlock(
+    t: Team, who: Identity | None, chat: ChatRequest, args: list[str]
+) -> dict[str, str]:
     if not args:
         return ephemeral("usage: unlock <service> [force]")
     service, force = validate_name(args[0]), _forced(args)
-    if force and who not in t.svc.settings.admin_names:
-        return ephemeral(f"only admins may force an unlock; {who} is not one.")
-    outcome, record = await t.locks.release_manual(service, owner=who, force=force)
+    me = _allow(who, Action.FORCE if force else Action.LOCK, service).name
+    outcome, record = await t.locks.release_manual(service, owner=me, force=force)
     if outcome is Released.NOT_HELD or record is None:
         return ephemeral(f"{service} is not locked.")
     if outcome is Released.NOT_OWNER:
         return ephemeral(
             f"{describe_lock(record)}; only they (or an admin, with force) can unlock."
         )
-    was = f" (forced; it was {record.owner}'s)" if record.owner != who else ""
-    return in_channel(f"{who} unlocked {service}{was}")
+    was = f" (forced; it was {record.owner}'s)" if record.owner != me else ""
+    return in_channel(f"{me} unlocked {service}{was}")
 
 
-async def _claim(t: Team, who: str, chat: ChatRequest, args: list[str]) -> dict[str, str]:
+async def _claim(
+    t: Team, who: Identity | None, chat: ChatRequest, args: list[str]
+) -> dict[str, str]:
     if not args:
         return ephemeral("usage: claim <env> [branch]")
+    me = _allow(who, Action.CLAIM).name
     won, claim = await t.staging.claim(
         validate_name(args[0], "environment"),
-        owner=who,
+        owner=me,
         branch=args[1] if len(args) > 1 else None,
         ttl_s=t.svc.settings.claim_default_ttl_s or None,
         user_id=chat.user_id,
@@ -134,34 +166,39 @@ async def _claim(t: Team, who: str, chat: ChatRequest, args: list[str]) -> dict[
         return ephemeral(f"{describe_claim(claim)} since {_at(claim.claimed_at)}.")
     branch = f" for {claim.branch}" if claim.branch else ""
     until = f" until {_at(claim.expires_at)}" if claim.expires_at else ""
-    return in_channel(f"{who} claimed {claim.env}{branch}{until}")
+    return in_channel(f"{me} claimed {claim.env}{branch}{until}")
 
 
-async def _release(t: Team, who: str, chat: ChatRequest, args: list[str]) -> dict[str, str]:
+async def _release(
+    t: Team, who: Identity | None, chat: ChatRequest, args: list[str]
+) -> dict[str, str]:
     if not args:
         return ephemeral("usage: release <env> [force]")
     env, force = validate_name(args[0], "environment"), _forced(args)
-    if force and who not in t.svc.settings.admin_names:
-        return ephemeral(f"only admins may force a release; {who} is not one.")
-    outcome, claim = await t.staging.release(env, owner=who, force=force)
+    me = _allow(who, Action.FORCE if force else Action.CLAIM).name
+    outcome, claim = await t.staging.release(env, owner=me, force=force)
     if outcome is Released.NOT_HELD or claim is None:
         return ephemeral(f"{env} is not claimed.")
     if outcome is Released.NOT_OWNER:
         return ephemeral(
             f"{describe_claim(claim)}; only they (or an admin, with force) can release."
         )
-    was = f" (forced; it was {claim.owner}'s)" if claim.owner != who else ""
-    return in_channel(f"{who} released {env}{was}")
+    was = f" (forced; it was {claim.owner}'s)" if claim.owner != me else ""
+    return in_channel(f"{me} released {env}{was}")
 
 
-async def _claims(t: Team, who: str, chat: ChatRequest, args: list[str]) -> dict[str, str]:
+async def _claims(
+    t: Team, who: Identity | None, chat: ChatRequest, args: list[str]
+) -> dict[str, str]:
     claims = await t.staging.claims()
     if not claims:
         return ephemeral("No environment is claimed.")
     return ephemeral("\n".join(f"{describe_claim(c)} (until {_at(c.expires_at)})" for c in claims))
 
 
-async def _status(t: Team, who: str, chat: ChatRequest, args: list[str]) -> dict[str, str]:
+async def _status(
+    t: Team, who: Identity | None, chat: ChatRequest, args: list[str]
+) -> dict[str, str]:
     service = validate_name(args[0]) if args else None
     lines: list[str] = []
     if service:
@@ -179,7 +216,18 @@ async def _status(t: Team, who: str, chat: ChatRequest, args: list[str]) -> dict
     return ephemeral("\n".join(lines))
 
 
-async def _queue(t: Team, who: str, chat: ChatRequest, args: list[str]) -> dict[str, str]:
+async def _locks(
+    t: Team, who: Identity | None, chat: ChatRequest, args: list[str]
+) -> dict[str, str]:
+    held = await t.locks.held_locks()
+    if not held:
+        return ephemeral("No lock is held.")
+    return ephemeral("\n".join(f"{describe_lock(r)} until {_at(r.expires_at)}" for r in held))
+
+
+async def _queue(
+    t: Team, who: Identity | None, chat: ChatRequest, args: list[str]
+) -> dict[str, str]:
     k = t.svc.keys
     pipe = t.svc.redis.pipeline(transaction=False)
     pipe.llen(k.queue)
@@ -195,7 +243,9 @@ async def _queue(t: Team, who: str, chat: ChatRequest, args: list[str]) -> dict[
     )
 
 
-async def _deploy(t: Team, who: str, chat: ChatRequest, args: list[str]) -> dict[str, str]:
+async def _deploy(
+    t: Team, who: Identity | None, chat: ChatRequest, args: list[str]
+) -> dict[str, str]:
     if not args:
         return ephemeral("usage: deploy <repo-url> [service]")
     url = args[0]
@@ -207,21 +257,29 @@ async def _deploy(t: Team, who: str, chat: ChatRequest, args: list[str]) -> dict
     )  # the same host lists POST /deployments is held to (uploader/security.py)
     validate_repo_url(url, allow_local=settings.allow_local_repos, hosts=hosts)
     service = validate_name(args[1]) if len(args) > 1 else service_from_repo_url(url)
+    me = _allow(who, Action.DEPLOY, service).name
+    wait_s = await submission_wait_s(t.svc, me)
+    if wait_s:
+        limit = settings.submit_rate_per_min
+        return ephemeral(f"more than {limit} deploys per minute for {me}; retry in {wait_s} s.")
     job_id = new_job_id()
     await t.svc.store.submit(job_id, service=service, repo_url=url)
     link = f"{t.svc.settings.api_url.rstrip('/')}/deployments/{job_id}"
-    return in_channel(f"{who} is deploying {redact_url(url)} as {service}: job {job_id} {link}")
+    return in_channel(f"{me} is deploying {redact_url(url)} as {service}: job {job_id} {link}")
 
 
-async def _help(t: Team, who: str, chat: ChatRequest, args: list[str]) -> dict[str, str]:
+async def _help(
+    t: Team, who: Identity | None, chat: ChatRequest, args: list[str]
+) -> dict[str, str]:
     return ephemeral(HELP.format(ttl=_hours(t.svc.settings.lock_default_ttl_s)))
 
 
-Handler = Callable[[Team, str, ChatRequest, list[str]], Awaitable[dict[str, str]]]
+Handler = Callable[[Team, Identity | None, ChatRequest, list[str]], Awaitable[dict[str, str]]]
 COMMANDS: dict[str, Handler] = {
     "lock": _lock,
     "unlock": _unlock,
     "status": _status,
+    "locks": _locks,
     "claim": _claim,
     "release": _release,
     "claims": _claims,
@@ -231,17 +289,17 @@ COMMANDS: dict[str, Handler] = {
 }
 
 
-async def execute(chat: ChatRequest, t: Team) -> dict[str, Any]:
-    """Run the command in ``chat.text`` as ``chat.user_name``; refusals are ephemeral."""
+async def execute(chat: ChatRequest, t: Team, who: Identity | None) -> dict[str, Any]:
+    """Run the command in ``chat.text`` as ``who`` (None: an unmapped user, who may only
+    read); refusals are ephemeral."""
     words = chat.text.split()
     verb = words[0].lower() if words else "help"
     handler = COMMANDS.get(verb)
     if handler is None:
         return ephemeral(
-            f"unknown command {verb[:40]!r}.\n" + (await _help(t, "", chat, []))["text"]
+            f"unknown command {verb[:40]!r}.\n" + (await _help(t, who, chat, []))["text"]
         )
     try:
-        who = validate_owner(chat.user_name)
         return await handler(t, who, chat, words[1:])
-    except ValidationError as exc:
+    except (ValidationError, Refusal) as exc:
         return ephemeral(str(exc))

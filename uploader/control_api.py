@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from shared.fleet import read_fleet, write_fleet
 from shared.jobs import TERMINAL, Status
 from uploader.api import Svc, job_or_404
+from uploader.auth import Action, Caller, require
 
 router = APIRouter()
 
@@ -29,9 +30,10 @@ class FleetView(BaseModel):
 
 
 @router.post("/deployments/{job_id}/cancel")
-async def cancel_deployment(job_id: str, svc: Svc) -> dict[str, Any]:
+async def cancel_deployment(job_id: str, svc: Svc, who: Caller) -> dict[str, Any]:
     """Cancel a queued job, or stop a running build (its whole process group)."""
-    await job_or_404(svc, job_id)
+    record = await job_or_404(svc, job_id)
+    require(who, Action.OPERATE, record.service)
     result = await svc.store.cancel(job_id, "cancelled by request")
     if result.code == 0:
         raise HTTPException(409, f"deployment {job_id} has already ended ({result.status})")
@@ -41,9 +43,10 @@ async def cancel_deployment(job_id: str, svc: Svc) -> dict[str, Any]:
 
 
 @router.post("/deployments/{job_id}/retry", status_code=202)
-async def retry_deployment(job_id: str, svc: Svc) -> dict[str, Any]:
+async def retry_deployment(job_id: str, svc: Svc, who: Caller) -> dict[str, Any]:
     """Run a failed, dead-lettered or cancelled job again (same id, same seq)."""
     record = await job_or_404(svc, job_id)
+    require(who, Action.OPERATE, record.service)
     if record.status not in (Status.FAILED, Status.CANCELLED):
         state = "still running" if record.status not in TERMINAL else record.status.value
         raise HTTPException(409, f"only failed or cancelled deployments can be retried ({state})")
@@ -63,8 +66,9 @@ async def get_fleet(svc: Svc) -> FleetView:
 
 
 @router.put("/fleet", response_model=FleetView)
-async def put_fleet(body: FleetUpdate, svc: Svc) -> FleetView:
-    """Pause/resume deployers (in-flight work finishes) or cap concurrent builds."""
+async def put_fleet(body: FleetUpdate, svc: Svc, who: Caller) -> FleetView:
+    """Pause/resume deployers (in-flight work finishes) or cap concurrent builds (admins)."""
+    require(who, Action.FLEET)
     if body.max_concurrency == 0:
         raise HTTPException(422, "max_concurrency must be at least 1 (use paused to stop)")
     state = await write_fleet(

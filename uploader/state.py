@@ -11,6 +11,7 @@ from shared.jobs import JobStore
 from shared.keys import Keys
 from shared.settings import Settings
 from shared.storage import Storage
+from uploader.loghub import LogHub
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +23,7 @@ class Services:
     redis: Redis
     storage: Storage
     store: JobStore
+    logs: LogHub | None = None  # followers of build logs (None: streaming off)
 
 
 def services(request: Request) -> Services:

@@ -1,8 +1,9 @@
 """Team coordination routes: manual deploy locks and staging claims.
 
-Owners name themselves (``owner`` in the body or query); the API token, where set,
-is what guards the API. ``force=true`` is honoured only for owners listed in
-``BUILDQ_ADMINS``.
+The owner of a lock or claim is the caller's identity (``uploader/auth.py``): an
+``owner`` in the body or query may only repeat it (403 when it names someone else).
+Releasing someone else's lock or claim takes the admin role and ``force=true``; a
+lock held by a deploy (a deployer's worker id) can be released by nothing less.
 """
 
 from __future__ import annotations
@@ -10,14 +11,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Any
 
+import structlog
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.lockbook import LockBook, LockRecord, Released, validate_owner
+from shared.lockbook import MANUAL_TASK, LockBook, LockRecord, Released, validate_owner
 from shared.names import validate_name
 from shared.staging import Claim, Staging
+from uploader.auth import Action, Caller, Identity, require
 from uploader.state import Services, services
 
+log = structlog.get_logger("team")
 router = APIRouter(tags=["team"])
 MAX_TTL_S = 30 * 24 * 3600
 
@@ -53,7 +57,7 @@ class LockRequest(BaseModel):
     """``PUT /locks/{service}`` body."""
 
     model_config = ConfigDict(extra="forbid")
-    owner: str = Field(min_length=1, max_length=64)
+    owner: str | None = Field(None, min_length=1, max_length=64)  # the caller, if given
     ttl_s: int | None = Field(None, ge=1, le=MAX_TTL_S)
     reason: str = Field("", max_length=500)
     user_id: str | None = Field(None, max_length=64)
@@ -63,7 +67,7 @@ class ClaimRequest(BaseModel):
     """``PUT /staging/{env}`` body."""
 
     model_config = ConfigDict(extra="forbid")
-    owner: str = Field(min_length=1, max_length=64)
+    owner: str | None = Field(None, min_length=1, max_length=64)  # the caller, if given
     branch: str | None = Field(None, max_length=255)
     ttl_s: int | None = Field(None, ge=1, le=MAX_TTL_S)
     user_id: str | None = Field(None, max_length=64)
@@ -86,10 +90,16 @@ def describe_claim(claim: Claim) -> str:
     return f"{claim.env} is claimed by {claim.owner}{branch}"
 
 
-def check_force(team: Team, owner: str, force: bool) -> None:
-    """403 unless ``owner`` is an admin, when ``force`` is asked for."""
-    if force and owner not in team.svc.settings.admin_names:
-        raise HTTPException(403, f"{owner!r} is not an admin (BUILDQ_ADMINS): cannot force")
+def owner_of(who: Identity, given: str | None) -> str:
+    """The caller's name as owner; 403 when ``given`` names someone else."""
+    if given is not None and given != who.name:
+        raise HTTPException(403, f"you are {who.name}: owner={given[:64]!r} names someone else")
+    return validate_owner(who.name)
+
+
+def deploy_held(record: LockRecord) -> bool:
+    """True for a lock a deployer holds for a running deploy (not a person's)."""
+    return record.task != MANUAL_TASK
 
 
 @router.get("/locks")
@@ -113,12 +123,14 @@ async def get_lock(service: str, t: TeamDep) -> dict[str, Any]:
 
 
 @router.put("/locks/{service}")
-async def put_lock(service: str, body: LockRequest, t: TeamDep) -> dict[str, Any]:
+async def put_lock(service: str, body: LockRequest, t: TeamDep, who: Caller) -> dict[str, Any]:
     """Take (or renew, for the same owner) a manual lock; 409 if held by another."""
+    owner = owner_of(who, body.owner)
+    require(who, Action.LOCK, validate_name(service))
     ttl_s = body.ttl_s or t.svc.settings.lock_default_ttl_s
     taken, record = await t.locks.acquire_manual(
-        validate_name(service),
-        owner=validate_owner(body.owner),
+        service,
+        owner=owner,
         ttl_ms=ttl_s * 1000,
         reason=body.reason,
         user_id=body.user_id,
@@ -132,18 +144,26 @@ async def put_lock(service: str, body: LockRequest, t: TeamDep) -> dict[str, Any
 async def delete_lock(
     service: str,
     t: TeamDep,
-    owner: Annotated[str, Query(min_length=1, max_length=64)],
+    who: Caller,
+    owner: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
     force: bool = False,
 ) -> dict[str, Any]:
     """Release a lock: only its owner, or an admin with ``force=true``."""
-    validate_name(service)
-    validate_owner(owner)
-    check_force(t, owner, force)
-    outcome, record = await t.locks.release_manual(service, owner=owner, force=force)
+    me = owner_of(who, owner)
+    require(who, Action.FORCE if force else Action.LOCK, validate_name(service))
+    outcome, record = await t.locks.release_manual(service, owner=me, force=force)
     if outcome is Released.NOT_HELD or record is None:
         raise HTTPException(404, f"{service} is not locked")
     if outcome is Released.NOT_OWNER:
-        raise HTTPException(403, f"{describe_lock(record)}; only they (or an admin) can unlock")
+        if deploy_held(record):
+            raise HTTPException(
+                403, f"{describe_lock(record)} for a running deploy; only an admin with force=true"
+            )
+        raise HTTPException(
+            403, f"{describe_lock(record)}; only they (or an admin, with force=true) can unlock"
+        )
+    if force and record.owner != me:
+        log.warning("lock.forced", service=service, owner=record.owner, by=me, task=record.task)
     return {"released": True, "lock": lock_view(record)}
 
 
@@ -154,12 +174,14 @@ async def list_claims(t: TeamDep) -> list[dict[str, Any]]:
 
 
 @router.put("/staging/{env}")
-async def put_claim(env: str, body: ClaimRequest, t: TeamDep) -> dict[str, Any]:
+async def put_claim(env: str, body: ClaimRequest, t: TeamDep, who: Caller) -> dict[str, Any]:
     """Claim (or renew, for the same owner) an environment; 409 if claimed by another."""
+    owner = owner_of(who, body.owner)
+    require(who, Action.CLAIM)
     ttl_s = body.ttl_s or t.svc.settings.claim_default_ttl_s or None
     won, claim = await t.staging.claim(
         validate_name(env, "environment"),
-        owner=validate_owner(body.owner),
+        owner=owner,
         branch=body.branch,
         ttl_s=ttl_s,
         user_id=body.user_id,
@@ -173,16 +195,20 @@ async def put_claim(env: str, body: ClaimRequest, t: TeamDep) -> dict[str, Any]:
 async def delete_claim(
     env: str,
     t: TeamDep,
-    owner: Annotated[str, Query(min_length=1, max_length=64)],
+    who: Caller,
+    owner: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
     force: bool = False,
 ) -> dict[str, Any]:
     """Release a claim: only its owner, or an admin with ``force=true``."""
-    validate_name(env, "environment")
-    validate_owner(owner)
-    check_force(t, owner, force)
-    outcome, claim = await t.staging.release(env, owner=owner, force=force)
+    me = owner_of(who, owner)
+    require(who, Action.FORCE if force else Action.CLAIM)
+    outcome, claim = await t.staging.release(
+        validate_name(env, "environment"), owner=me, force=force
+    )
     if outcome is Released.NOT_HELD or claim is None:
         raise HTTPException(404, f"{env} is not claimed")
     if outcome is Released.NOT_OWNER:
-        raise HTTPException(403, f"{describe_claim(claim)}; only they (or an admin) can release")
+        raise HTTPException(
+            403, f"{describe_claim(claim)}; only they (or an admin, with force=true) can release"
+        )
     return {"released": True, "claim": claim.public()}

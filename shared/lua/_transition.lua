@@ -1,6 +1,6 @@
 -- The transition function shared by transition.lua and claim.lua (spliced in by
 -- shared/scripts.py at the '-- #include _transition' line).
--- K: job, events stream, logs stream, [source], [destination]
+-- K: job, events stream, logs stream, private build override, [source], [destination]
 -- A: id, status, now_ms, terminal(0|1), ttl_s, events_max, flags, score,
 --    field, value, ...   (a field named '+name' is HINCRBY name value)
 -- flags: 'r' return the record (as one JSON object)
@@ -19,8 +19,8 @@ local function transition(K, A)
   local id, status, now, flags = A[1], A[2], A[3], A[7]
   local function has(f) return string.find(flags, f, 1, true) ~= nil end
   local function unlink()
-    if has('a') or has('A') or has('x') then redis.call('LREM', K[4], 0, id) end
-    if has('z') then redis.call('ZREM', K[4], id) end
+    if has('a') or has('A') or has('x') then redis.call('LREM', K[5], 0, id) end
+    if has('z') then redis.call('ZREM', K[5], id) end
   end
   local cur = redis.call('HMGET', K[1], 'status', 'ended_at')
   local current = cur[1]
@@ -33,11 +33,11 @@ local function transition(K, A)
     return {0, current}
   end
   if has('A') then
-    if redis.call('LREM', K[4], 0, id) == 0 then return {2, current} end
+    if redis.call('LREM', K[5], 0, id) == 0 then return {2, current} end
   elseif has('z') then
-    if redis.call('ZREM', K[4], id) == 0 then return {2, current} end
+    if redis.call('ZREM', K[5], id) == 0 then return {2, current} end
   elseif has('a') then
-    redis.call('LREM', K[4], 0, id)
+    redis.call('LREM', K[5], 0, id)
   end
   local set = {'status', status, 'updated_at', now}
   if current ~= status then
@@ -62,15 +62,20 @@ local function transition(K, A)
     set[#set + 1] = now
   end
   redis.call('HSET', K[1], unpack(set))
-  if has('p') then redis.call('LPUSH', K[5], id) end
-  if has('h') then redis.call('RPUSH', K[5], id) end
-  if has('d') then redis.call('ZADD', K[5], A[8], id) end
+  if has('p') then redis.call('LPUSH', K[6], id) end
+  if has('h') then redis.call('RPUSH', K[6], id) end
+  if has('d') then redis.call('ZADD', K[6], A[8], id) end
   redis.call('XADD', K[2], 'MAXLEN', '~', A[6], '*',
     'kind', 'job', 'id', id, 'status', status, 'at', now)
   if terminal then
     redis.call('XADD', K[3], '*', 'kind', 'end', 'status', status, 'at', now)
     redis.call('EXPIRE', K[1], A[5])
     redis.call('EXPIRE', K[3], A[5])
+    if status == 'live' or status == 'superseded' then
+      redis.call('DEL', K[4])  -- built: never needed again
+    else
+      redis.call('EXPIRE', K[4], A[5])  -- a failed job may be retried while its record lives
+    end
   else
     redis.call('XADD', K[3], '*', 'kind', 'phase', 'status', status, 'at', now)
   end

@@ -1,6 +1,7 @@
 -- Cancel a job: take it off whatever it waits in, end it, and tell the workers
 -- (a running job's worker stops its build and acks it).
--- KEYS: job, events stream, logs stream, ingest list, queue list, delayed zset
+-- KEYS: job, events stream, logs stream, ingest list, queue list, delayed zset,
+--       private build override
 -- ARGV: id, now_ms, ttl_s, events_max, control channel, reason
 -- Returns {-1} unknown job, {0, status} already ended, {1, previous status}.
 local id, now = ARGV[1], ARGV[2]
@@ -18,5 +19,6 @@ redis.call('XADD', KEYS[3], '*', 'kind', 'line', 'text', 'buildq: ' .. ARGV[6])
 redis.call('XADD', KEYS[3], '*', 'kind', 'end', 'status', 'cancelled', 'at', now)
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('EXPIRE', KEYS[3], ARGV[3])
+redis.call('EXPIRE', KEYS[7], ARGV[3])  -- kept for a retry while the record lives
 redis.call('PUBLISH', ARGV[5], cjson.encode({type = 'cancel', id = id}))
 return {1, cur[1]}

@@ -1,5 +1,6 @@
 -- Bring a failed, cancelled or dead-lettered job back to life at a stage's queue.
--- KEYS: job, events stream, logs stream, dead list, destination list
+-- KEYS: job, events stream, logs stream, dead list, destination list,
+--       private build override
 -- ARGV: id, now_ms, events_max, status to resume at ('accepted' or 'queued')
 -- Returns {-1} unknown job, {0, status} not revivable, {1, status}.
 local id, now, status = ARGV[1], ARGV[2], ARGV[4]
@@ -10,6 +11,7 @@ redis.call('LREM', KEYS[4], 0, id)
 redis.call('HDEL', KEYS[1], 'ended_at', 'error', 'dead', 'p:' .. status .. ':end')
 redis.call('PERSIST', KEYS[1])
 redis.call('PERSIST', KEYS[3])
+redis.call('PERSIST', KEYS[6])
 redis.call('HSET', KEYS[1], 'status', status, 'updated_at', now, 'attempts', 0,
   'ingest_attempts', 0, 'p:' .. status .. ':start', now)
 redis.call('LPUSH', KEYS[5], id)

@@ -1,18 +1,21 @@
 -- Create a job record and put its id on the ingest list, atomically; with an
 -- idempotency key, a repeated submission returns the first job instead.
--- KEYS: job, jobs index, seq:<service>, ingest list, events stream, [idem key]
--- ARGV: id, now_ms, jobs_index_max, events_max, idem_ttl_ms, field, value, ...
+-- KEYS: job, jobs index, seq:<service>, ingest list, events stream, private build
+--       override, [idem key]
+-- ARGV: id, now_ms, jobs_index_max, events_max, idem_ttl_ms, build override JSON
+--       ('' for none: the record's 'build' field is its redacted copy), field, value, ...
 -- Returns {1, seq} for a new job, {0, existing_id} for a repeated idempotency key.
 local id, now = ARGV[1], ARGV[2]
-if KEYS[6] then
-  local existing = redis.call('GET', KEYS[6])
+if KEYS[7] then
+  local existing = redis.call('GET', KEYS[7])
   if existing then return {0, existing} end
-  redis.call('SET', KEYS[6], id, 'PX', ARGV[5])
+  redis.call('SET', KEYS[7], id, 'PX', ARGV[5])
 end
 local seq = redis.call('INCR', KEYS[3])
 local set = {'id', id, 'status', 'accepted', 'seq', seq, 'created_at', now,
   'updated_at', now, 'attempts', 0, 'ingest_attempts', 0, 'p:accepted:start', now}
-for i = 6, #ARGV, 2 do
+if ARGV[6] ~= '' then redis.call('SET', KEYS[6], ARGV[6]) end
+for i = 7, #ARGV, 2 do
   set[#set + 1] = ARGV[i]
   set[#set + 1] = ARGV[i + 1]
 end

@@ -116,6 +116,12 @@ class Stack:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def auth(self) -> dict[str, str]:
+        """The Authorization header of ``BUILDQ_API_TOKEN`` (none in local mode)."""
+        token = self.env.get("BUILDQ_API_TOKEN")
+        return {"Authorization": f"Bearer {token}"} if token else {}
+
     def start(self, deployers: int = 1, slots: int = 2) -> Stack:
         self.env["BUILDQ_PORT"] = str(self.port)
         self.env["BUILDQ_SITES_PORT"] = str(self.sites_port)
@@ -141,7 +147,9 @@ class Stack:
 
     def deploy(self, repo: Path | str, **fields: Any) -> str:
         url = repo if isinstance(repo, str) else f"file://{repo}"
-        response = httpx.post(f"{self.url}/deployments", json={"repo_url": url, **fields})
+        response = httpx.post(
+            f"{self.url}/deployments", json={"repo_url": url, **fields}, headers=self.auth
+        )
         assert response.status_code == 202, response.text
         job_id: str = response.json()["id"]
         return job_id
@@ -151,7 +159,7 @@ class Stack:
         deadline = time.monotonic() + timeout_s
         record: dict[str, Any] = {}
         while time.monotonic() < deadline:
-            record = httpx.get(f"{self.url}/deployments/{job_id}").json()
+            record = httpx.get(f"{self.url}/deployments/{job_id}", headers=self.auth).json()
             if record.get("status") in TERMINAL:
                 return record
             time.sleep(0.05)
@@ -166,4 +174,4 @@ class Stack:
         return fetch(f"http://{job_id}.preview.localhost:{self.sites_port}/{path}", **kwargs)
 
     def logs_text(self, job_id: str) -> str:
-        return httpx.get(f"{self.url}/deployments/{job_id}/logs").text
+        return httpx.get(f"{self.url}/deployments/{job_id}/logs", headers=self.auth).text

@@ -21,13 +21,17 @@ from uploader.chatops import slack_signature
 pytestmark = pytest.mark.integration
 
 SECRET = "integration-signing-secret"
+ROLES = {"root": "admin", "alice": "deployer", "bob": "deployer", "carol": "deployer"}
+ROLES |= {"dave": "deployer"}
 
 
 @pytest.fixture
 def uploader(bq_env: dict[str, str], tmp_path: Path, s3_client: object) -> Iterator[Stack]:
     """An uploader process (no deployer) with ChatOps configured."""
     bq_env["BUILDQ_SLACK_SIGNING_SECRET"] = SECRET
-    bq_env["BUILDQ_ADMINS"] = "root"
+    bq_env["BUILDQ_API_TOKENS"] = ",".join(f"{n}:{r}=tok-{n}" for n, r in ROLES.items())
+    bq_env["BUILDQ_API_TOKEN"] = "tok-root"
+    bq_env["BUILDQ_CHAT_USERS"] = "T1:U-alice=alice,T1:U-bob=bob,T1:U-root=root"
     logs = tmp_path / "logs"
     logs.mkdir()
     running = Stack(bq_env, logs).start(deployers=0)
@@ -83,7 +87,7 @@ def test_forged_stale_and_unsigned_chat_requests_get_401_and_change_nothing(
         response = httpx.post(url, content=content, headers=sent)
         assert response.status_code == 401, (name, response.text)
 
-    assert httpx.get(f"{uploader.url}/locks").json() == []
+    assert httpx.get(f"{uploader.url}/locks", headers=uploader.auth).json() == []
     assert read_events(bq_env) == []
 
 
@@ -104,7 +108,7 @@ def test_signed_lock_is_visible_to_the_api_and_a_duplicate_delivery_runs_once(
     assert all(a.status_code == 200 for a in answers)
     texts = [a.json()["text"] for a in answers]
     assert any(t.startswith("alice locked web until ") for t in texts)
-    locks = httpx.get(f"{uploader.url}/locks").json()
+    locks = httpx.get(f"{uploader.url}/locks", headers=uploader.auth).json()
     assert [(x["service"], x["owner"], x["user_id"]) for x in locks] == [
         ("web", "alice", "U-alice")
     ]
@@ -118,11 +122,12 @@ def test_signed_lock_is_visible_to_the_api_and_a_duplicate_delivery_runs_once(
     forced = httpx.post(f"{uploader.url}/chatops", content=root, headers=headers(root, time.time()))
     assert refused.json()["response_type"] == "ephemeral"
     assert forced.json()["text"] == "root unlocked web (forced; it was alice's)"
-    assert httpx.get(f"{uploader.url}/locks").json() == []
+    assert httpx.get(f"{uploader.url}/locks", headers=uploader.auth).json() == []
 
 
-def buildq(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
+def buildq(stack: Stack, *args: str, as_: str = "root") -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in stack.env.items() if k != "BUILDQ_API_URL"}
+    env["BUILDQ_API_TOKEN"] = f"tok-{as_}"  # the CLI's identity: its token
     return subprocess.run(
         [sys.executable, "-m", "shared.cli", *args, "--api", stack.url],
         env=env,
@@ -134,13 +139,14 @@ def buildq(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_cli_lock_unlock_claim_release_against_the_api(uploader: Stack) -> None:
-    took = buildq(uploader, "lock", "web", "--owner", "carol", "--ttl", "2h", "--reason", "qa")
-    listed = buildq(uploader, "locks")
-    refused = buildq(uploader, "unlock", "web", "--owner", "dave")
-    released = buildq(uploader, "unlock", "web", "--owner", "carol")
-    claimed = buildq(uploader, "claim", "staging", "--owner", "carol", "--branch", "main")
+    took = buildq(uploader, "lock", "web", "--ttl", "2h", "--reason", "qa", as_="carol")
+    listed = buildq(uploader, "locks", as_="dave")
+    refused = buildq(uploader, "unlock", "web", as_="dave")
+    spoofed = buildq(uploader, "unlock", "web", "--owner", "carol", as_="dave")
+    released = buildq(uploader, "unlock", "web", "--owner", "carol", as_="carol")
+    claimed = buildq(uploader, "claim", "staging", "--branch", "main", as_="carol")
     claims = buildq(uploader, "claims")
-    dropped = buildq(uploader, "release", "staging", "--owner", "carol")
+    dropped = buildq(uploader, "release", "staging", as_="carol")
 
     assert took.returncode == 0, took.stderr
     assert took.stdout.startswith("locked web as carol until ")
@@ -149,9 +155,11 @@ def test_cli_lock_unlock_claim_release_against_the_api(uploader: Stack) -> None:
     assert "qa" in listed.stdout
     assert refused.returncode == 1
     assert "403" in refused.stderr
+    assert spoofed.returncode == 1
+    assert "names someone else" in spoofed.stderr
     assert released.stdout.strip() == "unlocked web (was carol's)"
     assert claimed.returncode == 0, claimed.stderr
     assert claims.stdout.startswith("staging")
     assert "main" in claims.stdout
     assert dropped.stdout.strip() == "released staging (was carol's)"
-    assert httpx.get(f"{uploader.url}/staging").json() == []
+    assert httpx.get(f"{uploader.url}/staging", headers=uploader.auth).json() == []

@@ -112,15 +112,16 @@ def test_cancel_of_a_queued_job_and_retry_of_a_failed_one(
     repo = make_repo(tmp_path / "q", {"index.html": "q"})
     job_id = fast_stack.deploy(repo, service="queued-cancel")
     _wait_queued(client, keys, job_id)
-    response = httpx.post(f"{fast_stack.url}/deployments/{job_id}/cancel")
+    response = httpx.post(f"{fast_stack.url}/deployments/{job_id}/cancel", json={})
     assert response.json() == {"id": job_id, "status": "cancelled", "was": "queued"}
     assert client.llen(keys.queue) == 0
-    assert httpx.post(f"{fast_stack.url}/deployments/{job_id}/retry").status_code == 202
+    assert httpx.post(f"{fast_stack.url}/deployments/{job_id}/retry", json={}).status_code == 202
     httpx.put(f"{fast_stack.url}/fleet", json={"paused": False})
     assert wait_all_ended(client, keys, [job_id], 60, fast_stack)[job_id]["status"] == "live"
-    assert httpx.post(f"{fast_stack.url}/deployments/{job_id}/retry").status_code == 409
+    assert httpx.post(f"{fast_stack.url}/deployments/{job_id}/retry", json={}).status_code == 409
     assert (
-        httpx.post(f"{fast_stack.url}/deployments/ffffffffffffffffffff/cancel").status_code == 404
+        httpx.post(f"{fast_stack.url}/deployments/ffffffffffffffffffff/cancel", json={}).status_code
+        == 404
     )
 
 

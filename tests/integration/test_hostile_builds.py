@@ -12,6 +12,8 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import boto3
+import httpx
 import psutil
 import pytest
 
@@ -174,3 +176,55 @@ def test_a_build_cannot_publish_the_host_by_swapping_its_checkout(
     assert record["status"] == "failed"
     assert "the build replaced src" in record["error"]
     assert builds.preview(job_id, "passwd").status_code == 404
+
+
+def test_a_buildq_toml_asking_for_ld_preload_fails_the_job_clearly(
+    builds: Stack, tmp_path: Path
+) -> None:
+    repo = make_repo(
+        tmp_path / "preload",
+        {
+            "index.html": "x",
+            "buildq.toml": '[build]\ncommand = "true"\n[build.env]\nLD_PRELOAD = "/w/x.so"\n',
+        },
+    )
+    record = builds.wait(builds.deploy(repo, service="preload"))
+    assert record["status"] == "failed"
+    assert "buildq.toml: LD_PRELOAD is a loader or interpreter variable" in record["error"]
+
+
+def test_build_env_values_and_the_command_appear_in_no_record_log_or_s3_copy(
+    builds: Stack, tmp_path: Path
+) -> None:
+    value = "env-value-" + uuid.uuid4().hex
+    word = "cmd-word-" + uuid.uuid4().hex
+    repo = make_repo(tmp_path / "secrets", {"index.html": "x"})
+    build = {
+        "command": f': {word}; test "$API_KEY" = {value} && mkdir -p out && echo ok > out/i',
+        "output": "out",
+        "env": {"API_KEY": value},
+    }
+    job_id = builds.deploy(repo, service="secrets", build=build)
+    record = builds.wait(job_id)
+    assert record["status"] == "live", builds.logs_text(job_id)  # the build got the value
+    assert record["build"] == {"command": "***", "output": "out", "env": {"API_KEY": "***"}}
+    answers = [
+        httpx.get(f"{builds.url}/deployments/{job_id}").text,
+        httpx.get(f"{builds.url}/deployments").text,
+        builds.logs_text(job_id),
+    ]
+    assert "build from request (command hidden)" in answers[-1]
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=builds.env["BUILDQ_S3_ENDPOINT_URL"],
+        region_name="us-east-1",
+        aws_access_key_id=builds.env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=builds.env["AWS_SECRET_ACCESS_KEY"],
+    )
+    bucket = builds.env["BUILDQ_S3_BUCKET"]
+    answers.append(s3.get_object(Bucket=bucket, Key=f"deployments/{job_id}.json")["Body"].read())
+    answers += [p.read_text() for p in builds.logs.iterdir()]  # the daemons' own logs
+    for answer in answers:
+        text = answer.decode() if isinstance(answer, bytes) else answer
+        assert value not in text
+        assert word not in text

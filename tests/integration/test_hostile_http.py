@@ -24,6 +24,7 @@ TOKEN = "tok-" + uuid.uuid4().hex
 SLACK_SECRET = "slack-" + uuid.uuid4().hex
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 RATED = {"Authorization": "Bearer rated-" + TOKEN}  # used only by the rate-limit test
+TOKENS = f"other:deployer=other,ops:admin={TOKEN},rated:deployer=rated-{TOKEN}"
 
 
 def hostile_env(valkey_url: str, s3_url: str, work: Path, extra: dict[str, str]) -> dict[str, str]:
@@ -49,7 +50,9 @@ def guarded(
     valkey_url: str, s3_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Stack]:
     extra = {
-        "BUILDQ_API_TOKENS": f"other,{TOKEN},rated-{TOKEN}",
+        "BUILDQ_API_TOKENS": TOKENS,
+        "BUILDQ_API_TOKEN": TOKEN,  # what Stack's own calls send
+        "BUILDQ_CHAT_USERS": "T1:U-mallory=mallory",
         "BUILDQ_SUBMIT_RATE_PER_MIN": "3",
         "BUILDQ_SLACK_SIGNING_SECRET": SLACK_SECRET,
     }
@@ -73,7 +76,7 @@ def raw_request(
 
 
 def jobs(stack: Stack) -> list[dict[str, Any]]:
-    result: list[dict[str, Any]] = httpx.get(f"{stack.url}/deployments").json()
+    result: list[dict[str, Any]] = httpx.get(f"{stack.url}/deployments", headers=AUTH).json()
     return result
 
 
@@ -202,7 +205,7 @@ def slack_headers(timestamp: str, signature: str) -> dict[str, Any]:
 
 
 def test_malformed_chatops_signatures_are_401_never_500(guarded: Stack) -> None:
-    body = b"command=%2Fbuildq&text=lock+web&user_name=mallory&trigger_id=t1"
+    body = b"command=%2Fbuildq&text=lock+web&team_id=T1&user_id=U-mallory&trigger_id=t1"
     now = str(int(time.time()))
     good = (
         "v0="
@@ -237,7 +240,7 @@ def test_malformed_chatops_signatures_are_401_never_500(guarded: Stack) -> None:
         assert response.json()["error"]["code"] == "unauthorized"
         # ChatOps' own check refused it: the API-token middleware lets /chatops through.
         assert response.json()["error"]["message"] != "a valid API token is required"
-    locks = httpx.get(f"{guarded.url}/locks").json()
+    locks = httpx.get(f"{guarded.url}/locks", headers=AUTH).json()
     assert "mallory" not in str(locks)
     # The control: the same request, correctly signed, is accepted and executed.
     accepted = httpx.post(
@@ -246,4 +249,4 @@ def test_malformed_chatops_signatures_are_401_never_500(guarded: Stack) -> None:
         headers={**slack_headers(now, good)},
     )
     assert accepted.status_code == 200, accepted.text
-    assert "mallory" in str(httpx.get(f"{guarded.url}/locks").json())
+    assert "mallory" in str(httpx.get(f"{guarded.url}/locks", headers=AUTH).json())

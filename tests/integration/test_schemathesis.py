@@ -29,7 +29,9 @@ EXAMPLES_PER_MODE = 30
 def fuzz_stack(
     valkey_url: str, s3_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Stack]:
-    yield from module_stack(valkey_url, s3_url, tmp_path_factory, {"BUILDQ_API_TOKENS": TOKEN})
+    yield from module_stack(
+        valkey_url, s3_url, tmp_path_factory, {"BUILDQ_API_TOKENS": f"schema:admin={TOKEN}"}
+    )
 
 
 def test_no_generated_request_is_a_server_error(fuzz_stack: Stack) -> None:

@@ -21,6 +21,7 @@ from shared.keys import Keys
 from shared.settings import Settings
 from uploader import api
 from uploader.errors import install_error_handlers
+from uploader.security import install_security
 from uploader.state import Services
 
 pytestmark = pytest.mark.anyio
@@ -33,6 +34,7 @@ REPO = "https://github.com/Team/My_Site.git"
 def app(redis: fakeredis.FakeAsyncRedis, keys: Keys, settings: Settings) -> FastAPI:
     app = FastAPI()
     install_error_handlers(app)
+    install_security(app, settings)  # local mode: the caller is the local admin
     app.include_router(api.router)
     store = JobStore(redis, keys, settings)
     # No route under test touches storage; None makes any accidental use fail loudly.
@@ -43,7 +45,7 @@ def app(redis: fakeredis.FakeAsyncRedis, keys: Keys, settings: Settings) -> Fast
 @pytest.fixture
 async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://buildq.test") as client:
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8000") as client:
         yield client
 
 
@@ -93,7 +95,8 @@ async def test_post_deployment_stores_the_request_on_the_record(
     assert record["service"] == "blog"
     assert record["ref"] == "release/v2"
     assert record["root_dir"] == "site"
-    assert record["build"] == {"command": "make", "output": "_site", "env": {"A": "1"}}
+    # The command and env values stay private (names kept): never in API answers.
+    assert record["build"] == {"command": "***", "output": "_site", "env": {"A": "***"}}
     assert record["status"] == "accepted"
     assert set(record["phases"]) == {"accepted"}
 
@@ -119,6 +122,12 @@ async def test_repeated_submissions_of_a_service_get_increasing_seq(
         ({"repo_url": REPO, "build": {"output": "../../etc"}}, "build output"),
         ({"repo_url": REPO, "bogus": 1}, "bogus"),
         ({"repo_url": REPO, "build": {"shell": "bash"}}, "build.shell"),
+        ({"repo_url": REPO, "build": {"env": {"LD_PRELOAD": "/x.so"}}}, "LD_PRELOAD is a loader"),
+        ({"repo_url": REPO, "build": {"env": {"LD_AUDIT": "/x.so"}}}, "LD_AUDIT is a loader"),
+        ({"repo_url": REPO, "build": {"env": {"PYTHONPATH": "/x"}}}, "PYTHONPATH is a loader"),
+        ({"repo_url": REPO, "build": {"env": {"BUILDQ_JOB_ID": "x"}}}, "reserved"),
+        ({"repo_url": REPO, "build": {"env": {f"V{i}": "x" for i in range(65)}}}, "build.env"),
+        ({"repo_url": REPO, "build": {"env": {"A": "x" * 40_000}}}, "larger than 32768"),
         ({"repo_url": ""}, "repo_url"),
         ({}, "repo_url"),
     ],
@@ -141,8 +150,14 @@ async def test_post_deployment_refuses_a_non_json_body(client: httpx.AsyncClient
     response = await client.post(
         "/deployments", content=b"repo_url=x", headers={"content-type": "text/plain"}
     )
+    with_token = await client.post(
+        "/deployments",
+        content=b"repo_url=x",
+        headers={"content-type": "text/plain", "authorization": "Bearer local"},
+    )
 
-    assert_error(response, 422, "invalid")
+    assert_error(response, 415, "unsupported")  # a cross-site form could send it
+    assert_error(with_token, 422, "invalid")  # not a simple request: the route says why
 
 
 @pytest.mark.parametrize("job_id", ["ffffffffffffffffffff", "not-a-job-id", "../../etc"])

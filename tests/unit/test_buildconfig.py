@@ -91,6 +91,9 @@ def test_buildq_toml_without_a_build_table_means_no_command(tmp_path: Path) -> N
         ('[build.env]\n"A-B" = "x"', "invalid environment variable name"),
         ('[build.env]\n"A B" = "x"', "invalid environment variable name"),
         ("[build.env]\nA = [1, 2]", "must be a string"),
+        ('[build.env]\nLD_PRELOAD = "/w/other-job/src/x.so"', "LD_PRELOAD is a loader"),
+        ('[build.env]\nGCONV_PATH = "/w/x"', "GCONV_PATH is a loader"),
+        ('[build.env]\nBUILDQ_JOB_ID = "x"', "BUILDQ_JOB_ID is reserved"),
     ],
 )
 def test_invalid_buildq_toml_is_a_validation_error(tmp_path: Path, text: str, message: str) -> None:

@@ -19,6 +19,7 @@ from shared.settings import Settings, load_settings
 from uploader import chatops, team_api
 from uploader.chatops import chatops_clock, slack_signature, verify_slack
 from uploader.errors import install_error_handlers
+from uploader.security import install_security
 from uploader.state import Services
 
 pytestmark = pytest.mark.anyio
@@ -43,7 +44,8 @@ def chat_settings() -> Settings:
         {},
         slack_signing_secret=SECRET,
         mattermost_token=MM_TOKEN,
-        admins="root, ops-lead",
+        api_tokens="root:admin=tok-root,ops-lead:admin=tok-ops,dana:deployer:docs-*=tok-dana",
+        chat_users="T1:U-alice=alice,T1:U-bob=bob,T1:U-root=root,T1:U-dana=dana,T2:U-x=x",
         api_url="http://buildq.test",
         repo_host_denylist="*.evil.example",
     )
@@ -60,6 +62,7 @@ def app(
 ) -> FastAPI:
     app = FastAPI()
     install_error_handlers(app)
+    install_security(app, chat_settings)
     app.include_router(team_api.router)
     app.include_router(chatops.router)
     store = JobStore(redis, keys, chat_settings)
@@ -71,7 +74,10 @@ def app(
 @pytest.fixture
 async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://buildq.test") as client:
+    root = {"Authorization": "Bearer tok-root"}  # the HTTP API's reads need a token
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://buildq.test", headers=root
+    ) as client:
         yield client
 
 
@@ -239,7 +245,7 @@ async def test_a_replay_after_five_minutes_gets_401_and_changes_nothing(
     headers = signed(body, wall.now_s)
     first = await client.post("/chatops", content=body, headers=headers)
     assert first.json()["response_type"] == "in_channel"
-    await client.delete("/staging/staging", params={"owner": "alice"})
+    await client.delete("/staging/staging", params={"force": "true"})
     before = await changes(redis, keys)
 
     wall.now_s += 301
@@ -328,7 +334,7 @@ async def test_only_the_owner_unlocks_and_admins_may_force(
 
     assert refused.json()["response_type"] == "ephemeral"
     assert "locked by alice" in refused.json()["text"]
-    assert "only admins" in not_admin.json()["text"]
+    assert "needs the admin role" in not_admin.json()["text"]
     assert forced.json() == {
         "response_type": "in_channel",
         "text": "root unlocked web (forced; it was alice's)",
@@ -424,12 +430,93 @@ async def test_bad_commands_answer_ephemerally_and_change_nothing(
     assert await redis.keys("*:job:*") == []
 
 
-async def test_an_invalid_chat_user_name_is_refused(client: httpx.AsyncClient, wall: Clock) -> None:
-    answer = (await slack(client, wall, "lock web", user="al ice")).json()
+async def test_the_display_name_is_never_the_identity(
+    client: httpx.AsyncClient, wall: Clock
+) -> None:
+    # bob renames his handle to "root": the user id still maps to bob, a deployer.
+    renamed = (await slack(client, wall, "lock web", user="bob", user_name="root")).json()
+    forced = (await slack(client, wall, "unlock web force", user="bob", user_name="root")).json()
 
-    assert answer["response_type"] == "ephemeral"
-    assert "invalid owner" in answer["text"]
-    assert (await client.get("/locks")).json() == []
+    assert renamed["text"].startswith("bob locked web")
+    assert "bob (deployer) may not force" in forced["text"]
+    assert [x["owner"] for x in (await client.get("/locks")).json()] == ["bob"]
+
+
+async def test_unmapped_users_may_read_and_nothing_else(
+    client: httpx.AsyncClient, wall: Clock, redis: fakeredis.FakeAsyncRedis, keys: Keys
+) -> None:
+    await slack(client, wall, "lock web freeze", user="alice")
+    reads = [
+        (await slack(client, wall, text, user="mallory")).json()
+        for text in ("status", "queue", "locks", "claims", "help")
+    ]
+    writes = [
+        (await slack(client, wall, text, user="mallory")).json()
+        for text in (
+            "lock api",
+            "unlock web force",
+            "claim staging",
+            "release staging force",
+            "deploy https://github.com/team/site.git",
+        )
+    ]
+
+    assert all(r["response_type"] == "ephemeral" for r in reads)
+    assert "web is locked by alice (freeze)" in reads[2]["text"]
+    assert all("not mapped to a buildq identity" in w["text"] for w in writes), writes
+    assert [x["owner"] for x in (await client.get("/locks")).json()] == ["alice"]
+    assert await redis.zcard(keys.jobs) == 0
+
+
+async def test_a_workspace_not_in_chat_users_is_refused(
+    client: httpx.AsyncClient, wall: Clock, redis: fakeredis.FakeAsyncRedis
+) -> None:
+    # Signed with the same app secret, but from another workspace.
+    response = await slack(client, wall, "status", user="alice", team_id="T-other")
+
+    assert response.status_code == 403
+    assert "workspace is not configured" in response.json()["error"]["message"]
+    assert await redis.keys("*:idem:*") == []
+
+
+async def test_a_mapped_user_takes_its_role_and_services_from_its_token_entry(
+    client: httpx.AsyncClient, wall: Clock, redis: fakeredis.FakeAsyncRedis, keys: Keys
+) -> None:
+    docs = (await slack(client, wall, "lock docs-site", user="dana")).json()
+    web = (await slack(client, wall, "lock web", user="dana")).json()
+    deploy_web = await slack(client, wall, "deploy https://github.com/team/web.git", user="dana")
+    root_force = (await slack(client, wall, "unlock docs-site force", user="root")).json()
+
+    assert docs["text"].startswith("dana locked docs-site")
+    assert "dana may lock only docs-*, not web" in web["text"]
+    assert "dana may deploy only docs-*, not web" in deploy_web.json()["text"]
+    assert root_force["text"] == "root unlocked docs-site (forced; it was dana's)"
+    assert await redis.zcard(keys.jobs) == 0
+
+
+async def test_chat_deploys_are_rate_limited_per_identity(
+    redis: fakeredis.FakeAsyncRedis, keys: Keys, chat_settings: Settings, wall: Clock
+) -> None:
+    limited = chat_settings.model_copy(update={"submit_rate_per_min": 2})
+    app = FastAPI()
+    install_error_handlers(app)
+    install_security(app, limited)
+    app.include_router(team_api.router)
+    app.include_router(chatops.router)
+    app.state.services = Services(limited, keys, redis, None, JobStore(redis, keys, limited))  # type: ignore[arg-type]
+    app.dependency_overrides[chatops_clock] = lambda: wall
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://buildq.test") as client:
+        answers = [
+            (await slack(client, wall, f"deploy https://github.com/team/s{i}.git")).json()
+            for i in range(3)
+        ]
+        bob = (await slack(client, wall, "deploy https://github.com/team/b.git", user="bob")).json()
+
+    assert [a["response_type"] for a in answers] == ["in_channel", "in_channel", "ephemeral"]
+    assert "more than 2 deploys per minute for alice" in answers[2]["text"]
+    assert bob["response_type"] == "in_channel"
+    assert await redis.zcard(keys.jobs) == 3
 
 
 async def test_oversized_bodies_are_refused(client: httpx.AsyncClient, wall: Clock) -> None:

@@ -43,7 +43,7 @@ def make_app(redis: fakeredis.FakeAsyncRedis, keys: Keys, settings: Settings) ->
 def secured() -> Settings:
     return load_settings(
         {
-            "BUILDQ_API_TOKENS": "other-token, s3cret-token-\u00e9",
+            "BUILDQ_API_TOKENS": "other:deployer=other-token, joe:admin=s3cret-token-\u00e9",
             "BUILDQ_SUBMIT_RATE_PER_MIN": "3",
             "BUILDQ_MAX_BODY_BYTES": "4096",
             "BUILDQ_REPO_HOST_DENYLIST": "*.evil.example",
@@ -52,7 +52,9 @@ def secured() -> Settings:
 
 
 async def client_for(app: FastAPI) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://bq.test")
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1:8000"
+    )
 
 
 @pytest.fixture
@@ -113,10 +115,13 @@ async def test_malformed_json_is_a_4xx_and_creates_nothing(
     case: tuple[str, bytes, int, str],
 ) -> None:
     _, body, status, message = case
-    for content_type in ("application/json", None):
-        headers = {"content-type": content_type} if content_type else {}
-        response = await open_client.post("/deployments", content=body, headers=headers)
-        assert_error(response, status, message)
+    response = await open_client.post(
+        "/deployments", content=body, headers={"content-type": "application/json"}
+    )
+    assert_error(response, status, message)
+    # Without a JSON media type (and no token) a write is refused before parsing.
+    response = await open_client.post("/deployments", content=body)
+    assert_error(response, 415, "Content-Type: application/json")
     await no_jobs(redis, keys)
 
 
@@ -192,7 +197,7 @@ async def test_mutating_routes_need_a_valid_token(
     await no_jobs(redis, keys)
 
 
-async def test_valid_tokens_including_non_ascii_bytes_are_accepted_and_reads_stay_open(
+async def test_valid_tokens_including_non_ascii_bytes_are_accepted_and_reads_need_one(
     locked_client: httpx.AsyncClient,
 ) -> None:
     for token in (b"other-token", TOKEN):
@@ -201,7 +206,9 @@ async def test_valid_tokens_including_non_ascii_bytes_are_accepted_and_reads_sta
             "/deployments", json={"repo_url": REPO, "service": "site"}, headers=headers
         )
         assert response.status_code == 202, response.text
-    assert (await locked_client.get("/deployments")).status_code == 200
+    assert (await locked_client.get("/deployments")).status_code == 401
+    read = await locked_client.get("/deployments", headers={"authorization": "Bearer other-token"})
+    assert read.status_code == 200
 
 
 async def test_submissions_are_rate_limited_per_token_with_retry_after(

@@ -159,11 +159,63 @@ async def test_submit_creates_an_accepted_record(store: JobStore, clock: FakeClo
     assert rec.service == "site"
     assert rec.ref == "main"
     assert rec.root_dir == "site"
-    assert rec.build == {"command": "make", "output": "dist"}
+    assert rec.build == {"command": "***", "output": "dist"}  # the command is hidden
     assert rec.seq == 1
     assert rec.attempts == 0
     assert rec.created_at == rec.updated_at == int(clock() * 1000)
     assert rec.phases["accepted"].start == rec.created_at
+
+
+SECRET_BUILD = {"command": "deploy --token=s3cr3t", "output": "dist", "env": {"API_KEY": "s3cr3t"}}
+
+
+async def test_the_record_keeps_env_names_only_and_the_deployer_reads_the_real_build(
+    store: JobStore, redis: fakeredis.FakeAsyncRedis, keys: Keys
+) -> None:
+    await submit(store, build=SECRET_BUILD)
+    raw = await redis.hgetall(keys.job(JOB))
+    rec = await store.get(JOB)
+
+    assert rec is not None
+    assert rec.build == {"command": "***", "output": "dist", "env": {"API_KEY": "***"}}
+    assert "s3cr3t" not in repr(raw)
+    assert "s3cr3t" not in rec.model_dump_json()
+    assert await store.build_override(JOB) == SECRET_BUILD
+    assert await redis.ttl(keys.build(JOB)) == -1  # lives as long as the job
+
+
+async def test_the_private_build_goes_when_the_job_goes_live(
+    store: JobStore, redis: fakeredis.FakeAsyncRedis, keys: Keys
+) -> None:
+    await submit(store, build=SECRET_BUILD)
+    await store.transition(JOB, Status.LIVE)
+    assert await store.build_override(JOB) is None
+
+
+@pytest.mark.parametrize("how", ["failed", "cancelled"])
+async def test_the_private_build_of_a_failed_job_expires_with_it_and_revives_with_it(
+    store: JobStore, redis: fakeredis.FakeAsyncRedis, keys: Keys, how: str
+) -> None:
+    await submit(store, build=SECRET_BUILD)
+    if how == "failed":
+        await store.transition(JOB, Status.FAILED, error="boom")
+    else:
+        await store.cancel(JOB, "cancelled by test")
+    assert 0 < await redis.ttl(keys.build(JOB)) <= await redis.ttl(keys.job(JOB))
+
+    revived = await store.revive(JOB, Status.QUEUED)
+
+    assert revived.changed
+    assert await redis.ttl(keys.build(JOB)) == -1
+    assert await store.build_override(JOB) == SECRET_BUILD
+
+
+async def test_a_job_without_an_override_has_no_private_build(
+    store: JobStore, redis: fakeredis.FakeAsyncRedis, keys: Keys
+) -> None:
+    await submit(store)
+    assert await redis.exists(keys.build(JOB)) == 0
+    assert await store.build_override(JOB) is None
 
 
 async def test_submit_stores_the_repo_url_redacted(store: JobStore) -> None:

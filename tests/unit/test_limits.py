@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +18,15 @@ from structlog.testing import capture_logs
 from deployer import limits
 from deployer.build import BuildOutOfMemory
 from deployer.limits import RLIMIT_ONLY, BuildLimiter, close_group, looks_out_of_memory
-from deployer.sandbox import LAUNCHER, LaunchLimits, Level, Sandbox
+from deployer.sandbox import (
+    LAUNCHER,
+    LAUNCHER_ENV,
+    LaunchLimits,
+    Level,
+    Sandbox,
+    launch_pipe,
+    launcher_argv,
+)
 from shared import cgroups
 from shared.cgroups import (
     CgroupError,
@@ -413,14 +420,19 @@ def test_the_launcher_caps_data_not_address_space(tmp_path: Path) -> None:
 
 
 def run_launcher(spec: dict[str, object], command: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-I", "-S", str(LAUNCHER), json.dumps(spec), command],
-        env={"PATH": "/usr/bin:/bin"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    spec_fd = launch_pipe(json.dumps(spec), command, {"PATH": "/usr/bin:/bin"})
+    try:
+        return subprocess.run(
+            launcher_argv(spec_fd),
+            env=LAUNCHER_ENV,
+            pass_fds=(spec_fd,),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(spec_fd)
 
 
 def test_the_launcher_joins_its_group_before_the_build_starts(tmp_path: Path) -> None:
