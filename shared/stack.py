@@ -23,6 +23,7 @@ from typing import IO
 
 import httpx
 
+from shared.childenv import service_env
 from shared.embedded import (
     EMBEDDED_AWS_ENV,
     free_port,
@@ -70,6 +71,7 @@ class Stack:
     infra: list[Child] = field(default_factory=list)
     services: list[Child] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
+    embedded_aws: dict[str, str] | None = None  # the embedded S3's dummy credentials
     stop_requested: bool = False
     say: Callable[[str], None] = print
 
@@ -112,8 +114,7 @@ class Stack:
 
             self.infra.append(Child("s3", s3(), s3, log))
             env["BUILDQ_S3_ENDPOINT_URL"] = f"http://127.0.0.1:{port}"
-            for key, value in EMBEDDED_AWS_ENV.items():
-                env.setdefault(key, value)
+            self.embedded_aws = dict(EMBEDDED_AWS_ENV)
             embedded = True
             say(f"S3 (moto)       127.0.0.1:{port}  (in memory)")
         if embedded:
@@ -140,7 +141,7 @@ class Stack:
         def start() -> subprocess.Popen[bytes]:
             return subprocess.Popen(
                 [sys.executable, "-m", module],
-                env=self.env,
+                env=service_env(self.env, module, embedded_aws=self.embedded_aws),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -107,7 +107,8 @@ def create_app(settings: Settings, *, run_ingest: bool = True) -> SitesOrigin:
     app.include_router(serving.router)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    async def index() -> str:
-        return INDEX_HTML
+    async def index() -> HTMLResponse:
+        # HTML on the API's origin runs sandboxed (an opaque origin, no scripts).
+        return HTMLResponse(INDEX_HTML, headers={"Content-Security-Policy": "sandbox"})
 
     return SitesOrigin(app, settings.sites_port)

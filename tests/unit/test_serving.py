@@ -309,3 +309,14 @@ async def test_large_files_stream_whole_and_in_ranges(app: SitesOrigin) -> None:
     assert middle.status_code == 206
     assert middle.content == big[1048000:2200001]
     assert middle.headers["content-range"] == f"bytes 1048000-2200000/{len(big)}"
+
+
+async def test_html_on_the_api_origin_is_sandboxed(settings: Settings) -> None:
+    from uploader.app import create_app
+
+    transport = httpx.ASGITransport(app=create_app(settings, run_ingest=False))
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8000") as c:
+        index = await c.get("/")
+
+    assert index.headers["content-type"].startswith("text/html")
+    assert index.headers["content-security-policy"] == "sandbox"
