@@ -10,7 +10,7 @@ from deployer import limits, sandbox
 from deployer.worker import Deployer
 from shared.daemon import run_until_signalled
 from shared.errors import ConfigError
-from shared.logsetup import configure_logging
+from shared.logsetup import configure_logging, secret_values
 from shared.redis_client import make_redis
 from shared.settings import Settings, get_settings
 from shared.storage import Storage, make_s3_client
@@ -42,7 +42,7 @@ def main() -> None:
     except ConfigError as exc:
         print(f"buildq deployer: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    configure_logging(settings.log_level, json=settings.log_json)
+    configure_logging(settings.log_level, json=settings.log_json, secrets=secret_values(settings))
     sandbox.announce(settings)  # logs the build isolation level; warns when it is the weakest
     limits.announce(settings)  # logs how build limits are enforced; warns for rlimits
     anyio.run(serve, settings)

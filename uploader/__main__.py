@@ -9,7 +9,7 @@ import sys
 import uvicorn
 
 from shared.errors import ConfigError
-from shared.logsetup import configure_logging
+from shared.logsetup import configure_logging, secret_values
 from shared.settings import Settings, get_settings
 from uploader.app import create_app
 from uploader.auth import check_local_bind, parse_tokens
@@ -43,7 +43,7 @@ def main() -> None:
     except ConfigError as exc:
         print(f"buildq uploader: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    configure_logging(settings.log_level, json=settings.log_json)
+    configure_logging(settings.log_level, json=settings.log_json, secrets=secret_values(settings))
     config = uvicorn.Config(
         app,
         log_config=None,
