@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import email.utils
 import functools
 import json
 import mimetypes
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
@@ -48,6 +50,7 @@ class Blob:
     etag: str
     size: int  # of the whole object
     partial: bool = False
+    last_modified: str = ""  # an HTTP date, or "" when unknown
     length: int = -1  # bytes in this answer (the whole object or the range)
     rest: AsyncIterator[bytes] | None = None  # what follows ``body``, streamed
 
@@ -162,6 +165,7 @@ class Storage:
                 body=head,
                 content_type=obj.get("ContentType", "application/octet-stream"),
                 etag=obj.get("ETag", ""),
+                last_modified=_http_date(obj.get("LastModified")),
                 size=total,
                 partial=byte_range is not None,
                 length=length,
@@ -189,6 +193,7 @@ class Storage:
             body=b"",
             content_type=head.get("ContentType", "application/octet-stream"),
             etag=head.get("ETag", ""),
+            last_modified=_http_date(head.get("LastModified")),
             size=head.get("ContentLength", 0),
         )
 
@@ -198,6 +203,13 @@ class Storage:
         except ObjectNotFound:
             return False
         return True
+
+
+def _http_date(when: Any) -> str:
+    """An S3 ``LastModified`` datetime as an HTTP date ("" if absent)."""
+    if not isinstance(when, datetime):
+        return ""
+    return email.utils.format_datetime(when.astimezone(UTC), usegmt=True)
 
 
 def _translate(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:

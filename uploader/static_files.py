@@ -224,4 +224,6 @@ class SiteFiles:
         headers["Cache-Control"] = IMMUTABLE if is_hashed(rel) else REVALIDATE
         if blob.etag:
             headers["ETag"] = blob.etag
+        if blob.last_modified:
+            headers["Last-Modified"] = blob.last_modified
         return headers

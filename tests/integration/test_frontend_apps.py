@@ -146,3 +146,28 @@ def test_a_vite_app_goes_live_and_renders_in_a_browser(
 
     assert RENDERED_BY_JS in dom, dom[-2000:]
     assert shot.stat().st_size > 10_000  # a rendered page, not a blank one
+
+
+SNOOP = """<!doctype html><meta charset="utf-8">
+<div id="api">pending</div><div id="own">pending</div>
+<script>
+fetch("API/queue", {credentials: "include"})
+  .then(r => r.text()).then(t => { api.textContent = "READ:" + t.slice(0, 40); })
+  .catch(() => { api.textContent = "BLOCKED"; });
+fetch("/data.txt").then(r => r.text()).then(t => { own.textContent = "OWN:" + t; });
+</script>"""
+
+
+def test_a_sites_script_cannot_read_the_api(stack: Stack, chromium: str, tmp_path: Path) -> None:
+    from tests.integration.helpers import make_repo
+
+    page = SNOOP.replace("API", stack.url)
+    repo = make_repo(tmp_path / "snoop", {"index.html": page, "data.txt": "same-origin ok"})
+    record = stack.wait(stack.deploy(repo, service="snoop"))
+    assert record["status"] == "live", record
+
+    dom = browser_dom(chromium, record["url"], tmp_path / "profile", tmp_path / "snoop.png")
+
+    assert '<div id="own">OWN:same-origin ok</div>' in dom, dom  # the page's scripts ran
+    assert '<div id="api">BLOCKED</div>' in dom, dom
+    assert "READ:{" not in dom

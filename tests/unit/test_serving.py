@@ -221,6 +221,7 @@ async def test_hashed_assets_are_immutable_and_pages_revalidate(shop: httpx.Asyn
     assert asset.headers["cache-control"] == "public, max-age=31536000, immutable"
     assert page.headers["cache-control"] == "no-cache"
     assert page.headers["etag"]
+    assert page.headers["last-modified"].endswith(" GMT")
     assert page.headers["x-content-type-options"] == "nosniff"
 
 
