@@ -265,7 +265,7 @@ def test_s3_down_past_the_retry_budget_dead_letters_then_retry_revives(
             assert record["error"].startswith("gave up after 2 attempts: S3 unreachable")
         assert sorted(client.lrange(keys.dead, 0, -1)) == sorted(ids)
         proxy.restore()
-        response = httpx.post(f"{stack.url}/deployments/{ids[-1]}/retry")
+        response = httpx.post(f"{stack.url}/deployments/{ids[-1]}/retry", json={})
         assert response.status_code == 202, response.text
         revived = wait_all_ended(client, keys, ids[-1:], 60, stack)[ids[-1]]
     finally:
@@ -293,7 +293,7 @@ def test_cancel_stops_a_running_build_process_group_within_2s(stack: Stack, tmp_
         assert time.monotonic() < deadline, "the build never started"
         time.sleep(0.05)
     asked = time.monotonic()
-    response = httpx.post(f"{stack.url}/deployments/{job_id}/cancel")
+    response = httpx.post(f"{stack.url}/deployments/{job_id}/cancel", json={})
     assert response.status_code == 200, response.text
     assert response.json()["was"] == "building"
     while _build_pids(marker):
@@ -303,7 +303,7 @@ def test_cancel_stops_a_running_build_process_group_within_2s(stack: Stack, tmp_
     record = stack.wait(job_id)
     assert record["status"] == "cancelled"
     assert stack.site("long").status_code == 404
-    assert httpx.post(f"{stack.url}/deployments/{job_id}/cancel").status_code == 409
+    assert httpx.post(f"{stack.url}/deployments/{job_id}/cancel", json={}).status_code == 409
     summary("cancel", build_group_gone_s=round(gone_s, 3))
     # The deployer is healthy afterwards.
     quick = make_repo(tmp_path / "after", {"index.html": "after"})
