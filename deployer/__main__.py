@@ -8,13 +8,13 @@ import anyio
 
 from deployer import limits, sandbox
 from deployer.worker import Deployer
-from shared.daemon import run_until_signalled
-from shared.errors import ConfigError
-from shared.logsetup import configure_logging, secret_values
-from shared.redis_client import make_redis
-from shared.settings import Settings, get_settings
-from shared.storage import Storage, make_s3_client
-from shared.workers import new_worker_id
+from shared.core.errors import ConfigError
+from shared.core.logsetup import configure_logging, secret_values
+from shared.core.settings import Settings, get_settings
+from shared.engine.daemon import run_until_signalled
+from shared.engine.workers import new_worker_id
+from shared.redis.client import make_redis
+from shared.storage.s3 import Storage, make_s3_client
 
 
 async def serve(settings: Settings) -> None:

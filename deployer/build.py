@@ -36,9 +36,9 @@ from deployer.sandbox import (
     prepare_workdir,
     reclaim_workdir,
 )
-from shared.cgroups import Group
-from shared.errors import ValidationError
-from shared.logs import MAX_LINE_CHARS, LogWriter
+from shared.core.cgroups import Group
+from shared.core.errors import ValidationError
+from shared.engine.logs import MAX_LINE_CHARS, LogWriter
 
 PASSTHROUGH_ENV = ("PATH", "LANG", "LC_ALL", "TZ")
 # Where the host keeps its trusted CA certificates (paths, not secrets): with a TLS-

@@ -18,9 +18,9 @@ from deployer.frameworks import (
     mkdocs_site_dir,
     node_build,
 )
-from shared.buildenv import validate_build_env
-from shared.errors import ValidationError
-from shared.names import validate_relative_dir
+from shared.core.buildenv import validate_build_env
+from shared.core.errors import ValidationError
+from shared.core.names import validate_relative_dir
 
 __all__ = ["NODE_OUTPUTS", "BuildConfig", "detect", "resolve_output"]
 
@@ -46,7 +46,7 @@ class BuildConfig:
 
 def _env(raw: Any, where: str) -> dict[str, str]:
     """``[build.env]`` (or the request's ``env``) as strings, checked by
-    :func:`shared.buildenv.validate_build_env`: loader variables fail the job."""
+    :func:`shared.core.buildenv.validate_build_env`: loader variables fail the job."""
     if raw is None:
         return {}
     if not isinstance(raw, Mapping):

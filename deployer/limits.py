@@ -1,7 +1,7 @@
 """Resource limits for builds: one cgroup per build where the host allows it,
 rlimits otherwise.
 
-Mechanisms, strongest first (``shared/cgroups.py`` has the filesystem side):
+Mechanisms, strongest first (``shared/core/cgroups.py`` has the filesystem side):
 
 - ``cgroup v2`` / ``cgroup v1``: a group per build with a hard memory cap and no
   swap beyond it, a process cap and (``BUILDQ_BUILD_CPUS``) a CPU quota. The
@@ -26,7 +26,7 @@ import anyio
 import anyio.to_thread
 import structlog
 
-from shared.cgroups import (
+from shared.core.cgroups import (
     Choice,
     Group,
     GroupLimits,
@@ -36,8 +36,8 @@ from shared.cgroups import (
     group_name,
     summary,
 )
-from shared.errors import ConfigError
-from shared.settings import Settings
+from shared.core.errors import ConfigError
+from shared.core.settings import Settings
 
 log = structlog.get_logger("limits")
 

@@ -17,18 +17,18 @@ from deployer.build import BuildOutOfMemory, BuildTimeout, Limits, build_env, ru
 from deployer.buildconfig import BuildConfig, detect, resolve_output
 from deployer.publish import publish_dir
 from deployer.sandbox import sandbox_for
-from shared.archive import extract
-from shared.errors import StorageError, TransientError, ValidationError
-from shared.jobs import HIDDEN, JobRecord, JobStore, Status, now_ms
-from shared.keys import Keys
-from shared.lockbook import LockLostError, LockRecord, LockTimeoutError
-from shared.locks import DeployLock
-from shared.logs import LogWriter
-from shared.outcome import Outcome
-from shared.settings import Settings
-from shared.siteaddr import preview_url, site_url
-from shared.sites import Sites, Verdict
-from shared.storage import Storage, alias_key, record_key, serve_key, site_prefix, source_key
+from shared.coord.lockbook import LockLostError, LockRecord, LockTimeoutError
+from shared.coord.locks import DeployLock
+from shared.coord.sites import Sites, Verdict
+from shared.core.errors import StorageError, TransientError, ValidationError
+from shared.core.settings import Settings
+from shared.core.siteaddr import preview_url, site_url
+from shared.engine.jobs import HIDDEN, JobRecord, JobStore, Status, now_ms
+from shared.engine.logs import LogWriter
+from shared.engine.outcome import Outcome
+from shared.redis.keys import Keys
+from shared.storage.archive import extract
+from shared.storage.s3 import Storage, alias_key, record_key, serve_key, site_prefix, source_key
 
 log = structlog.get_logger("deployer")
 

@@ -1,7 +1,7 @@
 """Upload a build's output to ``sites/<id>/`` with bounded concurrency.
 
-Files are listed by :func:`shared.archive.walk_tree`, then each is opened beneath
-a directory fd with ``O_NOFOLLOW`` and checked (:func:`shared.archive.open_entry`)
+Files are listed by :func:`shared.storage.archive.walk_tree`, then each is opened beneath
+a directory fd with ``O_NOFOLLOW`` and checked (:func:`shared.storage.archive.open_entry`)
 before it is read: a file swapped for a symlink after the listing is refused,
 never followed to a host file.
 """
@@ -15,8 +15,8 @@ from pathlib import Path
 import anyio
 import anyio.to_thread
 
-from shared.archive import Entry, open_entry, open_root, walk_tree
-from shared.storage import Storage, content_type
+from shared.storage.archive import Entry, open_entry, open_root, walk_tree
+from shared.storage.s3 import Storage, content_type
 
 
 async def publish_dir(

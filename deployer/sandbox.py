@@ -39,8 +39,8 @@ import structlog
 
 from deployer.limits import RLIMIT_ONLY, BuildLimiter
 from deployer.limits import detect as detect_limits
-from shared.errors import ConfigError
-from shared.settings import Settings
+from shared.core.errors import ConfigError
+from shared.core.settings import Settings
 
 log = structlog.get_logger("sandbox")
 

@@ -11,11 +11,11 @@ import anyio
 from redis.asyncio import Redis
 
 from deployer.pipeline import JobRunner
-from shared.consumer import Consumer
-from shared.jobs import JobStore, Status
-from shared.keys import Keys
-from shared.settings import Settings
-from shared.storage import Storage
+from shared.core.settings import Settings
+from shared.engine.consumer import Consumer
+from shared.engine.jobs import JobStore, Status
+from shared.redis.keys import Keys
+from shared.storage.s3 import Storage
 
 
 class Deployer:

@@ -8,9 +8,9 @@ import sys
 
 import uvicorn
 
-from shared.errors import ConfigError
-from shared.logsetup import configure_logging, secret_values
-from shared.settings import Settings, get_settings
+from shared.core.errors import ConfigError
+from shared.core.logsetup import configure_logging, secret_values
+from shared.core.settings import Settings, get_settings
 from uploader.app import create_app
 from uploader.auth import check_local_bind, parse_tokens
 

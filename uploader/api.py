@@ -14,14 +14,14 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from redis.exceptions import RedisError
 
-from shared.buildenv import MAX_ENTRIES, validate_build_env
-from shared.errors import ValidationError
-from shared.jobs import TERMINAL, JobRecord, Status, new_job_id
-from shared.logs import read_log
-from shared.names import service_from_repo_url, validate_name, validate_relative_dir
-from shared.queue import Queue
-from shared.siteaddr import JOB_ID_RE, preview_url, site_url
-from shared.workers import list_workers
+from shared.core.buildenv import MAX_ENTRIES, validate_build_env
+from shared.core.errors import ValidationError
+from shared.core.names import service_from_repo_url, validate_name, validate_relative_dir
+from shared.core.siteaddr import JOB_ID_RE, preview_url, site_url
+from shared.engine.jobs import TERMINAL, JobRecord, Status, new_job_id
+from shared.engine.logs import read_log
+from shared.engine.queue import Queue
+from shared.engine.workers import list_workers
 from uploader.auth import Action, Caller, require
 from uploader.loghub import HubFull, Subscription, entry_key
 from uploader.repourl import validate_ref, validate_repo_url

@@ -11,14 +11,14 @@ from fastapi import FastAPI
 from fastapi.responses import HTMLResponse
 
 from shared import __version__
-from shared.consumer import Consumer
-from shared.errors import StorageError
-from shared.jobs import JobStore, Status
-from shared.keys import Keys
-from shared.redis_client import make_redis
-from shared.settings import Settings
-from shared.storage import Storage, make_s3_client
-from shared.workers import new_worker_id
+from shared.core.errors import StorageError
+from shared.core.settings import Settings
+from shared.engine.consumer import Consumer
+from shared.engine.jobs import JobStore, Status
+from shared.engine.workers import new_worker_id
+from shared.redis.client import make_redis
+from shared.redis.keys import Keys
+from shared.storage.s3 import Storage, make_s3_client
 from uploader import api, chatops, control_api, metrics, serving, team_api
 from uploader.errors import install_error_handlers
 from uploader.ingest import Ingest

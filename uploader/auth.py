@@ -27,8 +27,8 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
 
-from shared.errors import ConfigError
-from shared.lockbook import OWNER_RE
+from shared.coord.lockbook import OWNER_RE
+from shared.core.errors import ConfigError
 
 SCOPE_KEY = "buildq.identity"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}$")

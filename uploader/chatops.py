@@ -25,7 +25,7 @@ from urllib.parse import parse_qsl
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import JSONResponse
 
-from shared.settings import Settings
+from shared.core.settings import Settings
 from uploader.auth import Authenticator, ChatDirectory, parse_chat_users, parse_tokens
 from uploader.chatops_commands import ChatRequest, ephemeral, execute
 from uploader.team_api import TeamDep

@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from shared.errors import ValidationError
-from shared.jobs import new_job_id, redact_url
-from shared.lockbook import Released
-from shared.names import service_from_repo_url, validate_name
-from shared.workers import list_workers
+from shared.coord.lockbook import Released
+from shared.core.errors import ValidationError
+from shared.core.names import service_from_repo_url, validate_name
+from shared.engine.jobs import new_job_id, redact_url
+from shared.engine.workers import list_workers
 from uploader.auth import Action, Identity, decide
 from uploader.netcheck import HostPolicy
 from uploader.ratelimit import submission_wait_s

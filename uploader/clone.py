@@ -25,8 +25,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shared.errors import ValidationError
-from shared.settings import Settings
+from shared.core.errors import ValidationError
+from shared.core.settings import Settings
 from uploader.netcheck import HostPolicy, Pin, Resolution
 from uploader.repourl import url_host_port, validate_repo_url
 

@@ -7,8 +7,8 @@ from typing import Any
 from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.fleet import read_fleet, write_fleet
-from shared.jobs import TERMINAL, Status
+from shared.engine.fleet import read_fleet, write_fleet
+from shared.engine.jobs import TERMINAL, Status
 from uploader.api import Svc, job_or_404
 from uploader.auth import Action, Caller, require
 

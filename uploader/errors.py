@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException
 
-from shared.errors import StorageError, ValidationError
+from shared.core.errors import StorageError, ValidationError
 
 CODES = {
     400: "bad_request",

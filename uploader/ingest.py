@@ -11,15 +11,15 @@ import anyio
 import anyio.to_thread
 import structlog
 
-from shared.archive import pack
-from shared.errors import TransientError, ValidationError
-from shared.jobs import JobRecord, JobStore, Status
-from shared.keys import Keys
-from shared.logs import LogWriter
-from shared.outcome import Outcome
-from shared.retry import is_transient_git_error
-from shared.settings import Settings
-from shared.storage import Storage, source_key
+from shared.core.errors import TransientError, ValidationError
+from shared.core.settings import Settings
+from shared.engine.jobs import JobRecord, JobStore, Status
+from shared.engine.logs import LogWriter
+from shared.engine.outcome import Outcome
+from shared.engine.retry import is_transient_git_error
+from shared.redis.keys import Keys
+from shared.storage.archive import pack
+from shared.storage.s3 import Storage, source_key
 from uploader.clone import CloneError, clone, clone_settings
 from uploader.repourl import validate_repo_url
 

@@ -24,8 +24,8 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from shared.keys import Keys
-from shared.logs import LogEntry, decode_entry
+from shared.engine.logs import LogEntry, decode_entry
+from shared.redis.keys import Keys
 
 log = structlog.get_logger("loghub")
 BLOCK_MS = 5000

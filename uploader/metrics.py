@@ -13,8 +13,8 @@ from fastapi import APIRouter
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
 
-from shared.fleet import read_fleet
-from shared.workers import list_workers
+from shared.engine.fleet import read_fleet
+from shared.engine.workers import list_workers
 from uploader.api import Svc
 
 router = APIRouter()

@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from urllib.parse import SplitResult, unquote, urlsplit
 
-from shared.errors import ValidationError
+from shared.core.errors import ValidationError
 from uploader.netcheck import HostPolicy, check_host_name
 
 MAX_URL_CHARS = 2048

@@ -35,8 +35,8 @@ from fastapi import FastAPI
 from redis.exceptions import RedisError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shared.errors import ConfigError, ValidationError
-from shared.settings import Settings
+from shared.core.errors import ConfigError, ValidationError
+from shared.core.settings import Settings
 from uploader.auth import (
     SCOPE_KEY,
     Authenticator,

@@ -8,8 +8,8 @@ from urllib.parse import quote
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import RedirectResponse
 
-from shared.names import NAME_RE
-from shared.siteaddr import JOB_ID_RE, preview_url, site_url
+from shared.core.names import NAME_RE
+from shared.core.siteaddr import JOB_ID_RE, preview_url, site_url
 from uploader.api import Svc
 
 router = APIRouter()

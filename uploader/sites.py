@@ -4,7 +4,7 @@ The uploader listens twice: the API on ``BUILDQ_PORT`` and sites on
 ``BUILDQ_SITES_PORT``. :class:`SitesOrigin` sits in front of the API app and sends
 every request that arrived on the sites listener to :func:`serve`, so no API route
 is ever reachable on a site's origin, and no site on the API's. The ``Host`` header
-picks the site (``shared/siteaddr.py``); unknown hosts get 404 (this is also the
+picks the site (``shared/core/siteaddr.py``); unknown hosts get 404 (this is also the
 DNS-rebinding guard for the sites listener).
 """
 
@@ -21,9 +21,9 @@ from redis.exceptions import RedisError
 from starlette.responses import PlainTextResponse, Response
 from starlette.types import Receive, Scope, Send
 
-from shared.errors import StorageError
-from shared.siteaddr import SiteKind, parse_host
-from shared.storage import ObjectNotFound, serve_key, site_prefix
+from shared.core.errors import StorageError
+from shared.core.siteaddr import SiteKind, parse_host
+from shared.storage.s3 import ObjectNotFound, serve_key, site_prefix
 from uploader.state import Services
 from uploader.static_files import Request, SiteFiles
 

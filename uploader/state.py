@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from fastapi import Request
 from redis.asyncio import Redis
 
-from shared.jobs import JobStore
-from shared.keys import Keys
-from shared.settings import Settings
-from shared.storage import Storage
+from shared.core.settings import Settings
+from shared.engine.jobs import JobStore
+from shared.redis.keys import Keys
+from shared.storage.s3 import Storage
 from uploader.loghub import LogHub
 
 

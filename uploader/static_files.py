@@ -18,9 +18,9 @@ from urllib.parse import quote
 
 from starlette.responses import PlainTextResponse, RedirectResponse, Response, StreamingResponse
 
-from shared.archive import check_name
-from shared.errors import ValidationError
-from shared.storage import Blob, ObjectNotFound, RangeNotSatisfiable, Storage
+from shared.core.errors import ValidationError
+from shared.storage.archive import check_name
+from shared.storage.s3 import Blob, ObjectNotFound, RangeNotSatisfiable, Storage
 
 IMMUTABLE = "public, max-age=31536000, immutable"
 REVALIDATE = "no-cache"

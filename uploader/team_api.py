@@ -15,9 +15,9 @@ import structlog
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.lockbook import MANUAL_TASK, LockBook, LockRecord, Released, validate_owner
-from shared.names import validate_name
-from shared.staging import Claim, Staging
+from shared.coord.lockbook import MANUAL_TASK, LockBook, LockRecord, Released, validate_owner
+from shared.coord.staging import Claim, Staging
+from shared.core.names import validate_name
 from uploader.auth import Action, Caller, Identity, require
 from uploader.state import Services, services
 

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import httpx
 
-from shared.demo_repo import GIT_IDENTITY
-from shared.embedded import free_port
+from shared.cli.demo_repo import GIT_IDENTITY
+from shared.cli.embedded import free_port
 
 LIMIT_S = 600  # per deployment
 

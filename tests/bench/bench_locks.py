@@ -29,10 +29,10 @@ from types import FrameType
 import redis
 from redis.asyncio import Redis
 
-from shared.embedded import free_port, start_valkey, stop_process
-from shared.keys import Keys
-from shared.locks import DeployLock, Lease
-from shared.logsetup import configure_logging
+from shared.cli.embedded import free_port, start_valkey, stop_process
+from shared.coord.locks import DeployLock, Lease
+from shared.core.logsetup import configure_logging
+from shared.redis.keys import Keys
 
 SETTLE_S = 0.002  # after the waiter was told to start, before the release
 EXPIRE_S = 60

@@ -33,8 +33,8 @@ from typing import Any, TypeVar
 from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
 
-from shared.embedded import free_port, start_valkey, stop_process
-from shared.logsetup import configure_logging
+from shared.cli.embedded import free_port, start_valkey, stop_process
+from shared.core.logsetup import configure_logging
 
 if __package__ in (None, ""):  # run as a file: make the `tests.bench` package importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))

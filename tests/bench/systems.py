@@ -14,14 +14,14 @@ from typing import Any
 import anyio
 from redis.asyncio import Redis
 
-from shared.consumer import Consumer
-from shared.jobs import JobRecord, JobStore, Status, new_job_id
-from shared.keys import Keys
-from shared.logs import LogWriter
-from shared.outcome import Outcome
-from shared.redis_client import make_redis
-from shared.settings import load_settings
-from shared.workers import new_worker_id
+from shared.core.settings import load_settings
+from shared.engine.consumer import Consumer
+from shared.engine.jobs import JobRecord, JobStore, Status, new_job_id
+from shared.engine.logs import LogWriter
+from shared.engine.outcome import Outcome
+from shared.engine.workers import new_worker_id
+from shared.redis.client import make_redis
+from shared.redis.keys import Keys
 
 
 class Probe:
@@ -113,7 +113,7 @@ class Floor(System):
 
 
 class Buildq(System):
-    """The deployer's path: shared.consumer.Consumer, its claim and final transitions."""
+    """The deployer's path: shared.engine.consumer.Consumer, its claim and final transitions."""
 
     label = "buildq"
     note = (

@@ -11,8 +11,8 @@ from pathlib import Path
 import boto3
 import pytest
 
-from shared.embedded import EMBEDDED_AWS_ENV, free_port, start_moto, start_valkey, stop_process
-from shared.settings import Settings, load_settings
+from shared.cli.embedded import EMBEDDED_AWS_ENV, free_port, start_moto, start_valkey, stop_process
+from shared.core.settings import Settings, load_settings
 from tests.integration.helpers import Stack, make_env
 
 pytestmark = pytest.mark.integration

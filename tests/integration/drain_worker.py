@@ -2,7 +2,7 @@
 
 Usage: python -m tests.integration.drain_worker REDIS_URL SOURCE ACTIVE CONSUMERS OUT
 Each consumer connects, then the process writes OUT.ready; each claims through
-shared.queue.Queue (BLMOVE into ACTIVE), records the id, then acks. The process
+shared.engine.queue.Queue (BLMOVE into ACTIVE), records the id, then acks. The process
 exits once the source has stayed empty for one idle timeout.
 """
 
@@ -14,9 +14,9 @@ from pathlib import Path
 
 import anyio
 
-from shared.queue import Queue
-from shared.redis_client import make_redis
-from shared.settings import load_settings
+from shared.core.settings import load_settings
+from shared.engine.queue import Queue
+from shared.redis.client import make_redis
 
 IDLE_TIMEOUT_S = 3.0
 

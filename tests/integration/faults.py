@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import redis as redis_sync
 
-from shared.keys import Keys
+from shared.redis.keys import Keys
 from tests.integration.helpers import TERMINAL, Stack, make_repo
 
 # Fast clocks so faults are noticed in seconds, not the production 15 s.

@@ -15,15 +15,15 @@ from typing import Any
 
 import httpx
 
-from shared.demo_repo import GIT_IDENTITY
-from shared.embedded import free_port, wait_for_port
+from shared.cli.demo_repo import GIT_IDENTITY
+from shared.cli.embedded import free_port, wait_for_port
 
 TERMINAL = {"live", "failed", "cancelled", "superseded"}
 
 
 def make_env(valkey_url: str, s3_url: str, work: Path, **extra: str) -> dict[str, str]:
     """Environment for buildq processes: a fresh namespace and bucket on the shared servers."""
-    from shared.embedded import EMBEDDED_AWS_ENV
+    from shared.cli.embedded import EMBEDDED_AWS_ENV
 
     tag = uuid.uuid4().hex[:10]
     env = {k: v for k, v in os.environ.items() if not k.startswith("BUILDQ_")}

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import anyio
 
-from shared.keys import Keys
-from shared.locks import DeployLock, Lease
-from shared.redis_client import make_redis
-from shared.settings import load_settings
-from shared.sites import Sites
+from shared.coord.locks import DeployLock, Lease
+from shared.coord.sites import Sites
+from shared.core.settings import load_settings
+from shared.redis.client import make_redis
+from shared.redis.keys import Keys
 
 CRITICAL_SECTION_S = 0.0003
 

@@ -20,8 +20,8 @@ import pytest
 
 from deployer.build import Limits, build_env, run_build
 from deployer.sandbox import LAUNCHER, Level, Sandbox
-from shared.keys import Keys
-from shared.logs import LogWriter, read_log
+from shared.engine.logs import LogWriter, read_log
+from shared.redis.keys import Keys
 from tests.unit.test_hostile_build import LEVELS, level_or_fallback
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]

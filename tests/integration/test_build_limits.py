@@ -19,10 +19,10 @@ import pytest
 from deployer.build import BuildOutOfMemory, Limits, build_env, run_build
 from deployer.limits import detect as detect_limits
 from deployer.sandbox import Sandbox, detect
-from shared.cgroups import Host, Mechanism
-from shared.keys import Keys
-from shared.logs import LogWriter, read_log
-from shared.settings import load_settings
+from shared.core.cgroups import Host, Mechanism
+from shared.core.settings import load_settings
+from shared.engine.logs import LogWriter, read_log
+from shared.redis.keys import Keys
 from tests.integration.helpers import Stack, make_repo
 from tests.integration.test_hostile_http import module_stack
 

@@ -14,7 +14,7 @@ import httpx
 import pytest
 import redis as redis_sync
 
-from shared.keys import Keys
+from shared.redis.keys import Keys
 from tests.integration.helpers import Stack
 from uploader.chatops import slack_signature
 
@@ -129,7 +129,7 @@ def buildq(stack: Stack, *args: str, as_: str = "root") -> subprocess.CompletedP
     env = {k: v for k, v in stack.env.items() if k != "BUILDQ_API_URL"}
     env["BUILDQ_API_TOKEN"] = f"tok-{as_}"  # the CLI's identity: its token
     return subprocess.run(
-        [sys.executable, "-m", "shared.cli", *args, "--api", stack.url],
+        [sys.executable, "-m", "shared.cli.main", *args, "--api", stack.url],
         env=env,
         capture_output=True,
         text=True,

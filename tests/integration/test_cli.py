@@ -13,12 +13,12 @@ import httpx
 import psutil
 import pytest
 
-from shared.embedded import free_port
+from shared.cli.embedded import free_port
 from tests.integration.helpers import Stack, fetch, make_repo
 
 pytestmark = pytest.mark.integration
 
-BUILDQ = [sys.executable, "-m", "shared.cli"]
+BUILDQ = [sys.executable, "-m", "shared.cli.main"]
 
 
 def _cli(

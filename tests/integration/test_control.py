@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from shared.keys import Keys
+from shared.redis.keys import Keys
 from tests.integration.faults import FAST, redis_client, wait_all_ended
 from tests.integration.helpers import Stack, make_repo
 
@@ -137,7 +137,7 @@ def test_doctor_finds_a_lost_job_and_fix_puts_it_back(fast_stack: Stack, tmp_pat
 
     def doctor(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "shared.cli", "doctor", *args],
+            [sys.executable, "-m", "shared.cli.main", "doctor", *args],
             env=fast_stack.env,
             capture_output=True,
             text=True,

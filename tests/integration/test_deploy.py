@@ -180,7 +180,7 @@ def test_ref_and_root_dir_select_what_is_built(stack: Stack, tmp_path: Path) -> 
     repo = make_repo(tmp_path / "mono", {"site/index.html": "main branch", "other/x": "y"})
     import subprocess
 
-    from shared.demo_repo import GIT_IDENTITY
+    from shared.cli.demo_repo import GIT_IDENTITY
 
     env = {**GIT_IDENTITY, "PATH": "/usr/bin:/bin"}
     subprocess.run(["git", "checkout", "-q", "-b", "release"], cwd=repo, check=True, env=env)

@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from shared.keys import Keys
+from shared.redis.keys import Keys
 from tests.integration.faults import redis_client, summary, wait_all_ended
 from tests.integration.helpers import Stack, make_repo
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from shared.embedded import free_port, start_valkey, stop_process
-from shared.keys import Keys
+from shared.cli.embedded import free_port, start_valkey, stop_process
+from shared.redis.keys import Keys
 from tests.integration.faults import (
     FAST,
     build_repo,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.demo_repo import GIT_IDENTITY
+from shared.cli.demo_repo import GIT_IDENTITY
 from tests.integration.helpers import Stack, fetch
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

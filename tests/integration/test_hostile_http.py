@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from shared.embedded import free_port, wait_for_port
+from shared.cli.embedded import free_port, wait_for_port
 from tests.integration.helpers import Stack, make_env, make_repo, spawn, stop
 
 pytestmark = pytest.mark.integration

@@ -15,13 +15,13 @@ import anyio
 import pytest
 from redis.asyncio import Redis
 
-from shared.keys import Keys
-from shared.lockbook import LockBook
-from shared.locks import DeployLock, LockTimeoutError
-from shared.redis_client import make_redis
-from shared.settings import Settings
-from shared.sites import Sites, Verdict
-from shared.staging import Staging
+from shared.coord.lockbook import LockBook
+from shared.coord.locks import DeployLock, LockTimeoutError
+from shared.coord.sites import Sites, Verdict
+from shared.coord.staging import Staging
+from shared.core.settings import Settings
+from shared.redis.client import make_redis
+from shared.redis.keys import Keys
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 

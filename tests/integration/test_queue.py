@@ -13,13 +13,13 @@ import anyio
 import pytest
 import redis as redis_sync
 
-from shared.archive import pack
-from shared.jobs import JobStore, Status, new_job_id
-from shared.keys import Keys
-from shared.queue import Queue
-from shared.redis_client import make_redis
-from shared.settings import Settings
-from shared.storage import source_key
+from shared.core.settings import Settings
+from shared.engine.jobs import JobStore, Status, new_job_id
+from shared.engine.queue import Queue
+from shared.redis.client import make_redis
+from shared.redis.keys import Keys
+from shared.storage.archive import pack
+from shared.storage.s3 import source_key
 from tests.integration.helpers import Stack, make_repo, stop
 
 pytestmark = pytest.mark.integration

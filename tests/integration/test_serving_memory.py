@@ -13,7 +13,7 @@ import psutil
 import pytest
 import redis
 
-from shared.keys import Keys
+from shared.redis.keys import Keys
 from tests.integration.helpers import Stack
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -9,9 +9,9 @@ import fakeredis
 import pytest
 from moto import mock_aws
 
-from shared.jobs import JobStore
-from shared.keys import Keys
-from shared.settings import Settings, load_settings
+from shared.core.settings import Settings, load_settings
+from shared.engine.jobs import JobStore
+from shared.redis.keys import Keys
 
 
 class FakeClock:

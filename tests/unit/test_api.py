@@ -16,9 +16,9 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from shared.jobs import JobStore, Status
-from shared.keys import Keys
-from shared.settings import Settings
+from shared.core.settings import Settings
+from shared.engine.jobs import JobStore, Status
+from shared.redis.keys import Keys
 from uploader import api
 from uploader.errors import install_error_handlers
 from uploader.security import install_security

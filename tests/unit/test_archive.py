@@ -1,4 +1,4 @@
-"""shared/archive.py: packing never follows links; extraction refuses anything unsafe."""
+"""shared/storage/archive.py: packing never follows links; extraction refuses anything unsafe."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from shared.archive import check_name, extract, pack, walk_tree
-from shared.errors import ValidationError
+from shared.core.errors import ValidationError
+from shared.storage.archive import check_name, extract, pack, walk_tree
 
 LIMITS = {"max_files": 1000, "max_bytes": 10 * 1024 * 1024}
 

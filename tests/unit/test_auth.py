@@ -6,7 +6,7 @@ import hmac
 
 import pytest
 
-from shared.errors import ConfigError
+from shared.core.errors import ConfigError
 from uploader import auth
 from uploader.auth import (
     Action,

@@ -9,7 +9,7 @@ import pytest
 
 from deployer.buildconfig import NODE_OUTPUTS, BuildConfig, detect, resolve_output
 from deployer.frameworks import COREPACK_ENV
-from shared.errors import ValidationError
+from shared.core.errors import ValidationError
 
 TOML = """\
 [build]

@@ -6,8 +6,8 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from shared.buildenv import MAX_ENTRIES, MAX_TOTAL_BYTES, validate_build_env
-from shared.errors import ValidationError
+from shared.core.buildenv import MAX_ENTRIES, MAX_TOTAL_BYTES, validate_build_env
+from shared.core.errors import ValidationError
 from uploader.api import DeploymentRequest
 from uploader.errors import install_error_handlers
 

@@ -13,9 +13,9 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from shared.jobs import JobStore
-from shared.keys import Keys
-from shared.settings import Settings, load_settings
+from shared.core.settings import Settings, load_settings
+from shared.engine.jobs import JobStore
+from shared.redis.keys import Keys
 from uploader import chatops, team_api
 from uploader.chatops import chatops_clock, slack_signature, verify_slack
 from uploader.errors import install_error_handlers

@@ -1,8 +1,8 @@
-"""shared/childenv.py: what each child of ``buildq up`` sees of the user's environment."""
+"""shared/cli/childenv.py: what each child of ``buildq up`` sees of the user's environment."""
 
 from __future__ import annotations
 
-from shared.childenv import service_env
+from shared.cli.childenv import service_env
 
 USER_ENV = {
     "PATH": "/usr/bin",

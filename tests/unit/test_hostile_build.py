@@ -27,10 +27,10 @@ from structlog.testing import capture_logs
 
 from deployer.build import BuildTimeout, Limits, build_env, run_build
 from deployer.sandbox import Level, Sandbox, announce, detect, try_level
-from shared.errors import ConfigError, ValidationError
-from shared.keys import Keys
-from shared.logs import LogWriter, read_log
-from shared.settings import load_settings
+from shared.core.errors import ConfigError, ValidationError
+from shared.core.settings import load_settings
+from shared.engine.logs import LogWriter, read_log
+from shared.redis.keys import Keys
 from tests.unit.test_hostile_urls import Listener
 
 pytestmark = pytest.mark.anyio
@@ -249,7 +249,7 @@ import anyio, resource, sys
 from pathlib import Path
 from tests.unit.test_hostile_build import build
 from deployer.sandbox import detect
-from shared.settings import load_settings
+from shared.core.settings import load_settings
 workdir = Path(sys.argv[1]); (workdir / "src").mkdir(parents=True)
 megabytes = int(sys.argv[2])
 cmd = f"head -c {megabytes}000000 /dev/zero | tr '\\\\0' 'a' | fold -w 100; echo END"

@@ -15,9 +15,9 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from shared.jobs import JobStore
-from shared.keys import Keys
-from shared.settings import Settings, load_settings
+from shared.core.settings import Settings, load_settings
+from shared.engine.jobs import JobStore
+from shared.redis.keys import Keys
 from uploader import api
 from uploader.errors import install_error_handlers
 from uploader.security import install_security, parse_json_body

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from shared.archive import extract, pack
-from shared.errors import ValidationError
+from shared.core.errors import ValidationError
+from shared.storage.archive import extract, pack
 from tests.integration.helpers import make_repo
 from tests.unit.test_hostile_urls import Listener
 from uploader.clone import CloneError, CloneSettings, clone, parse_tokens

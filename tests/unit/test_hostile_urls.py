@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.errors import ValidationError
+from shared.core.errors import ValidationError
 from uploader.clone import BASE_CONFIG, CloneSettings, clone, clone_config, parse_tokens
 from uploader.netcheck import HostPolicy, HostRefused, Pin, Resolution
 from uploader.repourl import validate_repo_url

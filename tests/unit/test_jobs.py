@@ -1,4 +1,4 @@
-"""shared/jobs.py with submit.lua and transition.lua on fakeredis (Lua via lupa)."""
+"""shared/engine/jobs.py with submit.lua and transition.lua on fakeredis (Lua via lupa)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING
 import fakeredis
 import pytest
 
-from shared.jobs import (
+from shared.core.settings import load_settings
+from shared.engine.jobs import (
     TERMINAL,
     JobRecord,
     JobStore,
@@ -17,8 +18,7 @@ from shared.jobs import (
     new_job_id,
     redact_url,
 )
-from shared.keys import Keys
-from shared.settings import load_settings
+from shared.redis.keys import Keys
 
 if TYPE_CHECKING:
     from conftest import FakeClock

@@ -1,4 +1,4 @@
-"""shared/keys.py: every key is hash-tagged with its namespace."""
+"""shared/redis/keys.py: every key is hash-tagged with its namespace."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import inspect
 
 import pytest
 
-from shared.keys import Keys
+from shared.redis.keys import Keys
 
 
 def all_keys(k: Keys) -> list[str]:

@@ -47,3 +47,39 @@ def test_no_module_is_much_over_400_lines() -> None:
         for path in (ROOT / package).rglob("*.py"):
             lines = len(path.read_text("utf-8").splitlines())
             assert lines <= 450, f"{path} has {lines} lines: split it by concern"
+
+
+# shared/ is layered: a sub-package imports only the layers listed for it.
+LAYERS = {
+    "core": set(),
+    "redis": {"core"},
+    "storage": {"core"},
+    "engine": {"core", "redis", "storage"},
+    "coord": {"core", "redis", "storage", "engine"},
+    "cli": {"core", "redis", "storage", "engine", "coord"},
+}
+
+
+def _shared_layers_imported(path: Path) -> set[str]:
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text("utf-8"))):
+        modules = []
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            modules = [node.module]
+        elif isinstance(node, ast.Import):
+            modules = [alias.name for alias in node.names]
+        found.update(m.split(".")[1] for m in modules if m.startswith("shared."))
+    return found
+
+
+def test_shared_is_layered_and_imports_run_down_the_layers() -> None:
+    top = {p.name for p in (ROOT / "shared").glob("*.py")}
+    assert top == {"__init__.py"}, f"modules outside a layer: {top - {'__init__.py'}}"
+    packages = {p.name for p in (ROOT / "shared").iterdir() if (p / "__init__.py").is_file()}
+    assert packages == set(LAYERS)
+    for layer, allowed in LAYERS.items():
+        for path in (ROOT / "shared" / layer).rglob("*.py"):
+            if "demo" in path.parts:  # package data: the demo site's own build script
+                continue
+            wrong = _shared_layers_imported(path) - allowed - {layer}
+            assert not wrong, f"{path.relative_to(ROOT)} ({layer}) imports {sorted(wrong)}"

@@ -27,8 +27,9 @@ from deployer.sandbox import (
     launch_pipe,
     launcher_argv,
 )
-from shared import cgroups
-from shared.cgroups import (
+from shared.cli.doctor import build_limits
+from shared.core import cgroups
+from shared.core.cgroups import (
     CgroupError,
     Group,
     GroupLimits,
@@ -40,9 +41,8 @@ from shared.cgroups import (
     parse_key_count,
     summary,
 )
-from shared.doctor import build_limits
-from shared.errors import ConfigError
-from shared.settings import load_settings
+from shared.core.errors import ConfigError
+from shared.core.settings import load_settings
 
 MIB = 1024 * 1024
 LIMITS = GroupLimits(64 * MIB, 100, 1.5)

@@ -15,10 +15,10 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from shared.errors import ConfigError
-from shared.jobs import JobStore, Status
-from shared.keys import Keys
-from shared.settings import Settings, load_settings
+from shared.core.errors import ConfigError
+from shared.core.settings import Settings, load_settings
+from shared.engine.jobs import JobStore, Status
+from shared.redis.keys import Keys
 from uploader import auth
 from uploader.app import create_app
 from uploader.state import Services

@@ -1,4 +1,4 @@
-"""shared/locks.py and shared/lockbook.py on fakeredis (with Lua and pub/sub)."""
+"""shared/coord/locks.py and shared/coord/lockbook.py on fakeredis (with Lua and pub/sub)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import anyio
 import fakeredis
 import pytest
 
-from shared.errors import ValidationError
-from shared.keys import Keys
-from shared.lockbook import LockBook, Released, validate_owner
-from shared.locks import DeployLock, LockError, LockLostError, LockTimeoutError
+from shared.coord.lockbook import LockBook, Released, validate_owner
+from shared.coord.locks import DeployLock, LockError, LockLostError, LockTimeoutError
+from shared.core.errors import ValidationError
+from shared.redis.keys import Keys
 from tests.unit.conftest import FakeClock
 
 pytestmark = pytest.mark.anyio

@@ -1,12 +1,12 @@
-"""shared/logs.py: capped, batched log writing and reading back in order."""
+"""shared/engine/logs.py: capped, batched log writing and reading back in order."""
 
 from __future__ import annotations
 
 import fakeredis
 import pytest
 
-from shared.keys import Keys
-from shared.logs import MAX_LINE_CHARS, TAIL_LINES, LogEntry, LogWriter, read_log
+from shared.engine.logs import MAX_LINE_CHARS, TAIL_LINES, LogEntry, LogWriter, read_log
+from shared.redis.keys import Keys
 
 pytestmark = pytest.mark.anyio
 

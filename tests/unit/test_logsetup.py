@@ -1,4 +1,4 @@
-"""shared/logsetup.py: one redaction processor takes secrets out of every log line."""
+"""shared/core/logsetup.py: one redaction processor takes secrets out of every log line."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import json
 import pytest
 import structlog
 
-from shared.logsetup import Redactor, configure_logging, redact_text, secret_values
-from shared.settings import load_settings
+from shared.core.logsetup import Redactor, configure_logging, redact_text, secret_values
+from shared.core.settings import load_settings
 
 
 def test_secret_settings_and_their_token_pieces_are_collected() -> None:

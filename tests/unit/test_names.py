@@ -1,4 +1,4 @@
-"""shared/names.py: service names, derivation from URLs, relative directories."""
+"""shared/core/names.py: service names, derivation from URLs, relative directories."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from shared.errors import ValidationError
-from shared.names import NAME_RE, service_from_repo_url, validate_name, validate_relative_dir
+from shared.core.errors import ValidationError
+from shared.core.names import NAME_RE, service_from_repo_url, validate_name, validate_relative_dir
 
 
 @pytest.mark.parametrize("name", ["a", "0", "my-site", "a1-b2-c3", "x" * 63, "9-lives"])

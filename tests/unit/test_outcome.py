@@ -7,10 +7,10 @@ import asyncio
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from shared.errors import StorageError, ValidationError
-from shared.jobs import Status
-from shared.outcome import after_fault, dead_letter, transient_cause
-from shared.retry import backoff_s, is_transient_git_error
+from shared.core.errors import StorageError, ValidationError
+from shared.engine.jobs import Status
+from shared.engine.outcome import after_fault, dead_letter, transient_cause
+from shared.engine.retry import backoff_s, is_transient_git_error
 
 
 def test_transient_errors_are_their_own_cause() -> None:

@@ -6,10 +6,10 @@ from __future__ import annotations
 import fakeredis
 import pytest
 
-from shared.jobs import JobStore, Status
-from shared.keys import Keys
-from shared.scripts import SCRIPT_NAMES, Scripts
-from shared.sites import Promotion, Sites, Verdict
+from shared.coord.sites import Promotion, Sites, Verdict
+from shared.engine.jobs import JobStore, Status
+from shared.redis.keys import Keys
+from shared.redis.scripts import SCRIPT_NAMES, Scripts
 from tests.unit.conftest import FakeClock
 
 pytestmark = pytest.mark.anyio

@@ -13,8 +13,8 @@ import pytest
 
 import deployer.publish
 from deployer.publish import publish_dir
-from shared.archive import Entry, open_entry, open_root, walk_tree
-from shared.errors import ValidationError
+from shared.core.errors import ValidationError
+from shared.storage.archive import Entry, open_entry, open_root, walk_tree
 
 LIMITS = {"max_files": 1000, "max_bytes": 10 * 1024 * 1024}
 HOST_SECRET = "host-only-secret"

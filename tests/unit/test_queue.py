@@ -1,4 +1,4 @@
-"""shared/queue.py: a reliable FIFO (LPUSH in, BLMOVE RIGHT->LEFT out) on fakeredis."""
+"""shared/engine/queue.py: a reliable FIFO (LPUSH in, BLMOVE RIGHT->LEFT out) on fakeredis."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import time
 import fakeredis
 import pytest
 
-from shared.keys import Keys
-from shared.queue import Queue
+from shared.engine.queue import Queue
+from shared.redis.keys import Keys
 
 pytestmark = pytest.mark.anyio
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.errors import ValidationError
+from shared.core.errors import ValidationError
 from uploader.repourl import validate_ref, validate_repo_url
 
 

@@ -19,11 +19,11 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from shared.jobs import JobStore
-from shared.keys import Keys
-from shared.lockbook import LockBook
-from shared.settings import Settings, load_settings
-from shared.staging import Staging
+from shared.coord.lockbook import LockBook
+from shared.coord.staging import Staging
+from shared.core.settings import Settings, load_settings
+from shared.engine.jobs import JobStore
+from shared.redis.keys import Keys
 from uploader.app import create_app
 from uploader.state import Services
 

@@ -11,11 +11,11 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from shared.jobs import JobStore
-from shared.keys import Keys
-from shared.settings import Settings, load_settings
-from shared.siteaddr import SiteHost, SiteKind, parse_host, preview_url, site_url
-from shared.storage import Storage, content_type, make_s3_client, serve_key, site_prefix
+from shared.core.settings import Settings, load_settings
+from shared.core.siteaddr import SiteHost, SiteKind, parse_host, preview_url, site_url
+from shared.engine.jobs import JobStore
+from shared.redis.keys import Keys
+from shared.storage.s3 import Storage, content_type, make_s3_client, serve_key, site_prefix
 from uploader import serving
 from uploader.sites import SitesOrigin
 from uploader.state import Services

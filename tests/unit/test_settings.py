@@ -1,4 +1,4 @@
-"""shared/settings.py: defaults, environment parsing, and failing loudly by key name."""
+"""shared/core/settings.py: defaults, environment parsing, and failing loudly by key name."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 from pydantic import SecretStr
 from pydantic import ValidationError as PydanticValidationError
 
-from shared.errors import ConfigError
-from shared.settings import load_settings
+from shared.core.errors import ConfigError
+from shared.core.settings import load_settings
 
 
 def test_defaults_without_any_buildq_variable() -> None:

@@ -1,4 +1,4 @@
-"""shared/staging.py on fakeredis: Lua check-and-set claims with optional expiry."""
+"""shared/coord/staging.py on fakeredis: Lua check-and-set claims with optional expiry."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import anyio
 import fakeredis
 import pytest
 
-from shared.errors import ValidationError
-from shared.keys import Keys
-from shared.lockbook import Released
-from shared.staging import Staging
+from shared.coord.lockbook import Released
+from shared.coord.staging import Staging
+from shared.core.errors import ValidationError
+from shared.redis.keys import Keys
 from tests.unit.conftest import FakeClock
 
 pytestmark = pytest.mark.anyio

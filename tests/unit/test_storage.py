@@ -1,4 +1,4 @@
-"""shared/storage.py: Content-Types, and the bucket API against moto in-process."""
+"""shared/storage/s3.py: Content-Types, and the bucket API against moto in-process."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from shared.errors import StorageError
-from shared.settings import Settings
-from shared.storage import ObjectNotFound, Storage, content_type, make_s3_client
+from shared.core.errors import StorageError
+from shared.core.settings import Settings
+from shared.storage.s3 import ObjectNotFound, Storage, content_type, make_s3_client
 
 
 @pytest.mark.parametrize(

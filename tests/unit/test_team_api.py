@@ -10,11 +10,11 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from shared.jobs import JobStore
-from shared.keys import Keys
-from shared.lockbook import LockBook
-from shared.locks import DeployLock
-from shared.settings import Settings, load_settings
+from shared.coord.lockbook import LockBook
+from shared.coord.locks import DeployLock
+from shared.core.settings import Settings, load_settings
+from shared.engine.jobs import JobStore
+from shared.redis.keys import Keys
 from uploader import team_api
 from uploader.errors import install_error_handlers
 from uploader.security import install_security

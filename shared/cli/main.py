@@ -1,0 +1,280 @@
+"""The ``buildq`` command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from shared import __version__
+from shared.cli.client import ApiError, Client
+from shared.cli.common import api_option, call_api
+from shared.core.errors import BuildqError, ConfigError
+from shared.core.settings import load_settings
+
+TERMINAL_STATUSES = {"live", "failed", "cancelled", "superseded"}
+
+
+def _settings_or_exit() -> Any:
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@click.group()
+@click.version_option(__version__, prog_name="buildq")
+def main() -> None:
+    """buildq: a self-hosted build-and-deploy queue on Redis and S3."""
+
+
+@main.command()
+@click.option("--deployers", default=2, show_default=True, type=click.IntRange(1, 64))
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option(
+    "--sites-port",
+    type=click.IntRange(1, 65535),
+    help="where sites are served: http://<service>.localhost:PORT/ [default: --port + 1]",
+)
+@click.option("--demo", is_flag=True, help="deploy the bundled demo site once the stack is up")
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path),
+    envvar="BUILDQ_DATA_DIR",
+    default=".buildq",
+    show_default=True,
+    help="where the AOF, logs and work files go",
+)
+def up(deployers: int, port: int, sites_port: int | None, demo: bool, data_dir: Path) -> None:
+    """Run the whole stack (embedded valkey + S3 when none is configured)."""
+    from shared.cli.stack import Stack
+
+    _settings_or_exit()
+    started = time.monotonic()
+    stack = Stack(
+        data_dir=data_dir, port=port, sites_port=sites_port or port + 1, deployers=deployers
+    )
+    stack.install_signal_handlers()
+    code = 0
+    try:
+        stack.start(say=click.echo)
+        if demo and not stack.stop_requested:
+            code = _run_demo(stack, started)
+        click.echo("buildq is up; press Ctrl-C to stop.")
+        stack.wait()
+    except (BuildqError, OSError) as exc:
+        click.echo(f"buildq up: {exc}", err=True)
+        code = 1
+    finally:
+        click.echo("stopping...")
+        stack.stop()
+        click.echo("stopped.")
+    sys.exit(code)
+
+
+def _run_demo(stack: Any, started: float) -> int:
+    from shared.cli.demo_repo import make_demo_repo
+
+    repo = make_demo_repo((stack.data_dir / "demo-site").resolve())
+    client = Client(stack.api_url)
+    try:
+        accepted = client.submit(f"file://{repo}", service="demo")
+        click.echo(f"demo: deploying file://{repo} as job {accepted['id']}")
+        code = _follow(client, accepted["id"], quiet_lines=True)
+    finally:
+        client.close()
+    if code == 0:
+        click.echo(f"demo: live {time.monotonic() - started:.1f}s after start")
+    return code
+
+
+def _follow(client: Client, job_id: str, *, quiet_lines: bool = False) -> int:
+    for entry in client.follow(job_id):
+        if entry["kind"] in ("phase", "end"):
+            click.echo(f"==> {entry['status']}")
+        elif entry["kind"] == "line" and not quiet_lines:
+            click.echo(f"    {entry['text']}")
+    record = client.job(job_id)
+    if record["status"] == "live":
+        click.echo(f"live: {record['url']}")
+        return 0
+    if record["status"] == "superseded":
+        click.echo(f"superseded by a newer deployment; preview: {record['url']}")
+        return 0
+    click.echo(f"{record['status']}: {record.get('error') or 'no error recorded'}", err=True)
+    return 1
+
+
+@main.command()
+@click.argument("repo_url")
+@click.option("--service", help="service name (default: from the repository name)")
+@click.option("--ref", help="branch or tag (default: the repository's default branch)")
+@click.option("--root", "root_dir", help="directory inside the repository to build")
+@api_option
+def deploy(
+    repo_url: str, service: str | None, ref: str | None, root_dir: str | None, api_url: str
+) -> None:
+    """Deploy REPO_URL, follow its phases and build log, print the live URL."""
+    client = Client(api_url)
+    try:
+        accepted = client.submit(repo_url, service=service, ref=ref, root_dir=root_dir)
+        click.echo(f"job {accepted['id']} accepted (service {accepted['service']})")
+        code = _follow(client, accepted["id"])
+    except ApiError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        client.close()
+    sys.exit(code)
+
+
+@main.command()
+@click.argument("job_id", required=False)
+@api_option
+def status(job_id: str | None, api_url: str) -> None:
+    """Show one job (with phase timings) or the most recent jobs."""
+    client = Client(api_url)
+    try:
+        if job_id:
+            click.echo(json.dumps(client.job(job_id), indent=2))
+            return
+        for job in client.jobs(limit=20):
+            click.echo(f"{job['id']}  {job['status']:<11} {job['service']:<24} {job['repo_url']}")
+    except ApiError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        client.close()
+
+
+@main.command()
+@api_option
+def queue(api_url: str) -> None:
+    """Show the queue: pending jobs, workers with heartbeat age, active jobs."""
+    client = Client(api_url)
+    try:
+        q = client.queue()
+    except ApiError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        client.close()
+    click.echo(
+        f"queue {q['length']}  ingest {q['ingest']}  delayed {q['delayed']}  dead {q['dead']}"
+        f"  paused {q['paused']}"
+    )
+    for job_id in q["pending"]:
+        click.echo(f"  pending {job_id}")
+    for w in q["workers"]:
+        active = ", ".join(q["active"].get(w["id"], [])) or "-"
+        click.echo(
+            f"  {w['id']:<40} {w['busy']}/{w['slots']} busy  heartbeat {w['heartbeat_age_ms']} ms"
+            f"  active: {active}"
+        )
+
+
+@main.command()
+@click.argument("job_id")
+@api_option
+def cancel(job_id: str, api_url: str) -> None:
+    """Cancel a queued job, or stop its running build."""
+    result = call_api(api_url, "cancel", job_id)
+    click.echo(f"{job_id} cancelled (was {result['was']})")
+
+
+@main.command()
+@click.argument("job_id")
+@api_option
+def retry(job_id: str, api_url: str) -> None:
+    """Run a failed, dead-lettered or cancelled job again."""
+    result = call_api(api_url, "retry", job_id)
+    click.echo(f"{job_id} {result['status']} again")
+
+
+@main.command()
+@click.option("--max-concurrency", type=click.IntRange(1), help="also cap concurrent builds")
+@api_option
+def pause(max_concurrency: int | None, api_url: str) -> None:
+    """Pause deployers: running builds finish, nothing new starts."""
+    changes: dict[str, Any] = {"paused": True}
+    if max_concurrency:
+        changes["max_concurrency"] = max_concurrency
+    state = call_api(api_url, "fleet", **changes)
+    click.echo(f"fleet paused (max_concurrency {state['max_concurrency']})")
+
+
+@main.command()
+@click.option("--max-concurrency", type=click.IntRange(1), help="cap concurrent builds")
+@click.option("--no-limit", is_flag=True, help="lift the concurrency cap")
+@api_option
+def resume(max_concurrency: int | None, no_limit: bool, api_url: str) -> None:
+    """Resume deployers (optionally changing the fleet-wide concurrency cap)."""
+    changes: dict[str, Any] = {"paused": False}
+    if no_limit:
+        changes["max_concurrency"] = None
+    elif max_concurrency:
+        changes["max_concurrency"] = max_concurrency
+    state = call_api(api_url, "fleet", **changes)
+    click.echo(f"fleet running (max_concurrency {state['max_concurrency']})")
+
+
+@main.command()
+@click.option("--fix", is_flag=True, help="repair what recovery would repair")
+def doctor(fix: bool) -> None:
+    """Check that every job sits in exactly one queue (talks to Redis directly) and
+    say which build resource limits this host enforces."""
+    import anyio
+
+    from shared.cli.doctor import Doctor, build_limits
+    from shared.redis.client import make_redis
+    from shared.redis.keys import Keys
+
+    settings = _settings_or_exit()
+    click.echo(build_limits(settings))
+
+    async def run() -> list[Any]:
+        redis = make_redis(settings)
+        try:
+            return await Doctor(redis, Keys(settings.namespace), settings).check(fix=fix)
+        finally:
+            await redis.aclose()
+
+    findings = anyio.run(run)
+    for f in findings:
+        mark = "fixed" if f.fixed else "FOUND"
+        click.echo(f"{mark:<6} {f.problem:<12} {f.job_id}  {f.detail}")
+    unfixed = [f for f in findings if not f.fixed]
+    click.echo(f"{len(findings)} problem(s), {len(unfixed)} left")
+    sys.exit(1 if unfixed else 0)
+
+
+def _exec_module(module: str, overrides: dict[str, str]) -> None:
+    env = {**os.environ, **overrides}
+    os.execve(sys.executable, [sys.executable, "-m", module], env)  # noqa: S606 - our own module
+
+
+@main.command()
+@click.option("--port", type=click.IntRange(1, 65535), help="listen port (BUILDQ_PORT)")
+def uploader(port: int | None) -> None:
+    """Run the uploader API and ingest stage in the foreground."""
+    _exec_module("uploader", {"BUILDQ_PORT": str(port)} if port else {})
+
+
+@main.command()
+@click.option(
+    "--slots", type=click.IntRange(1, 256), help="concurrent jobs (BUILDQ_DEPLOYER_SLOTS)"
+)
+def deployer(slots: int | None) -> None:
+    """Run one deployer process in the foreground."""
+    _exec_module("deployer", {"BUILDQ_DEPLOYER_SLOTS": str(slots)} if slots else {})
+
+
+from shared.cli.team import register as _register_team  # noqa: E402 - after main
+
+_register_team(main)
+
+
+if __name__ == "__main__":
+    main()

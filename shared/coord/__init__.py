@@ -1,0 +1,1 @@
+"""Team coordination: deploy locks, manual locks, staging claims, live-site promotion."""

@@ -1,0 +1,299 @@
+"""Lock records in Redis: the Lua calls, who holds a lock, who had it last, manual locks.
+
+A record is JSON ``{token, owner, host, pid, task, acquired_at, expires_at, reason,
+user_id, fence}`` at ``{ns}:lock:<service>`` (SET NX PX inside ``lock_acquire.lua``).
+``{ns}:lock-history:<service>`` keeps the ``current`` and ``previous`` records, the
+latter ended (``released``, ``forced`` or ``expired``), for "who had it last".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from typing import Any
+
+import anyio
+from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
+
+from shared.core.errors import BuildqError, ValidationError
+from shared.core.names import validate_name
+from shared.engine.jobs import Clock, now_ms
+from shared.redis.keys import Keys
+from shared.redis.scripts import source
+
+OWNER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@:+-]{0,63}$")
+MAX_REASON_CHARS = 200
+MANUAL_TASK = "manual"  # the task of every lock a person took (API, CLI, ChatOps)
+
+
+class Released(StrEnum):
+    """What a release by owner (or forced) did."""
+
+    RELEASED = "released"
+    NOT_HELD = "not_held"
+    NOT_OWNER = "not_owner"
+
+
+def validate_owner(value: str) -> str:
+    """``value`` if it is a usable owner name (a person, a worker), else ValidationError."""
+    if not OWNER_RE.fullmatch(value):
+        raise ValidationError(
+            f"invalid owner {value[:80]!r}: use 1-64 letters, digits and . _ @ : + -"
+        )
+    return value
+
+
+def clean_reason(value: str) -> str:
+    """The reason on one line, at most 200 characters."""
+    return " ".join(value.split())[:MAX_REASON_CHARS]
+
+
+@dataclass(frozen=True, slots=True)
+class LockRecord:
+    """A lock record as stored; ``end`` and ``released_*`` only in history entries."""
+
+    service: str
+    token: str
+    owner: str
+    host: str
+    pid: int
+    task: str
+    fence: int
+    acquired_at: int
+    expires_at: int
+    reason: str = ""
+    user_id: str | None = None
+    end: str | None = None  # released | forced | expired
+    released_at: int | None = None
+    released_by: str | None = None
+
+    @classmethod
+    def parse(cls, service: str, raw: str | bytes) -> LockRecord:
+        """Decode a stored JSON record."""
+        data: dict[str, Any] = json.loads(raw)
+        names = cls.__dataclass_fields__
+        values = {k: v for k, v in data.items() if k in names and v is not None}
+        for name in ("pid", "fence", "acquired_at", "expires_at", "released_at"):
+            if name in values:
+                values[name] = int(values[name])
+        return cls(service=service, **values)
+
+    def public(self) -> dict[str, Any]:
+        """The record as the API shows it: everything but the token."""
+        out = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "token"}
+        return {k: v for k, v in out.items() if v is not None}
+
+
+class LockError(BuildqError):
+    """A lock could not be taken or used as asked."""
+
+
+class LockTimeoutError(LockError):
+    """The lock stayed held by someone else until the deadline."""
+
+    def __init__(self, message: str, holder: LockRecord | None) -> None:
+        super().__init__(message)
+        self.holder = holder
+
+
+class LockLostError(LockError):
+    """A held lock expired or was taken over before its holder finished."""
+
+
+@dataclass(eq=False)
+class Lease:
+    """One acquisition of one or more services by this process."""
+
+    services: tuple[str, ...]
+    token: str
+    fences: dict[str, int]
+    owner: str
+    task: str
+    ttl_ms: int
+    valid_until: float  # monotonic seconds; the lock may have expired after this
+    monotonic: Callable[[], float] = time.monotonic
+    lost: anyio.Event = field(default_factory=anyio.Event)
+    released: bool = False
+    depth: int = 1
+    task_id: int | None = None
+
+    @property
+    def fence(self) -> int:
+        """The fencing token of the (first) service: pass it to ``Sites.promote``."""
+        return self.fences[self.services[0]]
+
+    def still_held(self) -> bool:
+        """False once released, once an extend found the lock gone, or once the TTL
+        may have run out since the last successful extend (a paused process)."""
+        return not (self.released or self.lost.is_set()) and self.monotonic() < self.valid_until
+
+
+class LockBook:
+    """Reads and writes lock records; every change is one Lua call."""
+
+    def __init__(
+        self, redis: Redis, keys: Keys, *, events_max: int, clock: Clock = time.time
+    ) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.events_max = events_max
+        self.clock = clock
+        self.host = socket.gethostname()
+        self._acquire: AsyncScript = redis.register_script(source("lock_acquire"))
+        self._release: AsyncScript = redis.register_script(source("lock_release"))
+        self._extend: AsyncScript = redis.register_script(source("lock_extend"))
+        self._withdraw: AsyncScript = redis.register_script(source("lock_withdraw"))
+
+    async def acquire(
+        self,
+        names: Sequence[str],
+        *,
+        token: str,
+        owner: str,
+        ttl_ms: int,
+        task: str = "",
+        reason: str = "",
+        user_id: str | None = None,
+        refresh: bool = False,
+        queue_until_ms: int = 0,
+    ) -> tuple[list[Any], dict[str, Any]]:
+        """One ``lock_acquire.lua`` call; returns its reply and the record sent.
+
+        With ``queue_until_ms`` (one service) a refused caller waits in line until
+        then: a release hands the lock straight to the oldest live waiter."""
+        now = now_ms(self.clock)
+        record = {
+            "token": token,
+            "owner": owner,
+            "host": self.host,
+            "pid": os.getpid(),
+            "task": task,
+            "acquired_at": now,
+            "expires_at": now + ttl_ms,
+            "reason": clean_reason(reason),
+            "user_id": user_id,
+        }
+        args: list[str | int] = [len(names), ttl_ms, now, self.events_max, owner]
+        args += [int(refresh), queue_until_ms, token, json.dumps(record, separators=(",", ":"))]
+        reply = await self._acquire(keys=self._keys(names), args=[*args, *names])
+        return list(reply), record
+
+    async def extend(self, names: Sequence[str], *, token: str, ttl_ms: int) -> bool:
+        """Renew every lock in ``names`` that still carries ``token``: all, or none."""
+        keys: list[str] = []
+        for s in names:
+            keys += [self.keys.lock(s), self.keys.lock_history(s)]
+        ok = await self._extend(keys=keys, args=[len(names), token, ttl_ms, now_ms(self.clock)])
+        return int(ok) == 1
+
+    async def release(self, names: Sequence[str], *, mode: str, value: str, actor: str) -> Any:
+        """One ``lock_release.lua`` call (mode ``token``, ``owner`` or ``force``)."""
+        args: list[str | int] = [len(names), mode, value, now_ms(self.clock)]
+        args += [self.events_max, actor]
+        for s in names:
+            args += [s, self.keys.lock_channel(s)]
+        return await self._release(keys=self._keys(names), args=args)
+
+    async def withdraw(self, service: str, *, token: str) -> int | None:
+        """Leave the line for ``service``; the fence if it was handed to ``token``."""
+        k = self.keys
+        reply = await self._withdraw(keys=[k.lock(service), k.lock_waiters(service)], args=[token])
+        return int(reply[1]) if int(reply[0]) == 1 else None
+
+    def _keys(self, names: Sequence[str]) -> list[str]:
+        k = self.keys
+        keys = [k.events, k.locks]
+        for s in names:
+            keys += [k.lock(s), k.fence(s), k.lock_history(s), k.lock_waiters(s)]
+        return keys
+
+    # -- reading -----------------------------------------------------------------------
+
+    async def holder(self, service: str) -> LockRecord | None:
+        """Who holds ``service``'s lock now, or None."""
+        raw = await self.redis.get(self.keys.lock(validate_name(service)))
+        return LockRecord.parse(service, raw) if raw else None
+
+    async def last_holder(self, service: str) -> LockRecord | None:
+        """Who had ``service``'s lock last: the holder before the current one, or the
+        latest one (with ``end`` set) when it is free."""
+        k = self.keys
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.exists(k.lock(validate_name(service)))
+        pipe.hmget(k.lock_history(service), ["current", "previous"])
+        held, (current, previous) = await pipe.execute()
+        raw = previous if held else current
+        if not raw:
+            return None
+        record = LockRecord.parse(service, raw)
+        if record.end is None and not held:
+            return replace(record, end="expired", released_at=record.expires_at)
+        return record
+
+    async def fence(self, service: str) -> int:
+        """The current fencing token of ``service`` (0 before its first acquisition)."""
+        return int(await self.redis.get(self.keys.fence(validate_name(service))) or 0)
+
+    async def held_locks(self, limit: int = 1000) -> list[LockRecord]:
+        """Every lock held now, oldest acquisition first."""
+        services = [str(s) for s in await self.redis.zrevrange(self.keys.locks, 0, limit - 1)]
+        if not services:
+            return []
+        raws = await self.redis.mget([self.keys.lock(s) for s in services])
+        found = [LockRecord.parse(s, raw) for s, raw in zip(services, raws, strict=True) if raw]
+        return sorted(found, key=lambda r: r.acquired_at)
+
+    # -- manual locks (API, CLI, ChatOps) ------------------------------------------------
+
+    async def acquire_manual(
+        self, service: str, *, owner: str, ttl_ms: int, reason: str = "", user_id: str | None = None
+    ) -> tuple[bool, LockRecord]:
+        """``(True, record)`` when taken, or renewed by the same owner; ``(False,
+        holder)`` when someone else holds it. Never waits."""
+        service, owner = validate_name(service), validate_owner(owner)
+        reply, record = await self.acquire(
+            [service],
+            token=os.urandom(16).hex(),
+            owner=owner,
+            ttl_ms=ttl_ms,
+            task=MANUAL_TASK,
+            reason=reason,
+            user_id=user_id,
+            refresh=True,
+        )
+        code = int(reply[0])
+        if code == 1:
+            return True, LockRecord.parse(service, json.dumps({**record, "fence": reply[1]}))
+        if code == 2:
+            return True, LockRecord.parse(service, reply[1])
+        return False, LockRecord.parse(service, reply[2])
+
+    async def release_manual(
+        self, service: str, *, owner: str, force: bool = False
+    ) -> tuple[Released, LockRecord | None]:
+        """Release ``service`` if ``owner`` holds it as a manual lock, or whoever holds
+        it with ``force`` (the caller checks that ``owner`` is an admin; the history
+        keeps ``end: forced`` and ``released_by``).
+
+        A deploy's lock (task other than ``manual``) is never released by owner name,
+        so naming a deployer's public worker id cannot abort its deploy."""
+        service, owner = validate_name(service), validate_owner(owner)
+        if not force:
+            holder = await self.holder(service)
+            if holder is not None and holder.task != MANUAL_TASK:
+                return Released.NOT_OWNER, holder
+        reply = await self.release(
+            [service], mode="force" if force else "owner", value=owner, actor=owner
+        )
+        code = int(reply[0])
+        if code == 0:
+            return Released.NOT_HELD, None
+        record = LockRecord.parse(service, reply[1])
+        return (Released.RELEASED if code == 1 else Released.NOT_OWNER), record

@@ -1,0 +1,393 @@
+"""Per-service deploy locks: owner records, fencing tokens, waiters woken by pub/sub.
+
+``{ns}:lock:<service>`` holds a JSON record set with NX PX; release and extend are
+Lua compare-and-act on its token. Every acquisition INCRs ``{ns}:fence:<service>``,
+so the fence stays the holder's until the next acquisition (``Sites.promote`` checks
+it). Manual locks (API, CLI, ChatOps) use the same records with a long TTL.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from contextvars import ContextVar
+
+import anyio
+import structlog
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from shared.coord.lockbook import (
+    Lease,
+    LockBook,
+    LockError,
+    LockLostError,
+    LockRecord,
+    LockTimeoutError,
+    validate_owner,
+)
+from shared.core.names import validate_name
+from shared.engine.jobs import Clock, now_ms
+from shared.redis.keys import Keys
+
+log = structlog.get_logger("locks")
+
+__all__ = ["DeployLock", "Lease", "LockError", "LockLostError", "LockRecord", "LockTimeoutError"]
+
+DEFAULT_TTL_MS = 30_000
+DEFAULT_POLL_MAX_S = 2.0
+
+
+# (DeployLock instance, service) -> lease, per task: reentrancy without thread-locals.
+_HELD: ContextVar[Mapping[tuple[str, str], Lease] | None] = ContextVar("buildq_locks", default=None)
+
+
+def _task_id() -> int:
+    return anyio.get_current_task().id
+
+
+class _Attempt:
+    """The tries of one lock call: one token, a place in line, and the hand-over."""
+
+    def __init__(
+        self, locks: DeployLock, names: tuple[str, ...], ttl_ms: int, task: str, reason: str
+    ) -> None:
+        self.locks = locks
+        self.names = names
+        self.ttl_ms = ttl_ms
+        self.task = task
+        self.reason = reason
+        self.token = secrets.token_hex(16)
+        self.granted = f"g:{self.token}:"
+        self.queued = False
+        self.done = False
+        self.queued_at: float | None = None  # monotonic send time of the latest place in line
+
+    async def run(self, queue_for_s: float = 0.0) -> tuple[Lease | None, LockRecord | None, int]:
+        """One acquire call; with ``queue_for_s`` (one service) also keep a place in line."""
+        locks = self.locks
+        queue = queue_for_s > 0 and len(self.names) == 1
+        sent = locks.monotonic()
+        until_ms = now_ms(locks.book.clock) + int(queue_for_s * 1000) if queue else 0
+        result, _ = await locks.book.acquire(
+            self.names,
+            token=self.token,
+            owner=locks.owner,
+            ttl_ms=self.ttl_ms,
+            task=self.task,
+            reason=self.reason,
+            queue_until_ms=until_ms,
+        )
+        code = int(result[0])
+        if code == 1:
+            return self._lease([int(f) for f in result[1:]], sent), None, 0
+        if code == 3:
+            # Handed over before this call, after our previous place in line was kept.
+            return self._lease([int(result[1])], self.queued_at or sent), None, 0
+        self.queued = self.queued or queue
+        if queue:
+            self.queued_at = sent
+        holder = LockRecord.parse(self.names[int(result[1]) - 1], result[2])
+        return None, holder, int(result[3])
+
+    def handed_over(self, data: str | bytes) -> Lease | None:
+        """The lease if a release message hands the lock to us."""
+        text = data.decode() if isinstance(data, bytes) else data
+        if not text.startswith(self.granted) or self.queued_at is None:
+            return None
+        return self._lease([int(text[len(self.granted) :])], self.queued_at)
+
+    def _lease(self, fences: list[int], valid_from: float) -> Lease:
+        self.done = True
+        return Lease(
+            services=self.names,
+            token=self.token,
+            fences=dict(zip(self.names, fences, strict=True)),
+            owner=self.locks.owner,
+            task=self.task,
+            ttl_ms=self.ttl_ms,
+            valid_until=valid_from + self.ttl_ms / 1000,
+            monotonic=self.locks.monotonic,
+        )
+
+
+class DeployLock:
+    """Locks over one namespace, taken in the name of ``owner`` (this worker)."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        keys: Keys,
+        *,
+        events_max: int,
+        owner: str = "buildq",
+        ttl_ms: int = DEFAULT_TTL_MS,
+        poll_max_s: float = DEFAULT_POLL_MAX_S,
+        clock: Clock = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.owner = validate_owner(owner)
+        self.ttl_ms = ttl_ms
+        self.poll_max_s = poll_max_s
+        self.monotonic = monotonic
+        self.book = LockBook(redis, keys, events_max=events_max, clock=clock)
+        self._uid = secrets.token_hex(8)  # reentrancy is per instance and task
+
+    # -- taking --------------------------------------------------------------------
+
+    async def try_lock(
+        self,
+        service: str,
+        *,
+        timeout_s: float = 0.0,
+        task: str = "",
+        reason: str = "",
+        ttl_ms: int | None = None,
+    ) -> Lease | None:
+        """The lease, or None if ``service`` stayed held for ``timeout_s`` (0: one try)."""
+        return await self.try_lock_many(
+            [service], timeout_s=timeout_s, task=task, reason=reason, ttl_ms=ttl_ms
+        )
+
+    async def lock(
+        self,
+        service: str,
+        *,
+        timeout_s: float | None = None,
+        task: str = "",
+        reason: str = "",
+        ttl_ms: int | None = None,
+    ) -> Lease:
+        """Block until ``service`` is ours; LockTimeoutError (naming the holder) after
+        ``timeout_s`` if given."""
+        return await self.lock_many(
+            [service], timeout_s=timeout_s, task=task, reason=reason, ttl_ms=ttl_ms
+        )
+
+    async def try_lock_many(
+        self,
+        services: Sequence[str],
+        *,
+        timeout_s: float = 0.0,
+        task: str = "",
+        reason: str = "",
+        ttl_ms: int | None = None,
+    ) -> Lease | None:
+        """Every service, all or nothing, in one Lua call per attempt; else None."""
+        try:
+            return await self.lock_many(
+                services, timeout_s=timeout_s, task=task, reason=reason, ttl_ms=ttl_ms
+            )
+        except LockTimeoutError:
+            return None
+
+    async def lock_many(
+        self,
+        services: Sequence[str],
+        *,
+        timeout_s: float | None = None,
+        task: str = "",
+        reason: str = "",
+        ttl_ms: int | None = None,
+    ) -> Lease:
+        """Block until every service is ours at once (none is taken otherwise)."""
+        names = tuple(dict.fromkeys(validate_name(s) for s in services))
+        if not names:
+            raise LockError("no service to lock")
+        again = self._reenter(names)
+        if again is not None:
+            return again
+        ttl = ttl_ms or self.ttl_ms
+        deadline = None if timeout_s is None else self.monotonic() + timeout_s
+        lease, holder = await self._wait_for(names, ttl, task, reason, deadline)
+        if lease is None:
+            raise LockTimeoutError(
+                f"{holder.service if holder else names[0]} is locked by "
+                f"{holder.owner if holder else 'someone else'}",
+                holder,
+            )
+        lease.task_id = _task_id()
+        held = dict(_HELD.get() or {})
+        held.update({(self._uid, s): lease for s in names})
+        _HELD.set(held)
+        return lease
+
+    def _reenter(self, names: tuple[str, ...]) -> Lease | None:
+        held = _HELD.get() or {}
+        task_id = _task_id()
+        mine = {
+            held[(self._uid, s)]
+            for s in names
+            if (lease := held.get((self._uid, s))) is not None
+            and lease.task_id == task_id
+            and lease.still_held()
+        }
+        if not mine:
+            return None
+        lease = mine.pop()
+        if mine or set(names) != set(lease.services):
+            raise LockError(
+                "this task already holds some of these locks: take the same set again, "
+                "or release first"
+            )
+        lease.depth += 1
+        return lease
+
+    async def _wait_for(
+        self, names: tuple[str, ...], ttl_ms: int, task: str, reason: str, deadline: float | None
+    ) -> tuple[Lease | None, LockRecord | None]:
+        attempt = _Attempt(self, names, ttl_ms, task, reason)
+        lease, holder, pttl_ms = await attempt.run()
+        if lease is not None or (deadline is not None and self.monotonic() >= deadline):
+            return lease, holder
+        # Subscribe, wait for the confirmation, then try again: a release between our
+        # failed attempt and the subscription can then never be missed.
+        pubsub = self.redis.pubsub()
+        try:
+            channels = [self.keys.lock_channel(s) for s in names]
+            await pubsub.subscribe(*channels)
+            confirmed = 0
+            with anyio.fail_after(10):
+                while confirmed < len(channels):
+                    msg = await pubsub.get_message(timeout=10)
+                    confirmed += msg is not None and msg["type"] == "subscribe"
+            while True:
+                # No busy polling: sleep until a release is published (or the lock is
+                # handed to us), the holder's TTL runs out (a crashed holder publishes
+                # nothing), or the poll bound; a waiter in line renews its place
+                # within ttl/3 so that a handed-over lease is known valid from then.
+                wait_s = self.poll_max_s if pttl_ms < 0 else pttl_ms / 1000 + 0.002
+                wait_s = min(wait_s, self.poll_max_s, ttl_ms / 3000)
+                if deadline is not None:
+                    wait_s = min(wait_s, deadline - self.monotonic())
+                    if wait_s <= 0:
+                        return None, holder
+                lease, holder, pttl_ms = await attempt.run(queue_for_s=wait_s + 1.0)
+                if lease is not None:
+                    return lease, None
+                msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=wait_s)
+                if msg is not None and (lease := attempt.handed_over(msg["data"])) is not None:
+                    return lease, None
+        finally:
+            with anyio.CancelScope(shield=True):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]  # untyped in redis-py
+                # Out of line; a lock handed over meanwhile is given back at once.
+                if (
+                    attempt.queued
+                    and not attempt.done
+                    and await self.book.withdraw(names[0], token=attempt.token)
+                ):
+                    await self.book.release(
+                        names, mode="token", value=attempt.token, actor=self.owner
+                    )
+
+    # -- holding and letting go ----------------------------------------------------
+
+    async def extend(self, lease: Lease, *, ttl_ms: int | None = None) -> bool:
+        """Renew every lock of ``lease`` if still ours; False (and ``lost`` set) if not."""
+        if lease.released:
+            return False
+        ttl = ttl_ms or lease.ttl_ms
+        sent = self.monotonic()
+        if await self.book.extend(lease.services, token=lease.token, ttl_ms=ttl):
+            lease.valid_until = sent + ttl / 1000
+            lease.ttl_ms = ttl
+            return True
+        lease.lost.set()
+        return False
+
+    async def release(self, lease: Lease) -> bool:
+        """Let go (reentrant holds only count down); False if the lock was no longer ours."""
+        if lease.released:
+            return False
+        if lease.depth > 1:
+            lease.depth -= 1
+            return lease.still_held()
+        lease.released = True
+        held = _HELD.get()
+        if held and any(held.get((self._uid, s)) is lease for s in lease.services):
+            _HELD.set({key: v for key, v in held.items() if v is not lease})
+        result = await self.book.release(
+            lease.services, mode="token", value=lease.token, actor=lease.owner
+        )
+        return int(result[0]) == len(lease.services)
+
+    async def watchdog(self, lease: Lease) -> None:
+        """Renew ``lease`` every ttl/3 until cancelled, released or lost."""
+        while not lease.released:
+            await anyio.sleep(lease.ttl_ms / 3000)
+            if lease.released:
+                return
+            if self.monotonic() >= lease.valid_until:
+                lease.lost.set()  # paused past the TTL: someone else may hold it now
+            else:
+                try:
+                    await self.extend(lease)
+                except RedisError as exc:
+                    log.warning("lock.extend_failed", services=lease.services, error=str(exc))
+                    continue
+            if lease.lost.is_set():
+                log.warning("lock.lost", services=lease.services, fence=lease.fences)
+                return
+
+    @asynccontextmanager
+    async def holding(
+        self,
+        services: str | Sequence[str],
+        *,
+        timeout_s: float | None = None,
+        task: str = "",
+        reason: str = "",
+        ttl_ms: int | None = None,
+        cancel_on_loss: bool = False,
+    ) -> AsyncIterator[Lease]:
+        """Hold the lock(s) for the block, renewed by a watchdog, released at the end.
+
+        With ``cancel_on_loss`` the block is cancelled and LockLostError raised if
+        the lock is lost; otherwise check ``lease.still_held()`` before acting.
+        """
+        names = [services] if isinstance(services, str) else list(services)
+        lease = await self.lock_many(
+            names, timeout_s=timeout_s, task=task, reason=reason, ttl_ms=ttl_ms
+        )
+        try:
+            async with anyio.create_task_group() as tg:
+
+                async def guard() -> None:
+                    await self.watchdog(lease)
+                    if cancel_on_loss and lease.lost.is_set():
+                        tg.cancel_scope.cancel()
+
+                if lease.depth == 1:
+                    tg.start_soon(guard)
+                yield lease
+                tg.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            # The block's own error surfaces through the watchdog's task group;
+            # callers expect that error itself, not a group around it.
+            if len(group.exceptions) == 1:
+                raise group.exceptions[0] from None
+            raise
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.release(lease)
+        if cancel_on_loss and lease.lost.is_set():
+            raise LockLostError(f"lost the lock on {', '.join(lease.services)}")
+
+    # -- reading ---------------------------------------------------------------------
+
+    async def holder(self, service: str) -> LockRecord | None:
+        """Who holds ``service``'s lock now (for a job's ``waiting`` state), or None."""
+        return await self.book.holder(service)
+
+    async def last_holder(self, service: str) -> LockRecord | None:
+        """Who had ``service``'s lock last (see :meth:`LockBook.last_holder`)."""
+        return await self.book.last_holder(service)
+
+    async def fence(self, service: str) -> int:
+        """The current fencing token of ``service``."""
+        return await self.book.fence(service)

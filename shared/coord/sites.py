@@ -1,0 +1,76 @@
+"""Live aliases: which deployment a service serves, moved only forward by promote.lua."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+
+from redis.asyncio import Redis
+
+from shared.engine.jobs import Clock, now_ms
+from shared.redis.keys import Keys
+from shared.redis.scripts import Scripts
+
+
+class Verdict(StrEnum):
+    """What a promotion attempt did."""
+
+    PROMOTED = "promoted"
+    SUPERSEDED = "superseded"  # a newer (or the same) submission is already live
+    FENCED = "fenced"  # the caller's fencing token is no longer current
+    ENDED = "ended"  # the job has ended (e.g. cancelled) and never goes live
+
+
+@dataclass(frozen=True, slots=True)
+class Promotion:
+    """The result of :meth:`Sites.promote`."""
+
+    outcome: Verdict
+    live_id: str | None = None
+    live_seq: int | None = None
+    detail: str = ""
+
+
+class Sites:
+    """Reads and moves live aliases."""
+
+    def __init__(
+        self, redis: Redis, keys: Keys, *, events_max: int, clock: Clock = time.time
+    ) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.events_max = events_max
+        self.clock = clock
+        self.scripts = Scripts(redis)
+
+    async def promote(
+        self, service: str, job_id: str, seq: int, *, fence: int | None = None
+    ) -> Promotion:
+        """Make ``job_id`` live unless a newer seq is live, ``fence`` is stale, or the
+        job has ended; one atomic Lua call."""
+        k = self.keys
+        result = await self.scripts.promote(
+            keys=[k.site(service), k.events, k.job(job_id), k.fence(service)],
+            args=[
+                job_id,
+                seq,
+                "" if fence is None else str(fence),
+                now_ms(self.clock),
+                self.events_max,
+                service,
+            ],
+        )
+        code = int(result[0])
+        if code == 1:
+            return Promotion(Verdict.PROMOTED, job_id, seq)
+        if code == 0:
+            return Promotion(Verdict.SUPERSEDED, str(result[1]), int(result[2]))
+        if code == -1:
+            return Promotion(Verdict.FENCED, detail=f"current fence {result[1] or 'none'}")
+        return Promotion(Verdict.ENDED, detail=str(result[1]))
+
+    async def live(self, service: str) -> dict[str, str]:
+        """The live alias of ``service`` (id, seq, fence, promoted_at), or {}."""
+        raw = await self.redis.hgetall(self.keys.site(service))
+        return {str(k): str(v) for k, v in raw.items()}

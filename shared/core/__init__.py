@@ -1,0 +1,1 @@
+"""Configuration, errors, names, logging and host facts: imports nothing else of buildq."""

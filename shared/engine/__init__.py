@@ -1,0 +1,1 @@
+"""The job engine: job records, stages, consumer loop, retries, recovery, fleet, logs."""

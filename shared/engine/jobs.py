@@ -1,0 +1,429 @@
+"""Job records: the status enum, the record model and the store over Redis."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import BaseModel
+from redis.asyncio import Redis
+
+from shared.core.settings import Settings
+from shared.redis.keys import Keys
+from shared.redis.scripts import Scripts
+
+Clock = Callable[[], float]
+
+
+class Status(StrEnum):
+    """Where a job is in its lifecycle."""
+
+    ACCEPTED = "accepted"
+    CLONING = "cloning"
+    UPLOADING = "uploading"
+    QUEUED = "queued"
+    BUILDING = "building"
+    PUBLISHING = "publishing"
+    LIVE = "live"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    SUPERSEDED = "superseded"
+    RETRYING = "retrying"
+    WAITING = "waiting"
+
+
+TERMINAL = frozenset({Status.LIVE, Status.FAILED, Status.CANCELLED, Status.SUPERSEDED})
+ACTIVE = frozenset({Status.CLONING, Status.UPLOADING, Status.BUILDING, Status.PUBLISHING})
+PHASES = (
+    Status.ACCEPTED,
+    Status.CLONING,
+    Status.UPLOADING,
+    Status.QUEUED,
+    Status.BUILDING,
+    Status.PUBLISHING,
+)
+
+
+def now_ms(clock: Clock = time.time) -> int:
+    """Milliseconds since the epoch from ``clock``."""
+    return int(clock() * 1000)
+
+
+def new_job_id(clock: Clock = time.time) -> str:
+    """A 20-hex-digit id that sorts by creation time."""
+    return f"{now_ms(clock):012x}{os.urandom(4).hex()}"
+
+
+def redact_url(url: str) -> str:
+    """``url`` without userinfo, so tokens never reach records or logs."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    if "@" not in parts.netloc:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit((parts.scheme, f"***@{host}", parts.path, parts.query, parts.fragment))
+
+
+HIDDEN = "***"
+
+
+def redact_build(build: Mapping[str, Any]) -> dict[str, Any]:
+    """The public copy of a build override: the command and every ``env`` value
+    hidden (names kept), so records, API answers and S3 copies never hold them."""
+    public = dict(build)
+    if "command" in public:
+        public["command"] = HIDDEN
+    if isinstance(public.get("env"), Mapping):
+        public["env"] = dict.fromkeys(public["env"], HIDDEN)
+    return public
+
+
+class Phase(BaseModel):
+    """One phase's timing."""
+
+    start: int
+    end: int | None = None
+    duration_ms: int | None = None
+
+
+class JobRecord(BaseModel):
+    """A job as the API shows it; ``attempts`` counts build attempts by deployers."""
+
+    id: str
+    status: Status
+    service: str
+    repo_url: str
+    ref: str | None = None
+    root_dir: str | None = None
+    commit: str | None = None
+    seq: int
+    created_at: int
+    updated_at: int
+    ended_at: int | None = None
+    attempts: int = 0
+    worker: str | None = None
+    error: str | None = None
+    url: str | None = None
+    build: dict[str, Any] | None = None
+    ingest_attempts: int = 0
+    retry_stage: str | None = None
+    dead: bool = False
+    holder: str | None = None
+    phases: dict[str, Phase] = {}
+
+    @classmethod
+    def from_hash(cls, raw: Mapping[str, str]) -> JobRecord:
+        """Decode the Redis hash written by the Lua scripts."""
+        phases: dict[str, Phase] = {}
+        for status in PHASES:
+            start = raw.get(f"p:{status}:start")
+            if start is None:
+                continue
+            end = raw.get(f"p:{status}:end")
+            phases[status.value] = Phase(
+                start=int(start),
+                end=int(end) if end else None,
+                duration_ms=int(end) - int(start) if end else None,
+            )
+        plain: dict[str, Any] = {k: v for k, v in raw.items() if not k.startswith("p:") and v != ""}
+        if "build" in plain:
+            plain["build"] = json.loads(plain["build"])
+        return cls.model_validate({**plain, "phases": phases})
+
+    @property
+    def ended(self) -> bool:
+        return self.status in TERMINAL
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """What a transition did; unpacks as ``(changed, record)``."""
+
+    code: int  # 1 changed, 0 job already ended, 2 not where expected, -1 unknown job
+    status: str | None = None
+    record: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def changed(self) -> bool:
+        return self.code == 1
+
+    def __iter__(self) -> Iterator[Any]:
+        record = self.record if self.changed else ({"status": self.status} if self.status else {})
+        return iter((self.changed, record))
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A job claimed and started by :meth:`JobStore.claim`."""
+
+    job_id: str
+    started: Transition
+
+
+def _decode_transition(result: Any) -> Transition:
+    code = int(result[0])
+    if code == 1:
+        payload = _text(result[1]) if len(result) > 1 else ""
+        return Transition(1, record=json.loads(payload) if payload else {})
+    return Transition(code, _text(result[1]) if len(result) > 1 else None)
+
+
+class JobStore:
+    """Creates, reads and moves job records; every change is one Lua call."""
+
+    def __init__(
+        self, redis: Redis, keys: Keys, settings: Settings, clock: Clock = time.time
+    ) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.settings = settings
+        self.clock = clock
+        self.scripts = Scripts(redis)
+
+    async def _submit(
+        self,
+        job_id: str,
+        idem_key: str | None,
+        *,
+        service: str,
+        repo_url: str,
+        ref: str | None,
+        root_dir: str | None,
+        build: Mapping[str, Any] | None,
+    ) -> tuple[int, str | int]:
+        fields: list[str] = ["service", service, "repo_url", redact_url(repo_url)]
+        if ref:
+            fields += ["ref", ref]
+        if root_dir:
+            fields += ["root_dir", root_dir]
+        private = ""
+        if build:
+            fields += ["build", json.dumps(redact_build(build), separators=(",", ":"))]
+            private = json.dumps(dict(build), separators=(",", ":"))
+        k = self.keys
+        keys = [k.job(job_id), k.jobs, k.seq(service), k.ingest, k.events, k.build(job_id)]
+        if idem_key is not None:
+            keys.append(k.idem(idem_key))
+        result = await self.scripts.submit(
+            keys=keys,
+            args=[
+                job_id,
+                now_ms(self.clock),
+                self.settings.jobs_index_max,
+                self.settings.events_max_entries,
+                self.settings.idempotency_ttl_s * 1000,
+                private,
+                *fields,
+            ],
+        )
+        return int(result[0]), (int(result[1]) if int(result[0]) else _text(result[1]))
+
+    async def submit(
+        self,
+        job_id: str,
+        *,
+        service: str,
+        repo_url: str,
+        ref: str | None = None,
+        root_dir: str | None = None,
+        build: Mapping[str, Any] | None = None,
+    ) -> int:
+        """Create the record and push the id onto ingest; returns the submission seq."""
+        _, seq = await self._submit(
+            job_id,
+            None,
+            service=service,
+            repo_url=repo_url,
+            ref=ref,
+            root_dir=root_dir,
+            build=build,
+        )
+        return int(seq)
+
+    async def submit_once(
+        self,
+        job_id: str,
+        idem_key: str,
+        *,
+        service: str,
+        repo_url: str,
+        ref: str | None = None,
+        root_dir: str | None = None,
+        build: Mapping[str, Any] | None = None,
+    ) -> tuple[str, bool]:
+        """Like :meth:`submit`, but a repeated ``idem_key`` (hashed by the caller)
+        returns the first job's id; returns ``(id, created)``."""
+        created, value = await self._submit(
+            job_id,
+            idem_key,
+            service=service,
+            repo_url=repo_url,
+            ref=ref,
+            root_dir=root_dir,
+            build=build,
+        )
+        return (job_id, True) if created else (str(value), False)
+
+    def _args(
+        self, job_id: str, status: Status, flags: str, score: int, fields: Mapping[str, Any]
+    ) -> list[str | int]:
+        args: list[str | int] = [
+            job_id,
+            status.value,
+            now_ms(self.clock),
+            1 if status in TERMINAL else 0,
+            self.settings.job_ttl_s,
+            self.settings.events_max_entries,
+            flags or "-",
+            score,
+        ]
+        for name, value in fields.items():
+            if value is not None:
+                args += [name, str(value)]
+        return args
+
+    async def transition(
+        self,
+        job_id: str,
+        status: Status,
+        *,
+        ack: str | None = None,
+        strict: bool = False,
+        from_delayed: bool = False,
+        push: str | None = None,
+        head: bool = False,
+        delay_until_ms: int | None = None,
+        attempt: bool = False,
+        fetch: bool = False,
+        **fields: str | int | None,
+    ) -> Transition:
+        """Move ``job_id`` to ``status`` in one atomic step, optionally:
+
+        - taking it off ``ack`` (a list; with ``strict``, only if it is still there)
+          or off ``{ns}:delayed`` (``from_delayed``, only if it is still there);
+        - putting it on ``push`` (the tail, or the head with ``head``) or on
+          ``{ns}:delayed`` due at ``delay_until_ms``.
+
+        Fields named ``+name`` are incremented; ``attempt`` is ``+attempts=1``.
+        Ended jobs never change again.
+        """
+        k = self.keys
+        keys = [k.job(job_id), k.events, k.logs(job_id), k.build(job_id)]
+        flags = "r" if fetch else ""
+        source = k.delayed if from_delayed else ack
+        if source is not None:
+            flags += "z" if from_delayed else ("A" if strict else "a")
+        destination = k.delayed if delay_until_ms is not None else push
+        if destination is not None:
+            keys.append(source if source is not None else k.job(job_id))
+            keys.append(destination)
+            flags += "d" if delay_until_ms is not None else ("h" if head else "p")
+        elif source is not None:
+            keys.append(source)
+        values: dict[str, Any] = dict(fields)
+        if attempt:
+            values["+attempts"] = 1
+        args = self._args(job_id, status, flags, delay_until_ms or 0, values)
+        return _decode_transition(await self.scripts.transition(keys=keys, args=args))
+
+    async def claim(
+        self, source: str, active: str, status: Status, **fields: str | int | None
+    ) -> Claimed | None:
+        """Move the oldest id of ``source`` into ``active`` and start it, in one call.
+
+        Returns None when ``source`` is empty (block in BLMOVE then). A claimed job
+        that has ended or vanished is dropped from ``active`` by the same call.
+        """
+        k = self.keys
+        args = [k.job(""), k.logs(""), k.build(""), *self._args("", status, "rx", 0, fields)[1:]]
+        result = await self.scripts.claim(keys=[source, active, k.events], args=args)
+        if not result:
+            return None
+        return Claimed(_text(result[0]), _decode_transition(result[1]))
+
+    async def cancel(self, job_id: str, reason: str) -> Transition:
+        """End a job as cancelled wherever it is; running workers are notified."""
+        k = self.keys
+        result = await self.scripts.cancel(
+            keys=[
+                k.job(job_id),
+                k.events,
+                k.logs(job_id),
+                k.ingest,
+                k.queue,
+                k.delayed,
+                k.build(job_id),
+            ],
+            args=[
+                job_id,
+                now_ms(self.clock),
+                self.settings.job_ttl_s,
+                self.settings.events_max_entries,
+                k.control_channel,
+                reason,
+            ],
+        )
+        return Transition(int(result[0]), _text(result[1]) if len(result) > 1 else None)
+
+    async def revive(self, job_id: str, status: Status) -> Transition:
+        """Put a failed/cancelled/dead job back at ``status``'s queue (ingest or build)."""
+        k = self.keys
+        destination = k.ingest if status is Status.ACCEPTED else k.queue
+        result = await self.scripts.revive(
+            keys=[k.job(job_id), k.events, k.logs(job_id), k.dead, destination, k.build(job_id)],
+            args=[job_id, now_ms(self.clock), self.settings.events_max_entries, status.value],
+        )
+        return Transition(int(result[0]), _text(result[1]) if len(result) > 1 else None)
+
+    async def build_override(self, job_id: str) -> dict[str, Any] | None:
+        """The job's build override as submitted (with its command and env values),
+        or None if it had none or it is gone. Only the deployer reads this."""
+        raw = await self.redis.get(self.keys.build(job_id))
+        if raw is None:
+            return None
+        value = json.loads(_text(raw))
+        return value if isinstance(value, dict) else None
+
+    async def get_raw(self, job_id: str) -> dict[str, str]:
+        raw = await self.redis.hgetall(self.keys.job(job_id))
+        return {_text(k): _text(v) for k, v in raw.items()}
+
+    async def get(self, job_id: str) -> JobRecord | None:
+        """The record, or None if unknown or expired."""
+        raw = await self.get_raw(job_id)
+        return JobRecord.from_hash(raw) if raw else None
+
+    async def recent(
+        self, *, limit: int = 50, service: str | None = None, status: Status | None = None
+    ) -> list[JobRecord]:
+        """Newest jobs first, filtered; reads at most a few pages of the index."""
+        ids = await self.redis.zrevrange(self.keys.jobs, 0, max(limit * 4, 200) - 1)
+        out: list[JobRecord] = []
+        batch = 100
+        for start in range(0, len(ids), batch):
+            pipe = self.redis.pipeline(transaction=False)
+            for job_id in ids[start : start + batch]:
+                pipe.hgetall(self.keys.job(_text(job_id)))
+            for raw in await pipe.execute():
+                if not raw:
+                    continue
+                rec = JobRecord.from_hash({_text(k): _text(v) for k, v in raw.items()})
+                if (service is None or rec.service == service) and (
+                    status is None or rec.status == status
+                ):
+                    out.append(rec)
+                    if len(out) >= limit:
+                        return out
+        return out
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -1,0 +1,69 @@
+"""How a job ends or moves on after a run, and the retry decision as a pure function."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from redis.exceptions import RedisError
+
+from shared.core.errors import TransientError
+from shared.engine.jobs import Status
+from shared.engine.retry import backoff_s
+
+TRANSIENT = (TransientError, RedisError, OSError)
+
+
+def transient_cause(exc: Exception) -> BaseException | None:
+    """The fault to retry for, if ``exc`` is transient: itself, or for an exception
+    group (concurrent work failing together) its first failure when every failure
+    in it is transient. None means the error is not worth retrying."""
+    if isinstance(exc, TRANSIENT):
+        return exc
+    if isinstance(exc, ExceptionGroup):
+        leaves = list(_leaves(exc))
+        if leaves and all(isinstance(e, TRANSIENT) for e in leaves):
+            return leaves[0]
+    return None
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """Final status and fields, and where the id goes next (a list, or delayed)."""
+
+    status: Status
+    fields: Mapping[str, str] = field(default_factory=dict)
+    push: str | None = None
+    delay_s: float | None = None
+
+
+def dead_letter(attempts: int, error: str, *, max_attempts: int, dead_list: str) -> Outcome:
+    """Give up: the job fails and its id goes to the dead-letter list."""
+    tried = min(attempts, max_attempts)
+    message = f"gave up after {tried} attempt{'s' if tried != 1 else ''}: {error}"
+    return Outcome(Status.FAILED, {"error": message, "dead": "1"}, push=dead_list)
+
+
+def after_fault(
+    attempts: int,
+    exc: BaseException,
+    *,
+    stage: str,
+    max_attempts: int,
+    base_s: float,
+    cap_s: float,
+    dead_list: str,
+) -> Outcome:
+    """Retry later with backoff, or dead-letter once ``max_attempts`` are spent."""
+    error = str(exc) if isinstance(exc, TransientError) else f"{type(exc).__name__}: {exc}"
+    if attempts >= max_attempts:
+        return dead_letter(attempts, error, max_attempts=max_attempts, dead_list=dead_list)
+    delay = backoff_s(attempts, base_s=base_s, cap_s=cap_s)
+    return Outcome(Status.RETRYING, {"error": error, "retry_stage": stage}, delay_s=delay)

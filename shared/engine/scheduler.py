@@ -1,0 +1,35 @@
+"""Moves due jobs from ``{ns}:delayed`` back to the queue of their stage."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from redis.asyncio import Redis
+
+from shared.engine.jobs import JobStore, Status, now_ms
+from shared.redis.keys import Keys
+
+BATCH = 100
+STAGE_INGEST = "ingest"
+
+
+def stage_target(keys: Keys, stage: str | None) -> tuple[str, Status]:
+    """The list and status a job of ``stage`` resumes at."""
+    if stage == STAGE_INGEST:
+        return keys.ingest, Status.ACCEPTED
+    return keys.queue, Status.QUEUED
+
+
+async def promote_due(redis: Redis, keys: Keys, store: JobStore) -> tuple[int, int | None]:
+    """Requeue every due job (each move is atomic and happens once however many
+    schedulers race); returns (moved, next due time in ms or None)."""
+    now = now_ms(store.clock)
+    due: Any = await redis.zrangebyscore(keys.delayed, "-inf", now, start=0, num=BATCH)
+    moved = 0
+    for job_id in due:
+        stage: Any = await redis.hget(keys.job(job_id), "retry_stage")
+        target, status = stage_target(keys, stage)
+        result = await store.transition(job_id, status, from_delayed=True, push=target)
+        moved += result.changed
+    head: Any = await redis.zrange(keys.delayed, 0, 0, withscores=True)
+    return moved, int(head[0][1]) if head else None

@@ -1,0 +1,1 @@
+"""Redis: every key name, the Lua scripts and the client factories."""

@@ -1,0 +1,45 @@
+"""The Lua scripts beside this module, registered once per Redis client.
+
+A line ``-- #include NAME`` splices in ``lua/NAME.lua``: the transition logic is
+written once and shared by ``transition.lua`` and ``claim.lua``.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from importlib import resources
+
+from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
+
+SCRIPT_NAMES = ("submit", "transition", "claim", "promote", "cancel", "revive", "permit")
+INCLUDE = "-- #include "
+
+
+def _read(name: str) -> str:
+    return resources.files("shared.redis").joinpath("lua", f"{name}.lua").read_text("utf-8")
+
+
+@cache
+def source(name: str) -> str:
+    """The full text of script ``name`` with its includes spliced in."""
+    lines = []
+    for line in _read(name).splitlines():
+        if line.startswith(INCLUDE):
+            lines.append(_read(line[len(INCLUDE) :].strip()))
+        else:
+            lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+class Scripts:
+    """Registered scripts; each call is one EVALSHA (EVAL once after a NOSCRIPT)."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.submit: AsyncScript = redis.register_script(source("submit"))
+        self.transition: AsyncScript = redis.register_script(source("transition"))
+        self.claim: AsyncScript = redis.register_script(source("claim"))
+        self.promote: AsyncScript = redis.register_script(source("promote"))
+        self.cancel: AsyncScript = redis.register_script(source("cancel"))
+        self.revive: AsyncScript = redis.register_script(source("revive"))
+        self.permit: AsyncScript = redis.register_script(source("permit"))

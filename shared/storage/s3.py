@@ -1,0 +1,251 @@
+"""S3 storage: boto3 calls in worker threads behind a limiter; errors translated here."""
+
+from __future__ import annotations
+
+import dataclasses
+import email.utils
+import functools
+import json
+import mimetypes
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
+
+import anyio
+import anyio.to_thread
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from shared.core.errors import StorageError
+from shared.core.settings import Settings
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+T = TypeVar("T")
+INLINE_BYTES = 1024 * 1024  # read at once; the rest of a larger object streams
+STREAM_CHUNK_BYTES = 256 * 1024
+
+NOT_FOUND_CODES = frozenset({"404", "NoSuchKey", "NotFound", "NoSuchBucket"})
+TEXT_TYPES = ("text/", "application/javascript", "application/json", "image/svg+xml")
+
+
+class ObjectNotFound(StorageError):
+    """The object (or bucket) does not exist."""
+
+
+class RangeNotSatisfiable(StorageError):
+    """A byte range starts past the end of the object."""
+
+
+@dataclass(frozen=True, slots=True)
+class Blob:
+    """An object's bytes (or a range of them) and what serving it needs."""
+
+    body: bytes
+    content_type: str
+    etag: str
+    size: int  # of the whole object
+    partial: bool = False
+    last_modified: str = ""  # an HTTP date, or "" when unknown
+    length: int = -1  # bytes in this answer (the whole object or the range)
+    rest: AsyncIterator[bytes] | None = None  # what follows ``body``, streamed
+
+
+def content_type(name: str) -> str:
+    """The Content-Type to publish ``name`` with (UTF-8 for text)."""
+    guessed, _ = mimetypes.guess_type(name, strict=False)
+    if name.endswith(".mjs"):
+        guessed = "text/javascript"
+    guessed = guessed or "application/octet-stream"
+    if guessed.startswith(TEXT_TYPES) and "charset" not in guessed:
+        guessed += "; charset=utf-8"
+    return guessed
+
+
+def make_s3_client(settings: Settings) -> S3Client:
+    """A boto3 S3 client for the configured endpoint (credentials from AWS_*)."""
+    config = Config(
+        retries={"max_attempts": 3, "mode": "standard"},
+        connect_timeout=5,
+        read_timeout=60,
+        max_pool_connections=max(10, settings.upload_concurrency + 4),
+        s3={"addressing_style": "path"},
+    )
+    client: S3Client = boto3.session.Session().client(
+        "s3",
+        endpoint_url=settings.s3_endpoint_url,
+        region_name=settings.s3_region,
+        config=config,
+    )
+    return client
+
+
+class Storage:
+    """The bucket, as async methods; at most ``concurrency`` calls run at once."""
+
+    def __init__(self, client: S3Client, bucket: str, *, concurrency: int = 16) -> None:
+        self.client = client
+        self.bucket = bucket
+        self.limiter = anyio.CapacityLimiter(concurrency)
+
+    async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        call = functools.partial(_translate, fn, *args, **kwargs)
+        return await anyio.to_thread.run_sync(call, limiter=self.limiter)
+
+    async def ensure_bucket(self) -> None:
+        """Create the bucket if it does not exist."""
+        try:
+            await self._run(self.client.head_bucket, Bucket=self.bucket)
+        except ObjectNotFound:
+            await self._run(self.client.create_bucket, Bucket=self.bucket)
+
+    async def check(self) -> None:
+        """Raise StorageError unless the bucket is reachable."""
+        await self._run(self.client.head_bucket, Bucket=self.bucket)
+
+    async def put_file(self, key: str, path: Path, *, mime: str | None = None) -> None:
+        extra = {"ContentType": mime or content_type(key)}
+        await self._run(self.client.upload_file, str(path), self.bucket, key, ExtraArgs=extra)
+
+    async def put_fileobj(self, key: str, fileobj: BinaryIO, *, mime: str | None = None) -> None:
+        """Upload an already open binary file (read in a worker thread)."""
+        extra = {"ContentType": mime or content_type(key)}
+        await self._run(self.client.upload_fileobj, fileobj, self.bucket, key, ExtraArgs=extra)
+
+    async def put_bytes(self, key: str, data: bytes, *, mime: str) -> None:
+        await self._run(
+            self.client.put_object, Bucket=self.bucket, Key=key, Body=data, ContentType=mime
+        )
+
+    async def put_json(self, key: str, value: Any) -> None:
+        data = json.dumps(value, separators=(",", ":"), sort_keys=True).encode()
+        await self.put_bytes(key, data, mime="application/json")
+
+    async def get_to_file(self, key: str, path: Path) -> None:
+        await self._run(self.client.download_file, self.bucket, key, str(path))
+
+    async def get(self, key: str) -> tuple[bytes, str]:
+        """The whole object and its Content-Type."""
+
+        def read() -> tuple[bytes, str]:
+            obj = self.client.get_object(Bucket=self.bucket, Key=key)
+            return obj["Body"].read(), obj.get("ContentType", "application/octet-stream")
+
+        return await self._run(read)
+
+    async def read(self, key: str, *, byte_range: tuple[int, int | None] | None = None) -> Blob:
+        """The object (or ``byte_range``, inclusive, end None: to the end) with its
+        metadata; ObjectNotFound if missing, RangeNotSatisfiable past its end.
+
+        At most INLINE_BYTES are read at once; a larger answer streams the rest
+        (``Blob.rest``), so serving a big file costs constant memory."""
+
+        def open_object() -> tuple[Blob, Any]:
+            if byte_range is None:
+                obj = self.client.get_object(Bucket=self.bucket, Key=key)
+            else:
+                start, end = byte_range
+                wanted = f"bytes={start}-{'' if end is None else end}"
+                obj = self.client.get_object(Bucket=self.bucket, Key=key, Range=wanted)
+            stream: Any = obj["Body"]
+            length = int(obj.get("ContentLength", 0))
+            head = stream.read(INLINE_BYTES)
+            total = length
+            content_range = obj.get("ContentRange")
+            if content_range and "/" in content_range:
+                total = int(content_range.rsplit("/", 1)[1])
+            if len(head) >= length:
+                stream.close()
+                stream = None
+            meta = Blob(
+                body=head,
+                content_type=obj.get("ContentType", "application/octet-stream"),
+                etag=obj.get("ETag", ""),
+                last_modified=_http_date(obj.get("LastModified")),
+                size=total,
+                partial=byte_range is not None,
+                length=length,
+            )
+            return meta, stream
+
+        blob, stream = await self._run(open_object)
+        if stream is None:
+            return blob
+        return dataclasses.replace(blob, rest=self._chunks(stream))
+
+    async def _chunks(self, stream: Any) -> AsyncIterator[bytes]:
+        """The rest of a streaming body, STREAM_CHUNK_BYTES at a time; closed at the end."""
+        try:
+            while chunk := await self._run(stream.read, STREAM_CHUNK_BYTES):
+                yield chunk
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(stream.close)
+
+    async def head(self, key: str) -> Blob:
+        """The object's metadata only (``body`` is empty)."""
+        head = await self._run(self.client.head_object, Bucket=self.bucket, Key=key)
+        return Blob(
+            body=b"",
+            content_type=head.get("ContentType", "application/octet-stream"),
+            etag=head.get("ETag", ""),
+            last_modified=_http_date(head.get("LastModified")),
+            size=head.get("ContentLength", 0),
+        )
+
+    async def exists(self, key: str) -> bool:
+        try:
+            await self._run(self.client.head_object, Bucket=self.bucket, Key=key)
+        except ObjectNotFound:
+            return False
+        return True
+
+
+def _http_date(when: Any) -> str:
+    """An S3 ``LastModified`` datetime as an HTTP date ("" if absent)."""
+    if not isinstance(when, datetime):
+        return ""
+    return email.utils.format_datetime(when.astimezone(UTC), usegmt=True)
+
+
+def _translate(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    try:
+        return fn(*args, **kwargs)
+    except ClientError as exc:
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        if code in NOT_FOUND_CODES:
+            raise ObjectNotFound(code) from exc
+        if code == "InvalidRange":
+            raise RangeNotSatisfiable(code) from exc
+        raise StorageError(f"S3 refused the request: {code or exc}") from exc
+    except BotoCoreError as exc:
+        raise StorageError(f"S3 unreachable: {exc}") from exc
+
+
+def source_key(job_id: str) -> str:
+    """Where a deployment's source archive lives."""
+    return f"sources/{job_id}.tar.gz"
+
+
+def site_prefix(job_id: str) -> str:
+    """The prefix under which a deployment's published files live."""
+    return f"sites/{job_id}/"
+
+
+def record_key(job_id: str) -> str:
+    """The durable copy of a finished job's record."""
+    return f"deployments/{job_id}.json"
+
+
+def serve_key(job_id: str) -> str:
+    """How a deployment is served (``{"spa": bool}``), beside its files."""
+    return f"serve/{job_id}.json"
+
+
+def alias_key(service: str) -> str:
+    """The durable copy of a service's live alias."""
+    return f"aliases/{service}.json"
