@@ -16,16 +16,22 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from shared.coord.lockbook import Released
 from shared.core.errors import ValidationError
 from shared.core.names import service_from_repo_url, validate_name
 from shared.engine.jobs import new_job_id, redact_url
 from shared.engine.workers import list_workers
 from uploader.auth import Action, Identity, decide
 from uploader.netcheck import HostPolicy
+from uploader.ownership import (
+    ReleaseRefused,
+    describe_claim,
+    describe_lock,
+    release_claim,
+    release_lock,
+)
 from uploader.ratelimit import submission_wait_s
 from uploader.repourl import validate_repo_url
-from uploader.team_api import Team, describe_claim, describe_lock
+from uploader.team_api import Team
 
 HELP = """buildq commands:
   lock <service> [reason]     take the deploy lock of a service (released after {ttl})
@@ -138,13 +144,10 @@ async def _unlock(
         return ephemeral("usage: unlock <service> [force]")
     service, force = validate_name(args[0]), _forced(args)
     me = _allow(who, Action.FORCE if force else Action.LOCK, service).name
-    outcome, record = await t.locks.release_manual(service, owner=me, force=force)
-    if outcome is Released.NOT_HELD or record is None:
-        return ephemeral(f"{service} is not locked.")
-    if outcome is Released.NOT_OWNER:
-        return ephemeral(
-            f"{describe_lock(record)}; only they (or an admin, with force) can unlock."
-        )
+    try:
+        record = await release_lock(t.locks, service, me, force=force)
+    except ReleaseRefused as exc:
+        return ephemeral(exc.message + ".")
     was = f" (forced; it was {record.owner}'s)" if record.owner != me else ""
     return in_channel(f"{me} unlocked {service}{was}")
 
@@ -176,13 +179,10 @@ async def _release(
         return ephemeral("usage: release <env> [force]")
     env, force = validate_name(args[0], "environment"), _forced(args)
     me = _allow(who, Action.FORCE if force else Action.CLAIM).name
-    outcome, claim = await t.staging.release(env, owner=me, force=force)
-    if outcome is Released.NOT_HELD or claim is None:
-        return ephemeral(f"{env} is not claimed.")
-    if outcome is Released.NOT_OWNER:
-        return ephemeral(
-            f"{describe_claim(claim)}; only they (or an admin, with force) can release."
-        )
+    try:
+        claim = await release_claim(t.staging, env, me, force=force)
+    except ReleaseRefused as exc:
+        return ephemeral(exc.message + ".")
     was = f" (forced; it was {claim.owner}'s)" if claim.owner != me else ""
     return in_channel(f"{me} released {env}{was}")
 

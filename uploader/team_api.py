@@ -15,10 +15,17 @@ import structlog
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.coord.lockbook import MANUAL_TASK, LockBook, LockRecord, Released, validate_owner
-from shared.coord.staging import Claim, Staging
+from shared.coord.lockbook import LockBook, LockRecord, validate_owner
+from shared.coord.staging import Staging
 from shared.core.names import validate_name
 from uploader.auth import Action, Caller, Identity, require
+from uploader.ownership import (
+    ReleaseRefused,
+    describe_claim,
+    describe_lock,
+    release_claim,
+    release_lock,
+)
 from uploader.state import Services, services
 
 log = structlog.get_logger("team")
@@ -78,28 +85,11 @@ def lock_view(record: LockRecord) -> dict[str, Any]:
     return record.public()
 
 
-def describe_lock(record: LockRecord) -> str:
-    """``web is locked by alice (reason)``, for conflicts and chat."""
-    why = f" ({record.reason})" if record.reason else ""
-    return f"{record.service} is locked by {record.owner}{why}"
-
-
-def describe_claim(claim: Claim) -> str:
-    """``staging is claimed by alice for main``."""
-    branch = f" for {claim.branch}" if claim.branch else ""
-    return f"{claim.env} is claimed by {claim.owner}{branch}"
-
-
 def owner_of(who: Identity, given: str | None) -> str:
     """The caller's name as owner; 403 when ``given`` names someone else."""
     if given is not None and given != who.name:
         raise HTTPException(403, f"you are {who.name}: owner={given[:64]!r} names someone else")
     return validate_owner(who.name)
-
-
-def deploy_held(record: LockRecord) -> bool:
-    """True for a lock a deployer holds for a running deploy (not a person's)."""
-    return record.task != MANUAL_TASK
 
 
 @router.get("/locks")
@@ -151,17 +141,10 @@ async def delete_lock(
     """Release a lock: only its owner, or an admin with ``force=true``."""
     me = owner_of(who, owner)
     require(who, Action.FORCE if force else Action.LOCK, validate_name(service))
-    outcome, record = await t.locks.release_manual(service, owner=me, force=force)
-    if outcome is Released.NOT_HELD or record is None:
-        raise HTTPException(404, f"{service} is not locked")
-    if outcome is Released.NOT_OWNER:
-        if deploy_held(record):
-            raise HTTPException(
-                403, f"{describe_lock(record)} for a running deploy; only an admin with force=true"
-            )
-        raise HTTPException(
-            403, f"{describe_lock(record)}; only they (or an admin, with force=true) can unlock"
-        )
+    try:
+        record = await release_lock(t.locks, service, me, force=force)
+    except ReleaseRefused as exc:
+        raise HTTPException(exc.status, exc.message) from None
     if force and record.owner != me:
         log.warning("lock.forced", service=service, owner=record.owner, by=me, task=record.task)
     return {"released": True, "lock": lock_view(record)}
@@ -202,13 +185,8 @@ async def delete_claim(
     """Release a claim: only its owner, or an admin with ``force=true``."""
     me = owner_of(who, owner)
     require(who, Action.FORCE if force else Action.CLAIM)
-    outcome, claim = await t.staging.release(
-        validate_name(env, "environment"), owner=me, force=force
-    )
-    if outcome is Released.NOT_HELD or claim is None:
-        raise HTTPException(404, f"{env} is not claimed")
-    if outcome is Released.NOT_OWNER:
-        raise HTTPException(
-            403, f"{describe_claim(claim)}; only they (or an admin, with force=true) can release"
-        )
+    try:
+        claim = await release_claim(t.staging, validate_name(env, "environment"), me, force=force)
+    except ReleaseRefused as exc:
+        raise HTTPException(exc.status, exc.message) from None
     return {"released": True, "claim": claim.public()}
