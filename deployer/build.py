@@ -37,7 +37,7 @@ from deployer.sandbox import (
     reclaim_workdir,
 )
 from shared.core.cgroups import Group
-from shared.core.errors import ValidationError
+from shared.core.errors import BuildError, ValidationError
 from shared.engine.logs import MAX_LINE_CHARS, LogWriter
 
 PASSTHROUGH_ENV = ("PATH", "LANG", "LC_ALL", "TZ")
@@ -52,11 +52,11 @@ RECENT_BYTES = 8192  # output searched for an allocation failure (rlimit mode)
 DEFAULT_SANDBOX = Sandbox(Level.PROCESS, network=True, max_procs=0)
 
 
-class BuildTimeout(Exception):
+class BuildTimeout(BuildError):
     """The build ran past its timeout and was killed."""
 
 
-class BuildOutOfMemory(Exception):
+class BuildOutOfMemory(BuildError):
     """The build hit its memory limit: the kernel killed it, or an allocation failed."""
 
     def __init__(self, memory_bytes: int) -> None:

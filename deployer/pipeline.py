@@ -20,7 +20,7 @@ from deployer.sandbox import sandbox_for
 from shared.coord.lockbook import LockLostError, LockRecord, LockTimeoutError
 from shared.coord.locks import DeployLock
 from shared.coord.sites import Sites, Verdict
-from shared.core.errors import StorageError, TransientError, ValidationError
+from shared.core.errors import BuildError, StorageError, TransientError, ValidationError
 from shared.core.settings import Settings
 from shared.core.siteaddr import preview_url, site_url
 from shared.engine.jobs import HIDDEN, JobRecord, JobStore, Status, now_ms
@@ -33,11 +33,11 @@ from shared.storage.s3 import Storage, alias_key, record_key, serve_key, site_pr
 log = structlog.get_logger("deployer")
 
 
-class BuildFailed(Exception):
+class BuildFailed(BuildError):
     """The build itself failed (its exit status or its output); never retried."""
 
 
-class PromotionRefused(Exception):
+class PromotionRefused(BuildError):
     """The job may not go live: it ended (was cancelled) meanwhile."""
 
 

@@ -39,7 +39,7 @@ import structlog
 
 from deployer.limits import RLIMIT_ONLY, BuildLimiter
 from deployer.limits import detect as detect_limits
-from shared.core.errors import ConfigError
+from shared.core.errors import CapacityError, ConfigError
 from shared.core.settings import Settings
 
 log = structlog.get_logger("sandbox")
@@ -96,7 +96,7 @@ class UidPool:
             finally:
                 os.close(fd)
             return
-        raise ConfigError(
+        raise CapacityError(
             f"all {self.count} build uids from {self.base} are in use; raise BUILDQ_BUILD_UID_COUNT"
         )
 

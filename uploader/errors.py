@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException
 
-from shared.core.errors import StorageError, ValidationError
+from shared.core.errors import StorageError, TransientError, ValidationError
 
 CODES = {
     400: "bad_request",
@@ -60,3 +60,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StorageError)
     async def storage_down(_: Request, exc: StorageError) -> JSONResponse:
         return error_response(503, f"storage unavailable: {exc}")
+
+    @app.exception_handler(TransientError)
+    async def try_later(_: Request, exc: TransientError) -> JSONResponse:
+        return error_response(503, f"{exc}; try again later")

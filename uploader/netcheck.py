@@ -17,7 +17,7 @@ import socket
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from shared.core.errors import ValidationError
+from shared.core.errors import TransientError, ValidationError
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str, int], list[str]]
@@ -28,6 +28,14 @@ NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")
 SIXTO4 = ipaddress.IPv6Network("2002::/16")
 LOCAL_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback")
 LOCAL_SUFFIXES = (".localhost", ".local", ".internal", ".home.arpa")
+
+
+# getaddrinfo failures that say "the resolver, now", not "no such host".
+TRANSIENT_DNS = frozenset({socket.EAI_AGAIN, socket.EAI_FAIL, getattr(socket, "EAI_SYSTEM", -11)})
+
+
+class HostUnresolved(TransientError):
+    """The resolver failed for now (not "no such host"): retried like the network."""
 
 
 class HostRefused(ValidationError):
@@ -146,7 +154,13 @@ def system_resolver(host: str, port: int) -> list[str]:
     """Every address ``host`` resolves to (blocking: call from a worker thread)."""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError) as exc:
+    except socket.gaierror as exc:
+        if exc.errno in TRANSIENT_DNS:
+            raise HostUnresolved(
+                f"cannot resolve repository host {host[:100]!r} now: {exc.strerror}"
+            ) from None
+        raise HostRefused(f"cannot resolve repository host {host[:100]!r}: {exc}") from None
+    except UnicodeError as exc:
         raise HostRefused(f"cannot resolve repository host {host[:100]!r}: {exc}") from None
     return [str(info[4][0]) for info in infos]
 

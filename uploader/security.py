@@ -35,7 +35,7 @@ from fastapi import FastAPI
 from redis.exceptions import RedisError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shared.core.errors import ConfigError, ValidationError
+from shared.core.errors import ConfigError, TransientError, ValidationError
 from shared.core.settings import Settings
 from uploader.auth import (
     SCOPE_KEY,
@@ -304,6 +304,8 @@ class SecurityMiddleware:
             )
         except ValidationError as exc:
             raise Refused(422, str(exc)) from None
+        except TransientError as exc:  # the resolver, for now: the caller may retry
+            raise Refused(503, f"{exc}; try again later", {"Retry-After": "5"}) from None
 
     async def _rate_limit(self, scope: Scope, identity: Identity) -> None:
         services = getattr(scope["app"].state, "services", None)

@@ -10,10 +10,10 @@ from urllib.parse import quote
 
 import httpx
 
-from shared.core.errors import BuildqError
+from shared.core.errors import PermanentError
 
 
-class ApiError(BuildqError):
+class ApiError(PermanentError):
     """The API refused a request or could not be reached."""
 
 

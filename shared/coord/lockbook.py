@@ -22,7 +22,7 @@ import anyio
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
-from shared.core.errors import BuildqError, ValidationError
+from shared.core.errors import TransientError, ValidationError
 from shared.core.names import validate_name
 from shared.engine.jobs import Clock, now_ms
 from shared.redis.keys import Keys
@@ -91,7 +91,7 @@ class LockRecord:
         return {k: v for k, v in out.items() if v is not None}
 
 
-class LockError(BuildqError):
+class LockError(TransientError):
     """A lock could not be taken or used as asked."""
 
 

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from shared.core.errors import ValidationError
+from shared.core.errors import DiskError, ValidationError, is_disk_fault
 
 MAX_NAME_BYTES = 1024
 SKIP_DIRS = frozenset({".git"})
@@ -187,6 +187,10 @@ def extract(archive: Path, dest: Path, *, max_files: int, max_bytes: int) -> int
             assert tar.fileobj is not None
             while tar.fileobj.read(1 << 20):
                 pass
-    except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
+    except OSError as exc:
+        if is_disk_fault(exc):  # the disk, not the archive: worth another try
+            raise DiskError(f"cannot extract the source here: {exc.strerror}") from exc
+        raise ValidationError(f"source archive is corrupt or unreadable: {exc}") from exc
+    except (tarfile.TarError, EOFError, zlib.error) as exc:
         raise ValidationError(f"source archive is corrupt or unreadable: {exc}") from exc
     return files
