@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
 
 import httpx
+from httpx_sse import SSEError, connect_sse
 
 from shared.core.errors import PermanentError
+
+FOLLOW_RETRIES = 20
+FOLLOW_BACKOFF_S = 0.1  # doubled per reconnect, up to the cap
+FOLLOW_BACKOFF_CAP_S = 2.0
+ENDED = frozenset({"live", "failed", "cancelled", "superseded"})
 
 
 class ApiError(PermanentError):
@@ -78,35 +85,34 @@ class Client:
     def follow(self, job_id: str) -> Iterator[dict[str, Any]]:
         """Log entries as the job runs (server-sent events), until it ends.
 
-        Reconnects with Last-Event-ID if the stream drops before the end.
+        A stream that drops (network, or the server shedding a slow follower) is
+        resumed from the last event id, with backoff; a stream that ends without the
+        ``end`` event ends the follow only once the job itself has ended.
         """
         last_id: str | None = None
-        for _ in range(20):
+        for attempt in range(FOLLOW_RETRIES):
             headers = {"Accept": "text/event-stream"}
             if last_id:
                 headers["Last-Event-ID"] = last_id
             try:
-                with self.http.stream(
-                    "GET", f"/deployments/{job_id}/logs", headers=headers, timeout=None
-                ) as response:
-                    if response.status_code >= 400:
-                        raise ApiError(f"{response.status_code}: cannot follow logs")
-                    event_id, data = None, None
-                    for line in response.iter_lines():
-                        if line.startswith("id: "):
-                            event_id = line[4:]
-                        elif line.startswith("data: "):
-                            data = line[6:]
-                        elif line == "" and data is not None:
-                            last_id = event_id
-                            entry: dict[str, Any] = json.loads(data)
-                            yield entry
-                            if entry.get("kind") == "end":
-                                return
-                            event_id, data = None, None
-                return
-            except httpx.HTTPError:
-                continue
+                with connect_sse(
+                    self.http, "GET", f"/deployments/{job_id}/logs", headers=headers, timeout=None
+                ) as source:
+                    if source.response.status_code >= 400:
+                        raise ApiError(f"{source.response.status_code}: cannot follow logs")
+                    for event in source.iter_sse():
+                        if not event.data:
+                            continue
+                        last_id = event.id or last_id
+                        entry: dict[str, Any] = json.loads(event.data)
+                        yield entry
+                        if entry.get("kind") == "end":
+                            return
+                if self.job(job_id).get("status") in ENDED:
+                    return
+            except (httpx.HTTPError, SSEError):
+                pass
+            time.sleep(min(FOLLOW_BACKOFF_CAP_S, FOLLOW_BACKOFF_S * 2**attempt))
         raise ApiError("lost the log stream too many times")
 
     # -- locks and staging claims (uploader/team_api.py) ------------------------------
