@@ -12,7 +12,7 @@ from shared.core.errors import ConfigError
 from shared.core.logsetup import configure_logging, secret_values
 from shared.core.settings import Settings, get_settings
 from shared.engine.daemon import run_until_signalled
-from shared.engine.workers import new_worker_id
+from shared.engine.stages import BUILD
 from shared.redis.client import make_redis
 from shared.storage.s3 import Storage, make_s3_client
 
@@ -26,7 +26,7 @@ async def serve(settings: Settings) -> None:
         settings,
         redis,
         storage,
-        worker_id=new_worker_id("deployer"),
+        worker_id=BUILD.new_worker_id(),
         slots=settings.deployer_slots,
         blocking_redis=lambda: make_redis(settings, blocking=True),
     )

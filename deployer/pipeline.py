@@ -26,6 +26,7 @@ from shared.core.siteaddr import preview_url, site_url
 from shared.engine.jobs import HIDDEN, JobRecord, JobStore, Status, now_ms
 from shared.engine.logs import LogWriter
 from shared.engine.outcome import Outcome
+from shared.engine.stages import BUILD
 from shared.redis.keys import Keys
 from shared.storage.archive import extract
 from shared.storage.s3 import Storage, alias_key, record_key, serve_key, site_prefix, source_key
@@ -117,8 +118,13 @@ class JobRunner:
         who = "someone" if holder is None else holder.owner
         why = f" ({holder.reason})" if holder is not None and holder.reason else ""
         await writer.line(f"buildq: {record.service} is locked by {who}{why}; waiting")
-        fields = {"holder": f"{who}{why}", "retry_stage": "deployer", "+attempts": "-1"}
-        return Outcome(Status.WAITING, fields, delay_s=self.settings.lock_recheck_s)
+        return Outcome(
+            Status.WAITING,
+            {"holder": f"{who}{why}"},
+            delay_s=self.settings.lock_recheck_s,
+            resume=BUILD,
+            refund_attempt=True,
+        )
 
     async def _execute(
         self, record: JobRecord, writer: LogWriter, workdir: Path, fence: int

@@ -13,7 +13,8 @@ from redis.asyncio import Redis
 from deployer.pipeline import JobRunner
 from shared.core.settings import Settings
 from shared.engine.consumer import Consumer
-from shared.engine.jobs import JobStore, Status
+from shared.engine.jobs import JobStore
+from shared.engine.stages import BUILD
 from shared.redis.keys import Keys
 from shared.storage.s3 import Storage
 
@@ -47,14 +48,11 @@ class Deployer:
             redis,
             keys,
             settings,
-            source=keys.queue,
-            kind="deployer",
+            stage=BUILD,
             worker_id=worker_id,
             slots=slots,
             handler=self.runner.run,
             blocking_redis=blocking_redis,
-            start_status=Status.BUILDING,
-            attempts_field="attempts",
             obey_fleet=True,
             on_end=self.runner.save_record,
         )

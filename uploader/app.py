@@ -14,8 +14,8 @@ from shared import __version__
 from shared.core.errors import StorageError
 from shared.core.settings import Settings
 from shared.engine.consumer import Consumer
-from shared.engine.jobs import JobStore, Status
-from shared.engine.workers import new_worker_id
+from shared.engine.jobs import JobStore
+from shared.engine.stages import INGEST
 from shared.redis.client import make_redis
 from shared.redis.keys import Keys
 from shared.storage.s3 import Storage, make_s3_client
@@ -67,7 +67,7 @@ def create_app(settings: Settings, *, run_ingest: bool = True) -> SitesOrigin:
         async with anyio.create_task_group() as tg:
             tg.start_soon(run_hub)
             if run_ingest:
-                worker_id = new_worker_id("ingest")
+                worker_id = INGEST.new_worker_id()
                 ingest = Ingest(
                     settings=settings,
                     keys=keys,
@@ -79,14 +79,11 @@ def create_app(settings: Settings, *, run_ingest: bool = True) -> SitesOrigin:
                     redis,
                     keys,
                     settings,
-                    source=keys.ingest,
-                    kind="ingest",
+                    stage=INGEST,
                     worker_id=worker_id,
                     slots=settings.ingest_slots,
                     handler=ingest.run,
                     blocking_redis=lambda: make_redis(settings, blocking=True),
-                    start_status=Status.CLONING,
-                    attempts_field="ingest_attempts",
                 )
                 tg.start_soon(consumer.run, stopping)
             try:

@@ -9,6 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from shared.engine.fleet import read_fleet, write_fleet
 from shared.engine.jobs import TERMINAL, Status
+from shared.engine.replies import CancelReply
+from shared.engine.stages import BUILD, INGEST
 from uploader.api import Svc, job_or_404
 from uploader.auth import Action, Caller, require
 
@@ -35,9 +37,9 @@ async def cancel_deployment(job_id: str, svc: Svc, who: Caller) -> dict[str, Any
     record = await job_or_404(svc, job_id)
     require(who, Action.OPERATE, record.service)
     result = await svc.store.cancel(job_id, "cancelled by request")
-    if result.code == 0:
+    if result.reply is CancelReply.ENDED:
         raise HTTPException(409, f"deployment {job_id} has already ended ({result.status})")
-    if result.code != 1:
+    if result.reply is not CancelReply.CANCELLED:
         raise HTTPException(404, f"no deployment {job_id!r}")
     return {"id": job_id, "status": Status.CANCELLED.value, "was": result.status}
 
@@ -51,11 +53,11 @@ async def retry_deployment(job_id: str, svc: Svc, who: Caller) -> dict[str, Any]
         state = "still running" if record.status not in TERMINAL else record.status.value
         raise HTTPException(409, f"only failed or cancelled deployments can be retried ({state})")
     # A job that never got its source archived starts again from the clone.
-    resume = Status.QUEUED if "queued" in record.phases else Status.ACCEPTED
-    result = await svc.store.revive(job_id, resume)
-    if result.code != 1:
+    stage = BUILD if BUILD.resume_status in record.phases else INGEST
+    result = await svc.store.revive(job_id, stage)
+    if not result.changed:
         raise HTTPException(409, f"deployment {job_id} cannot be retried ({result.status})")
-    return {"id": job_id, "status": resume.value}
+    return {"id": job_id, "status": stage.resume_status.value}
 
 
 @router.get("/fleet", response_model=FleetView)

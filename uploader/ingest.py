@@ -17,6 +17,7 @@ from shared.engine.jobs import JobRecord, JobStore, Status
 from shared.engine.logs import LogWriter
 from shared.engine.outcome import Outcome
 from shared.engine.retry import is_transient_git_error
+from shared.engine.stages import BUILD
 from shared.redis.keys import Keys
 from shared.storage.archive import pack
 from shared.storage.s3 import Storage, source_key
@@ -53,7 +54,8 @@ class Ingest:
         finally:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(shutil.rmtree, workdir, True)
-        return Outcome(Status.QUEUED, {"commit": commit}, push=self.keys.queue)
+        # Archived: the job moves on to the build stage's list.
+        return Outcome(BUILD.resume_status, {"commit": commit}, push=BUILD.source(self.keys))
 
     async def _ingest(self, record: JobRecord, writer: LogWriter, workdir: Path) -> str:
         s = self.settings

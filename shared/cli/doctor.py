@@ -19,12 +19,11 @@ from shared.core import cgroups
 from shared.core.settings import Settings
 from shared.engine.jobs import JobStore, Status, now_ms
 from shared.engine.recovery import requeue
-from shared.engine.scheduler import STAGE_INGEST, stage_target
+from shared.engine.stages import INGEST, Stage
 from shared.redis.keys import Keys
 
 # Where a job may wait, by preference when it is found in several places.
 PLACE_ORDER = ("active", "queue", "ingest", "delayed", "dead")
-INGEST_STATUSES = frozenset({Status.ACCEPTED, Status.CLONING, Status.UPLOADING})
 
 
 @dataclass
@@ -127,12 +126,11 @@ class Doctor:
         if place.kind == "active" and place.stale:
             finding = Finding(job_id, "orphaned", f"held by stale worker {place.worker}")
             if fix:
-                source = self.keys.ingest if Status(status) in INGEST_STATUSES else self.keys.queue
                 finding.fixed = await requeue(
                     self.store,
                     job_id,
                     active=place.key,
-                    source=source,
+                    stage=Stage.of_status(Status(status)),
                     reason=f"buildq doctor: worker {place.worker} is gone",
                 )
             return finding
@@ -149,10 +147,11 @@ class Doctor:
         if status in (Status.RETRYING, Status.WAITING):
             await self.store.transition(job_id, status, delay_until_ms=now_ms(self.clock))
             return
-        target, resume = stage_target(
-            self.keys, STAGE_INGEST if status in INGEST_STATUSES else stage
+        # A job past ingest goes back where its last retry would have sent it.
+        where = INGEST if status in INGEST.statuses else Stage.named(stage)
+        await self.store.transition(
+            job_id, where.resume_status, push=where.source(self.keys), head=True
         )
-        await self.store.transition(job_id, resume, push=target, head=True)
 
 
 def build_limits(settings: Settings) -> str:

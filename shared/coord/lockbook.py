@@ -15,13 +15,22 @@ import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from enum import StrEnum
 from typing import Any
 
 import anyio
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
+from shared.coord.replies import (
+    LOCK_ACQUIRE,
+    LOCK_EXTEND,
+    LOCK_RELEASE,
+    LOCK_WITHDRAW,
+    AcquireReply,
+    ExtendReply,
+    Released,
+    WithdrawReply,
+)
 from shared.core.errors import TransientError, ValidationError
 from shared.core.names import validate_name
 from shared.engine.jobs import Clock, now_ms
@@ -31,14 +40,6 @@ from shared.redis.scripts import source
 OWNER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@:+-]{0,63}$")
 MAX_REASON_CHARS = 200
 MANUAL_TASK = "manual"  # the task of every lock a person took (API, CLI, ChatOps)
-
-
-class Released(StrEnum):
-    """What a release by owner (or forced) did."""
-
-    RELEASED = "released"
-    NOT_HELD = "not_held"
-    NOT_OWNER = "not_owner"
 
 
 def validate_owner(value: str) -> str:
@@ -89,6 +90,17 @@ class LockRecord:
         """The record as the API shows it: everything but the token."""
         out = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "token"}
         return {k: v for k, v in out.items() if v is not None}
+
+
+@dataclass(frozen=True, slots=True)
+class Acquisition:
+    """What one acquire call did. ``record`` is ours (of the first service) when the
+    lock was taken, handed over or renewed, and the holder's when it is ``HELD``."""
+
+    reply: AcquireReply
+    record: LockRecord
+    fences: tuple[int, ...] = ()  # taken: one per service; handed over: the one
+    holder_ttl_ms: int = 0  # held: how long the holder's lock still lives
 
 
 class LockError(TransientError):
@@ -163,8 +175,8 @@ class LockBook:
         user_id: str | None = None,
         refresh: bool = False,
         queue_until_ms: int = 0,
-    ) -> tuple[list[Any], dict[str, Any]]:
-        """One ``lock_acquire.lua`` call; returns its reply and the record sent.
+    ) -> Acquisition:
+        """One ``lock_acquire.lua`` call.
 
         With ``queue_until_ms`` (one service) a refused caller waits in line until
         then: a release hands the lock straight to the oldest live waiter."""
@@ -183,17 +195,33 @@ class LockBook:
         args: list[str | int] = [len(names), ttl_ms, now, self.events_max, owner]
         args += [int(refresh), queue_until_ms, token, json.dumps(record, separators=(",", ":"))]
         reply = await self._acquire(keys=self._keys(names), args=[*args, *names])
-        return list(reply), record
+        what = LOCK_ACQUIRE(reply[0])
+        if what is AcquireReply.HELD:
+            holder = LockRecord.parse(names[int(reply[1]) - 1], reply[2])
+            return Acquisition(what, holder, holder_ttl_ms=int(reply[3]))
+        if what is AcquireReply.RENEWED:
+            return Acquisition(what, LockRecord.parse(names[0], reply[1]))
+        fences = tuple(int(f) for f in reply[1:])
+        mine = LockRecord.parse(names[0], json.dumps({**record, "fence": fences[0]}))
+        return Acquisition(what, mine, fences)
 
     async def extend(self, names: Sequence[str], *, token: str, ttl_ms: int) -> bool:
         """Renew every lock in ``names`` that still carries ``token``: all, or none."""
         keys: list[str] = []
         for s in names:
             keys += [self.keys.lock(s), self.keys.lock_history(s)]
-        ok = await self._extend(keys=keys, args=[len(names), token, ttl_ms, now_ms(self.clock)])
-        return int(ok) == 1
+        reply = await self._extend(keys=keys, args=[len(names), token, ttl_ms, now_ms(self.clock)])
+        return LOCK_EXTEND(reply) is ExtendReply.EXTENDED
 
-    async def release(self, names: Sequence[str], *, mode: str, value: str, actor: str) -> Any:
+    async def release(self, names: Sequence[str], *, token: str, actor: str) -> int:
+        """Release every lock of ``names`` that still carries ``token``; how many were
+        (a lock that is no longer ours is left alone)."""
+        reply = await self._release_call(names, mode="token", value=token, actor=actor)
+        return int(reply[0])  # token mode answers with a count, not a reply code
+
+    async def _release_call(
+        self, names: Sequence[str], *, mode: str, value: str, actor: str
+    ) -> Any:
         """One ``lock_release.lua`` call (mode ``token``, ``owner`` or ``force``)."""
         args: list[str | int] = [len(names), mode, value, now_ms(self.clock)]
         args += [self.events_max, actor]
@@ -205,7 +233,9 @@ class LockBook:
         """Leave the line for ``service``; the fence if it was handed to ``token``."""
         k = self.keys
         reply = await self._withdraw(keys=[k.lock(service), k.lock_waiters(service)], args=[token])
-        return int(reply[1]) if int(reply[0]) == 1 else None
+        if LOCK_WITHDRAW(reply[0]) is WithdrawReply.HANDED_OVER:
+            return int(reply[1])
+        return None
 
     def _keys(self, names: Sequence[str]) -> list[str]:
         k = self.keys
@@ -258,7 +288,7 @@ class LockBook:
         """``(True, record)`` when taken, or renewed by the same owner; ``(False,
         holder)`` when someone else holds it. Never waits."""
         service, owner = validate_name(service), validate_owner(owner)
-        reply, record = await self.acquire(
+        got = await self.acquire(
             [service],
             token=os.urandom(16).hex(),
             owner=owner,
@@ -268,12 +298,7 @@ class LockBook:
             user_id=user_id,
             refresh=True,
         )
-        code = int(reply[0])
-        if code == 1:
-            return True, LockRecord.parse(service, json.dumps({**record, "fence": reply[1]}))
-        if code == 2:
-            return True, LockRecord.parse(service, reply[1])
-        return False, LockRecord.parse(service, reply[2])
+        return got.reply is not AcquireReply.HELD, got.record
 
     async def release_manual(
         self, service: str, *, owner: str, force: bool = False
@@ -289,11 +314,8 @@ class LockBook:
             holder = await self.holder(service)
             if holder is not None and holder.task != MANUAL_TASK:
                 return Released.NOT_OWNER, holder
-        reply = await self.release(
-            [service], mode="force" if force else "owner", value=owner, actor=owner
-        )
-        code = int(reply[0])
-        if code == 0:
-            return Released.NOT_HELD, None
-        record = LockRecord.parse(service, reply[1])
-        return (Released.RELEASED if code == 1 else Released.NOT_OWNER), record
+        mode = "force" if force else "owner"
+        reply = await self._release_call([service], mode=mode, value=owner, actor=owner)
+        outcome = LOCK_RELEASE(reply[0])
+        record = None if outcome is Released.NOT_HELD else LockRecord.parse(service, reply[1])
+        return outcome, record

@@ -28,6 +28,7 @@ from shared.coord.lockbook import (
     LockTimeoutError,
     validate_owner,
 )
+from shared.coord.replies import AcquireReply
 from shared.core.names import validate_name
 from shared.engine.jobs import Clock, now_ms
 from shared.redis.keys import Keys
@@ -71,7 +72,7 @@ class _Attempt:
         queue = queue_for_s > 0 and len(self.names) == 1
         sent = locks.monotonic()
         until_ms = now_ms(locks.book.clock) + int(queue_for_s * 1000) if queue else 0
-        result, _ = await locks.book.acquire(
+        got = await locks.book.acquire(
             self.names,
             token=self.token,
             owner=locks.owner,
@@ -80,17 +81,15 @@ class _Attempt:
             reason=self.reason,
             queue_until_ms=until_ms,
         )
-        code = int(result[0])
-        if code == 1:
-            return self._lease([int(f) for f in result[1:]], sent), None, 0
-        if code == 3:
+        if got.reply is AcquireReply.TAKEN:
+            return self._lease(list(got.fences), sent), None, 0
+        if got.reply is AcquireReply.HANDED_OVER:
             # Handed over before this call, after our previous place in line was kept.
-            return self._lease([int(result[1])], self.queued_at or sent), None, 0
+            return self._lease(list(got.fences), self.queued_at or sent), None, 0
         self.queued = self.queued or queue
         if queue:
             self.queued_at = sent
-        holder = LockRecord.parse(self.names[int(result[1]) - 1], result[2])
-        return None, holder, int(result[3])
+        return None, got.record, got.holder_ttl_ms
 
     def handed_over(self, data: str | bytes) -> Lease | None:
         """The lease if a release message hands the lock to us."""
@@ -281,9 +280,7 @@ class DeployLock:
                     and not attempt.done
                     and await self.book.withdraw(names[0], token=attempt.token)
                 ):
-                    await self.book.release(
-                        names, mode="token", value=attempt.token, actor=self.owner
-                    )
+                    await self.book.release(names, token=attempt.token, actor=self.owner)
 
     # -- holding and letting go ----------------------------------------------------
 
@@ -311,10 +308,8 @@ class DeployLock:
         held = _HELD.get()
         if held and any(held.get((self._uid, s)) is lease for s in lease.services):
             _HELD.set({key: v for key, v in held.items() if v is not lease})
-        result = await self.book.release(
-            lease.services, mode="token", value=lease.token, actor=lease.owner
-        )
-        return int(result[0]) == len(lease.services)
+        released = await self.book.release(lease.services, token=lease.token, actor=lease.owner)
+        return released == len(lease.services)
 
     async def watchdog(self, lease: Lease) -> None:
         """Renew ``lease`` every ttl/3 until cancelled, released or lost."""

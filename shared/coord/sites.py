@@ -4,22 +4,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from enum import StrEnum
 
 from redis.asyncio import Redis
 
+from shared.coord.replies import PROMOTE, Verdict
 from shared.engine.jobs import Clock, now_ms
 from shared.redis.keys import Keys
 from shared.redis.scripts import Scripts
 
-
-class Verdict(StrEnum):
-    """What a promotion attempt did."""
-
-    PROMOTED = "promoted"
-    SUPERSEDED = "superseded"  # a newer (or the same) submission is already live
-    FENCED = "fenced"  # the caller's fencing token is no longer current
-    ENDED = "ended"  # the job has ended (e.g. cancelled) and never goes live
+__all__ = ["Promotion", "Sites", "Verdict"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,14 +54,14 @@ class Sites:
                 service,
             ],
         )
-        code = int(result[0])
-        if code == 1:
-            return Promotion(Verdict.PROMOTED, job_id, seq)
-        if code == 0:
-            return Promotion(Verdict.SUPERSEDED, str(result[1]), int(result[2]))
-        if code == -1:
-            return Promotion(Verdict.FENCED, detail=f"current fence {result[1] or 'none'}")
-        return Promotion(Verdict.ENDED, detail=str(result[1]))
+        verdict = PROMOTE(result[0])
+        if verdict is Verdict.PROMOTED:
+            return Promotion(verdict, job_id, seq)
+        if verdict is Verdict.SUPERSEDED:
+            return Promotion(verdict, str(result[1]), int(result[2]))
+        if verdict is Verdict.FENCED:
+            return Promotion(verdict, detail=f"current fence {result[1] or 'none'}")
+        return Promotion(verdict, detail=str(result[1]))
 
     async def live(self, service: str) -> dict[str, str]:
         """The live alias of ``service`` (id, seq, fence, promoted_at), or {}."""

@@ -16,7 +16,8 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
-from shared.coord.lockbook import Released, validate_owner
+from shared.coord.lockbook import validate_owner
+from shared.coord.replies import STAGING_CLAIM, STAGING_RELEASE, ClaimReply, Released
 from shared.core.errors import ValidationError
 from shared.core.names import validate_name
 from shared.engine.jobs import Clock, now_ms
@@ -104,7 +105,7 @@ class Staging:
             keys=[self.keys.staging, self.keys.events],
             args=[env, json.dumps(claim, separators=(",", ":")), owner, now, self.events_max],
         )
-        return int(reply[0]) == 1, Claim.parse(env, reply[1])
+        return STAGING_CLAIM(reply[0]) is ClaimReply.CLAIMED, Claim.parse(env, reply[1])
 
     async def release(
         self, env: str, *, owner: str, force: bool = False
@@ -116,11 +117,10 @@ class Staging:
             keys=[self.keys.staging, self.keys.events],
             args=[env, owner, int(force), now_ms(self.clock), self.events_max],
         )
-        code = int(reply[0])
-        if code == 0:
-            return Released.NOT_HELD, None
-        claim = Claim.parse(env, reply[1])
-        return (Released.RELEASED if code == 1 else Released.NOT_OWNER), claim
+        outcome = STAGING_RELEASE(reply[0])
+        if outcome is Released.NOT_HELD:
+            return outcome, None
+        return outcome, Claim.parse(env, reply[1])
 
     async def get(self, env: str) -> Claim | None:
         """The unexpired claim on ``env``, or None."""

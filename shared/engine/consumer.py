@@ -25,12 +25,14 @@ from redis.exceptions import RedisError
 from shared.core.settings import Settings
 from shared.engine.control import follow_control
 from shared.engine.fleet import FleetGate
-from shared.engine.jobs import TERMINAL, Clock, JobRecord, JobStore, Status, Transition, now_ms
+from shared.engine.jobs import TERMINAL, Clock, JobRecord, JobStore, Status, now_ms
 from shared.engine.logs import LogWriter
 from shared.engine.outcome import Outcome, after_fault, dead_letter, transient_cause
 from shared.engine.queue import Queue
 from shared.engine.recovery import recover_stale_workers, requeue, requeue_all
+from shared.engine.replies import Transition
 from shared.engine.scheduler import promote_due
+from shared.engine.stages import Stage
 from shared.engine.workers import Registry
 from shared.redis.keys import Keys
 
@@ -46,7 +48,7 @@ EndHook = Callable[[dict[str, str]], Awaitable[None]]
 
 
 class Consumer:
-    """Runs ``handler`` for ids claimed from ``source`` on ``slots`` slots."""
+    """Runs ``handler`` for ids claimed from ``stage``'s list on ``slots`` slots."""
 
     def __init__(
         self,
@@ -54,14 +56,11 @@ class Consumer:
         keys: Keys,
         settings: Settings,
         *,
-        source: str,
-        kind: str,
+        stage: Stage,
         worker_id: str,
         slots: int,
         handler: Handler,
         blocking_redis: Callable[[], Redis],
-        start_status: Status,
-        attempts_field: str,
         obey_fleet: bool = False,
         on_end: EndHook | None = None,
         clock: Clock = time.time,
@@ -70,18 +69,18 @@ class Consumer:
         self.keys = keys
         self.settings = settings
         self.store = JobStore(redis, keys, settings, clock)
-        self.source = source
-        self.kind = kind
+        self.stage = stage
+        self.source = self.stage.source(keys)
         self.worker_id = worker_id
         self.slots = slots
         self.handler = handler
         self.blocking_redis = blocking_redis
-        self.start_status = start_status
-        self.attempts_field = attempts_field
         self.on_end = on_end
         self.clock = clock
         self.active_key = keys.active(worker_id)
-        self.registry = Registry(redis, keys, worker_id, kind=kind, slots=slots, queue=source)
+        self.registry = Registry(
+            redis, keys, worker_id, kind=self.stage.name, slots=slots, queue=self.source
+        )
         self.gate = FleetGate(
             redis,
             keys,
@@ -89,7 +88,7 @@ class Consumer:
             permit_ttl_ms=int(settings.heartbeat_interval_s * 3000),
             clock=clock,
         )
-        self.log = log.bind(stage=kind, worker=worker_id)
+        self.log = log.bind(stage=self.stage.name, worker=worker_id)
         self.busy = 0
         self.held: set[str] = set()  # ids this process has claimed and not finished
         self._claiming: set[anyio.CancelScope] = set()
@@ -130,7 +129,7 @@ class Consumer:
             moved = await requeue_all(
                 self.store,
                 active=self.active_key,
-                source=self.source,
+                stage=self.stage,
                 reason=f"{self.worker_id} shut down before finishing",
             )
             for job_id in moved:
@@ -195,8 +194,10 @@ class Consumer:
                 await conn.aclose()
 
     async def _claim(self, store: JobStore, queue: Queue) -> tuple[str, Transition] | None:
-        start: dict[str, Any] = {"worker": self.worker_id, f"+{self.attempts_field}": 1}
-        fast = await store.claim(self.source, self.active_key, self.start_status, **start)
+        status, attempt = self.stage.started_status, {self.stage.attempts_field: 1}
+        fast = await store.claim(
+            self.source, self.active_key, status, incr=attempt, worker=self.worker_id
+        )
         if fast is not None:
             self.held.add(fast.job_id)
             return fast.job_id, fast.started
@@ -204,7 +205,9 @@ class Consumer:
         if job_id is None:
             return None
         self.held.add(job_id)
-        started = await store.transition(job_id, self.start_status, fetch=True, **start)
+        started = await store.transition(
+            job_id, status, incr=attempt, fetch=True, worker=self.worker_id
+        )
         if not started.changed:
             await queue.ack(job_id)
         return job_id, started
@@ -226,7 +229,7 @@ class Consumer:
             max_bytes=self.settings.log_max_bytes,
             max_entries=self.settings.log_max_entries,
         )
-        attempts = int(started.record.get(self.attempts_field, "1"))
+        attempts = int(started.record.get(self.stage.attempts_field, "1"))
         self.busy += 1
         began = time.monotonic()
         try:
@@ -273,7 +276,7 @@ class Consumer:
         return after_fault(
             attempts,
             exc,
-            stage=self.kind,
+            stage=self.stage,
             max_attempts=s.max_attempts,
             base_s=s.retry_base_s,
             cap_s=s.retry_cap_s,
@@ -293,7 +296,8 @@ class Consumer:
         except RedisError as exc:
             self.log.warning("job.log_lost", error=str(exc))
         terminal = outcome.status in TERMINAL
-        fields: dict[str, Any] = dict(outcome.fields)
+        fields: dict[str, Any] = outcome.record_fields()
+        refund = {self.stage.attempts_field: -1} if outcome.refund_attempt else None
         due = None if outcome.delay_s is None else now_ms(self.clock) + int(outcome.delay_s * 1000)
         deadline = time.monotonic() + FINISH_DEADLINE_S
         pause = 0.1
@@ -305,6 +309,7 @@ class Consumer:
                     ack=self.active_key,
                     push=outcome.push,
                     delay_until_ms=due,
+                    incr=refund,
                     fetch=terminal and self.on_end is not None,
                     **fields,
                 )
@@ -380,7 +385,7 @@ class Consumer:
                 self.store,
                 job_id,
                 active=self.active_key,
-                source=self.source,
+                stage=self.stage,
                 reason="claimed but not running in its worker",
             ):
                 self.log.warning("consumer.orphan_requeued", job_id=job_id)

@@ -16,6 +16,7 @@ import anyio
 from redis.asyncio import Redis
 
 from shared.engine.jobs import Clock, now_ms
+from shared.engine.replies import PERMIT, PermitReply
 from shared.redis.keys import Keys
 from shared.redis.scripts import Scripts
 
@@ -115,10 +116,10 @@ class FleetGate:
 
     async def _acquire(self, slot: str, limit: int) -> bool:
         now = now_ms(self.clock)
-        ok = await self.scripts.permit(
+        reply = await self.scripts.permit(
             keys=[self.keys.permits], args=[slot, now, now + self.permit_ttl_ms, limit]
         )
-        if int(ok):
+        if PERMIT(reply) is PermitReply.GRANTED:
             self.held.add(slot)
             return True
         self.held.discard(slot)

@@ -5,18 +5,34 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel
 from redis.asyncio import Redis
 
 from shared.core.settings import Settings
+from shared.engine.replies import (
+    CANCEL,
+    CLAIM,
+    REVIVE,
+    SUBMIT,
+    TRANSITION,
+    Cancellation,
+    Claimed,
+    Moved,
+    Revival,
+    Submitted,
+    Transition,
+)
 from shared.redis.keys import Keys
+from shared.redis.replies import ReplyTable
 from shared.redis.scripts import Scripts
+
+if TYPE_CHECKING:
+    from shared.engine.stages import Stage
 
 Clock = Callable[[], float]
 
@@ -143,37 +159,13 @@ class JobRecord(BaseModel):
         return self.status in TERMINAL
 
 
-@dataclass(frozen=True, slots=True)
-class Transition:
-    """What a transition did; unpacks as ``(changed, record)``."""
-
-    code: int  # 1 changed, 0 job already ended, 2 not where expected, -1 unknown job
-    status: str | None = None
-    record: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def changed(self) -> bool:
-        return self.code == 1
-
-    def __iter__(self) -> Iterator[Any]:
-        record = self.record if self.changed else ({"status": self.status} if self.status else {})
-        return iter((self.changed, record))
-
-
-@dataclass(frozen=True, slots=True)
-class Claimed:
-    """A job claimed and started by :meth:`JobStore.claim`."""
-
-    job_id: str
-    started: Transition
-
-
-def _decode_transition(result: Any) -> Transition:
-    code = int(result[0])
-    if code == 1:
-        payload = _text(result[1]) if len(result) > 1 else ""
-        return Transition(1, record=json.loads(payload) if payload else {})
-    return Transition(code, _text(result[1]) if len(result) > 1 else None)
+def _decode_transition(result: Any, table: ReplyTable[Moved] = TRANSITION) -> Transition:
+    """A ``transition()`` reply (``_transition.lua``) as a :class:`Transition`."""
+    reply: Moved = table(result[0])
+    detail = _text(result[1]) if len(result) > 1 else None
+    if reply is Moved.CHANGED:
+        return Transition(reply, record=json.loads(detail) if detail else {})
+    return Transition(reply, detail)
 
 
 class JobStore:
@@ -198,7 +190,7 @@ class JobStore:
         ref: str | None,
         root_dir: str | None,
         build: Mapping[str, Any] | None,
-    ) -> tuple[int, str | int]:
+    ) -> tuple[Submitted, str]:
         fields: list[str] = ["service", service, "repo_url", redact_url(repo_url)]
         if ref:
             fields += ["ref", ref]
@@ -224,7 +216,8 @@ class JobStore:
                 *fields,
             ],
         )
-        return int(result[0]), (int(result[1]) if int(result[0]) else _text(result[1]))
+        # CREATED carries the new job's seq, REPEATED the first job's id.
+        return SUBMIT(result[0]), _text(result[1])
 
     async def submit(
         self,
@@ -270,10 +263,17 @@ class JobStore:
             root_dir=root_dir,
             build=build,
         )
-        return (job_id, True) if created else (str(value), False)
+        return (job_id, True) if created is Submitted.CREATED else (value, False)
 
     def _args(
-        self, job_id: str, status: Status, flags: str, score: int, fields: Mapping[str, Any]
+        self,
+        job_id: str,
+        status: Status,
+        flags: str,
+        score: int,
+        fields: Mapping[str, Any],
+        *,
+        incr: Mapping[str, int] | None = None,
     ) -> list[str | int]:
         args: list[str | int] = [
             job_id,
@@ -288,6 +288,8 @@ class JobStore:
         for name, value in fields.items():
             if value is not None:
                 args += [name, str(value)]
+        for name, by in (incr or {}).items():
+            args += [f"+{name}", by]  # the script's HINCRBY syntax
         return args
 
     async def transition(
@@ -302,6 +304,7 @@ class JobStore:
         head: bool = False,
         delay_until_ms: int | None = None,
         attempt: bool = False,
+        incr: Mapping[str, int] | None = None,
         fetch: bool = False,
         **fields: str | int | None,
     ) -> Transition:
@@ -312,8 +315,8 @@ class JobStore:
         - putting it on ``push`` (the tail, or the head with ``head``) or on
           ``{ns}:delayed`` due at ``delay_until_ms``.
 
-        Fields named ``+name`` are incremented; ``attempt`` is ``+attempts=1``.
-        Ended jobs never change again.
+        ``fields`` are set, ``incr`` fields are incremented by their value (``attempt``
+        adds 1 to ``attempts``). Ended jobs never change again.
         """
         k = self.keys
         keys = [k.job(job_id), k.events, k.logs(job_id), k.build(job_id)]
@@ -328,14 +331,20 @@ class JobStore:
             flags += "d" if delay_until_ms is not None else ("h" if head else "p")
         elif source is not None:
             keys.append(source)
-        values: dict[str, Any] = dict(fields)
+        increments = dict(incr or {})
         if attempt:
-            values["+attempts"] = 1
-        args = self._args(job_id, status, flags, delay_until_ms or 0, values)
+            increments["attempts"] = increments.get("attempts", 0) + 1
+        args = self._args(job_id, status, flags, delay_until_ms or 0, fields, incr=increments)
         return _decode_transition(await self.scripts.transition(keys=keys, args=args))
 
     async def claim(
-        self, source: str, active: str, status: Status, **fields: str | int | None
+        self,
+        source: str,
+        active: str,
+        status: Status,
+        *,
+        incr: Mapping[str, int] | None = None,
+        **fields: str | int | None,
     ) -> Claimed | None:
         """Move the oldest id of ``source`` into ``active`` and start it, in one call.
 
@@ -343,13 +352,14 @@ class JobStore:
         that has ended or vanished is dropped from ``active`` by the same call.
         """
         k = self.keys
-        args = [k.job(""), k.logs(""), k.build(""), *self._args("", status, "rx", 0, fields)[1:]]
+        started = self._args("", status, "rx", 0, fields, incr=incr)[1:]
+        args = [k.job(""), k.logs(""), k.build(""), *started]
         result = await self.scripts.claim(keys=[source, active, k.events], args=args)
         if not result:
             return None
-        return Claimed(_text(result[0]), _decode_transition(result[1]))
+        return Claimed(_text(result[0]), _decode_transition(result[1], CLAIM))
 
-    async def cancel(self, job_id: str, reason: str) -> Transition:
+    async def cancel(self, job_id: str, reason: str) -> Cancellation:
         """End a job as cancelled wherever it is; running workers are notified."""
         k = self.keys
         result = await self.scripts.cancel(
@@ -371,17 +381,22 @@ class JobStore:
                 reason,
             ],
         )
-        return Transition(int(result[0]), _text(result[1]) if len(result) > 1 else None)
+        return Cancellation(CANCEL(result[0]), _text(result[1]) if len(result) > 1 else None)
 
-    async def revive(self, job_id: str, status: Status) -> Transition:
-        """Put a failed/cancelled/dead job back at ``status``'s queue (ingest or build)."""
+    async def revive(self, job_id: str, stage: Stage) -> Revival:
+        """Put a failed/cancelled/dead job back in ``stage``'s list, at its resume status."""
         k = self.keys
-        destination = k.ingest if status is Status.ACCEPTED else k.queue
+        destination = stage.source(k)
         result = await self.scripts.revive(
             keys=[k.job(job_id), k.events, k.logs(job_id), k.dead, destination, k.build(job_id)],
-            args=[job_id, now_ms(self.clock), self.settings.events_max_entries, status.value],
+            args=[
+                job_id,
+                now_ms(self.clock),
+                self.settings.events_max_entries,
+                stage.resume_status.value,
+            ],
         )
-        return Transition(int(result[0]), _text(result[1]) if len(result) > 1 else None)
+        return Revival(REVIVE(result[0]), _text(result[1]) if len(result) > 1 else None)
 
     async def build_override(self, job_id: str) -> dict[str, Any] | None:
         """The job's build override as submitted (with its command and env values),

@@ -10,6 +10,7 @@ from redis.exceptions import RedisError
 from shared.core.errors import TransientError
 from shared.engine.jobs import Status
 from shared.engine.retry import backoff_s
+from shared.engine.stages import Stage
 
 TRANSIENT = (TransientError, RedisError, OSError)
 
@@ -42,20 +43,35 @@ class Outcome:
     fields: Mapping[str, str] = field(default_factory=dict)
     push: str | None = None
     delay_s: float | None = None
+    resume: Stage | None = None
+    """Delayed: the stage whose list the job goes back to when it is due."""
+    refund_attempt: bool = False
+    """The run does not count as an attempt of its stage (it only waited)."""
+    dead: bool = False
+    """Given up: the record is marked dead-lettered."""
+
+    def record_fields(self) -> dict[str, str]:
+        """The record fields to set: ``fields`` and what ``resume`` and ``dead`` store."""
+        out = dict(self.fields)
+        if self.resume is not None:
+            out["retry_stage"] = self.resume.name
+        if self.dead:
+            out["dead"] = "1"
+        return out
 
 
 def dead_letter(attempts: int, error: str, *, max_attempts: int, dead_list: str) -> Outcome:
     """Give up: the job fails and its id goes to the dead-letter list."""
     tried = min(attempts, max_attempts)
     message = f"gave up after {tried} attempt{'s' if tried != 1 else ''}: {error}"
-    return Outcome(Status.FAILED, {"error": message, "dead": "1"}, push=dead_list)
+    return Outcome(Status.FAILED, {"error": message}, push=dead_list, dead=True)
 
 
 def after_fault(
     attempts: int,
     exc: BaseException,
     *,
-    stage: str,
+    stage: Stage,
     max_attempts: int,
     base_s: float,
     cap_s: float,
@@ -66,4 +82,4 @@ def after_fault(
     if attempts >= max_attempts:
         return dead_letter(attempts, error, max_attempts=max_attempts, dead_list=dead_list)
     delay = backoff_s(attempts, base_s=base_s, cap_s=cap_s)
-    return Outcome(Status.RETRYING, {"error": error, "retry_stage": stage}, delay_s=delay)
+    return Outcome(Status.RETRYING, {"error": error}, delay_s=delay, resume=stage)

@@ -9,28 +9,23 @@ from typing import Any
 import structlog
 from redis.asyncio import Redis
 
-from shared.engine.jobs import JobStore, Status, now_ms
-from shared.redis.keys import Keys
+from shared.engine.jobs import JobStore, now_ms
+from shared.engine.stages import Stage
 
 log = structlog.get_logger("recovery")
 
 
-def requeue_status(keys: Keys, source: str) -> Status:
-    """The status a job resumes at when it goes back onto ``source``."""
-    return Status.ACCEPTED if source == keys.ingest else Status.QUEUED
-
-
 async def requeue(
-    store: JobStore, job_id: str, *, active: str, source: str, reason: str, strict: bool = True
+    store: JobStore, job_id: str, *, active: str, stage: Stage, reason: str, strict: bool = True
 ) -> bool:
-    """Move ``job_id`` from ``active`` back to the head of ``source`` and say why in its
-    log; with ``strict`` only if it is still in ``active``. True if it moved."""
+    """Move ``job_id`` from ``active`` back to the head of ``stage``'s list and say why
+    in its log; with ``strict`` only if it is still in ``active``. True if it moved."""
     result = await store.transition(
         job_id,
-        requeue_status(store.keys, source),
+        stage.resume_status,
         ack=active,
         strict=strict,
-        push=source,
+        push=stage.source(store.keys),
         head=True,
     )
     if result.changed:
@@ -40,12 +35,12 @@ async def requeue(
     return result.changed
 
 
-async def requeue_all(store: JobStore, *, active: str, source: str, reason: str) -> list[str]:
+async def requeue_all(store: JobStore, *, active: str, stage: Stage, reason: str) -> list[str]:
     """Requeue every id in ``active``, keeping their order (oldest claimed runs next)."""
     moved = []
     ids: Any = await store.redis.lrange(active, 0, -1)
     for job_id in ids:  # newest first: each RPUSH puts the next-older one nearer the head
-        if await requeue(store, job_id, active=active, source=source, reason=reason):
+        if await requeue(store, job_id, active=active, stage=stage, reason=reason):
             moved.append(job_id)
     return moved
 
@@ -65,11 +60,11 @@ async def recover_stale_workers(
     stale: Any = await redis.zrangebyscore(keys.workers, "-inf", cutoff)
     recovered: list[tuple[str, str]] = []
     for worker_id in stale:
-        source = await redis.hget(keys.worker(worker_id), "queue")
-        source = keys.ingest if source == keys.ingest else keys.queue
+        source: Any = await redis.hget(keys.worker(worker_id), "queue")
+        stage = Stage.of_source(keys, source)
         active = keys.active(worker_id)
         for job_id in await requeue_all(
-            store, active=active, source=source, reason=f"worker {worker_id} stopped heartbeating"
+            store, active=active, stage=stage, reason=f"worker {worker_id} stopped heartbeating"
         ):
             recovered.append((worker_id, job_id))
             log.warning("recovery.requeued", worker=worker_id, job_id=job_id)

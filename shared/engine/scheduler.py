@@ -6,18 +6,11 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from shared.engine.jobs import JobStore, Status, now_ms
+from shared.engine.jobs import JobStore, now_ms
+from shared.engine.stages import Stage
 from shared.redis.keys import Keys
 
 BATCH = 100
-STAGE_INGEST = "ingest"
-
-
-def stage_target(keys: Keys, stage: str | None) -> tuple[str, Status]:
-    """The list and status a job of ``stage`` resumes at."""
-    if stage == STAGE_INGEST:
-        return keys.ingest, Status.ACCEPTED
-    return keys.queue, Status.QUEUED
 
 
 async def promote_due(redis: Redis, keys: Keys, store: JobStore) -> tuple[int, int | None]:
@@ -27,9 +20,11 @@ async def promote_due(redis: Redis, keys: Keys, store: JobStore) -> tuple[int, i
     due: Any = await redis.zrangebyscore(keys.delayed, "-inf", now, start=0, num=BATCH)
     moved = 0
     for job_id in due:
-        stage: Any = await redis.hget(keys.job(job_id), "retry_stage")
-        target, status = stage_target(keys, stage)
-        result = await store.transition(job_id, status, from_delayed=True, push=target)
+        stored: Any = await redis.hget(keys.job(job_id), "retry_stage")
+        stage = Stage.named(stored)
+        result = await store.transition(
+            job_id, stage.resume_status, from_delayed=True, push=stage.source(keys)
+        )
         moved += result.changed
     head: Any = await redis.zrange(keys.delayed, 0, 0, withscores=True)
     return moved, int(head[0][1]) if head else None

@@ -19,6 +19,7 @@ from shared.engine.consumer import Consumer
 from shared.engine.jobs import JobRecord, JobStore, Status, new_job_id
 from shared.engine.logs import LogWriter
 from shared.engine.outcome import Outcome
+from shared.engine.stages import BUILD
 from shared.engine.workers import new_worker_id
 from shared.redis.client import make_redis
 from shared.redis.keys import Keys
@@ -159,14 +160,11 @@ class Buildq(System):
             self.worker_redis,
             self.keys,
             self.settings,
-            source=self.keys.queue,
-            kind="deployer",
+            stage=BUILD,
             worker_id=worker_id,
             slots=self.concurrency,
             handler=handler,
             blocking_redis=lambda: make_redis(self.settings, blocking=True),
-            start_status=Status.BUILDING,
-            attempts_field="attempts",
         )
         self.stopping = anyio.Event()
         self.task = asyncio.create_task(consumer.run(self.stopping))

@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from shared.engine.stages import BUILD
 from shared.redis.keys import Keys
 from tests.integration.faults import FAST, redis_client, wait_all_ended
 from tests.integration.helpers import Stack, make_repo
@@ -82,7 +83,11 @@ def test_max_concurrency_is_honoured_across_deployer_processes(
     spans = [(int(r["p:building:start"]), int(r["p:publishing:end"])) for r in records.values()]
     overlaps = [(a, b) for a, b in combinations(sorted(spans), 2) if b[0] < a[1]]
     assert not overlaps, f"builds overlapped under max_concurrency=1: {overlaps}"
-    assert len({r["worker"] for r in records.values()}) >= 1
+    # The cap held while two deployer processes competed, and only they built.
+    registered = client.zrange(keys.workers, 0, -1)
+    deployers = {w for w in registered if client.hget(keys.worker(w), "kind") == BUILD.name}
+    assert len(deployers) == 2, registered
+    assert {r["worker"] for r in records.values()} <= deployers
     lifted = httpx.put(f"{fast_stack.url}/fleet", json={"max_concurrency": None}).json()
     assert lifted["max_concurrency"] is None
     assert httpx.put(f"{fast_stack.url}/fleet", json={"max_concurrency": 0}).status_code == 422

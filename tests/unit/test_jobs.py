@@ -18,6 +18,8 @@ from shared.engine.jobs import (
     new_job_id,
     redact_url,
 )
+from shared.engine.replies import Moved
+from shared.engine.stages import BUILD
 from shared.redis.keys import Keys
 
 if TYPE_CHECKING:
@@ -203,7 +205,7 @@ async def test_the_private_build_of_a_failed_job_expires_with_it_and_revives_wit
         await store.cancel(JOB, "cancelled by test")
     assert 0 < await redis.ttl(keys.build(JOB)) <= await redis.ttl(keys.job(JOB))
 
-    revived = await store.revive(JOB, Status.QUEUED)
+    revived = await store.revive(JOB, BUILD)
 
     assert revived.changed
     assert await redis.ttl(keys.build(JOB)) == -1
@@ -308,13 +310,13 @@ async def test_transition_sets_status_timestamps_and_phase_boundaries(
 async def test_transition_without_fetch_returns_an_empty_record(store: JobStore) -> None:
     await submit(store)
 
-    assert await store.transition(JOB, Status.CLONING) == Transition(1)
+    assert await store.transition(JOB, Status.CLONING) == Transition(Moved.CHANGED)
 
 
 async def test_transition_of_an_unknown_job_changes_nothing(
     store: JobStore, redis: fakeredis.FakeAsyncRedis, keys: Keys
 ) -> None:
-    assert await store.transition(JOB, Status.BUILDING) == Transition(-1)
+    assert await store.transition(JOB, Status.BUILDING) == Transition(Moved.UNKNOWN)
     assert await redis.exists(keys.job(JOB)) == 0
     assert await events(redis, keys) == []
 
@@ -325,7 +327,9 @@ async def test_transition_of_an_unknown_job_still_acks_it(
     """An expired job must not stay stuck in an active list forever."""
     await redis.lpush(keys.active("w1"), JOB)
 
-    assert await store.transition(JOB, Status.FAILED, ack=keys.active("w1")) == Transition(-1)
+    assert await store.transition(JOB, Status.FAILED, ack=keys.active("w1")) == Transition(
+        Moved.UNKNOWN
+    )
     assert await redis.llen(keys.active("w1")) == 0
 
 
@@ -445,7 +449,7 @@ async def test_an_ended_job_never_changes_again(
         result = await store.transition(
             JOB, status, push=keys.queue, attempt=True, fetch=True, error="late"
         )
-        assert result == Transition(0, end.value)
+        assert result == Transition(Moved.ENDED, end.value)
         assert tuple(result) == (False, {"status": end.value})
 
     assert await store.get_raw(JOB) == before
@@ -462,7 +466,7 @@ async def test_transition_of_an_ended_job_still_acks_it(
 
     result = await store.transition(JOB, Status.FAILED, ack=keys.active("w1"))
 
-    assert result == Transition(0, "cancelled")
+    assert result == Transition(Moved.ENDED, "cancelled")
     assert await redis.llen(keys.active("w1")) == 0
 
 

@@ -11,6 +11,7 @@ from shared.core.errors import StorageError, ValidationError
 from shared.engine.jobs import Status
 from shared.engine.outcome import after_fault, dead_letter, transient_cause
 from shared.engine.retry import backoff_s, is_transient_git_error
+from shared.engine.stages import BUILD
 
 
 def test_transient_errors_are_their_own_cause() -> None:
@@ -38,7 +39,7 @@ def test_anything_else_is_not_retried(exc: Exception) -> None:
 
 def test_after_fault_backs_off_then_dead_letters() -> None:
     kwargs = {
-        "stage": "deployer",
+        "stage": BUILD,
         "max_attempts": 3,
         "base_s": 1.0,
         "cap_s": 60.0,
@@ -46,13 +47,16 @@ def test_after_fault_backs_off_then_dead_letters() -> None:
     }
     first = after_fault(1, StorageError("S3 unreachable"), **kwargs)  # type: ignore[arg-type]
     assert first.status is Status.RETRYING
-    assert first.fields == {"error": "S3 unreachable", "retry_stage": "deployer"}
+    assert first.record_fields() == {"error": "S3 unreachable", "retry_stage": "deployer"}
     assert first.delay_s is not None
     assert 0.5 <= first.delay_s <= 1.0
     last = after_fault(3, RedisConnectionError("down"), **kwargs)  # type: ignore[arg-type]
     assert last.status is Status.FAILED
     assert last.push == "{t}:dead"
-    assert last.fields == {"error": "gave up after 3 attempts: ConnectionError: down", "dead": "1"}
+    assert last.record_fields() == {
+        "error": "gave up after 3 attempts: ConnectionError: down",
+        "dead": "1",
+    }
 
 
 def test_a_job_whose_worker_kept_dying_counts_only_real_attempts() -> None:

@@ -1,0 +1,458 @@
+"""shared/engine/consumer.py on fakeredis with Lua: the run loop claims, runs the
+handler and moves the job on. Each test drives the loop for as many jobs as it
+needs and stops it from inside the handler (or after an event the handler set);
+nothing waits on wall-clock time, and the FakeClock decides every due time."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import fakeredis
+import pytest
+
+from shared.core.errors import TransientError
+from shared.core.settings import Settings, load_settings
+from shared.engine.consumer import Consumer
+from shared.engine.jobs import JobRecord, JobStore, Status
+from shared.engine.logs import LogWriter, read_log
+from shared.engine.outcome import Outcome
+from shared.engine.scheduler import promote_due
+from shared.engine.stages import INGEST
+from shared.redis.keys import Keys
+
+if TYPE_CHECKING:
+    from conftest import FakeClock
+
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(30)]
+
+WORKER = "ingest-unit-1"
+Handler = Callable[[JobRecord, LogWriter], Awaitable[Outcome]]
+
+
+def fast_settings(**extra: str) -> Settings:
+    return load_settings({"BUILDQ_MAX_ATTEMPTS": "3", "BUILDQ_RETRY_BASE_S": "1", **extra})
+
+
+# The one place that knows how a consumer of the ingest stage is constructed.
+def make_consumer(
+    redis: fakeredis.FakeAsyncRedis,
+    keys: Keys,
+    settings: Settings,
+    clock: FakeClock,
+    handler: Handler,
+    *,
+    worker_id: str = WORKER,
+    slots: int = 1,
+    on_end: Callable[[dict[str, str]], Awaitable[None]] | None = None,
+) -> Consumer:
+    server = redis.connection_pool.connection_kwargs["server"]
+    return Consumer(
+        redis,
+        keys,
+        settings,
+        stage=INGEST,
+        worker_id=worker_id,
+        slots=slots,
+        handler=handler,
+        blocking_redis=lambda: fakeredis.FakeAsyncRedis(server=server, decode_responses=True),
+        on_end=on_end,
+        clock=clock,
+    )
+
+
+async def submit(store: JobStore, job_id: str) -> None:
+    await store.submit(job_id, service="site", repo_url="https://h/org/site")
+
+
+async def next_ids(redis: fakeredis.FakeAsyncRedis, key: str) -> list[str]:
+    """The ids of a list in the order they will be claimed (the head first)."""
+    return list(reversed(await redis.lrange(key, 0, -1)))
+
+
+async def run_until_stopped(consumer: Consumer, stopping: anyio.Event) -> None:
+    """Run the consumer's loop until the test (or its handler) sets ``stopping``."""
+    with anyio.fail_after(20):
+        await consumer.run(stopping)
+
+
+async def test_claims_jobs_in_submission_order_and_runs_the_handler(
+    redis: fakeredis.FakeAsyncRedis, keys: Keys, store: JobStore, clock: FakeClock
+) -> None:
+    for job_id in ("job-a", "job-b", "job-c"):
+        await submit(store, job_id)
+    seen: list[tuple[str, Status]] = []
+    stopping = anyio.Event()
+
+    async def handler(record: JobRecord, writer: LogWriter) -> Outcome:
+        seen.append((record.id, record.status))
+        if len(seen) == 3:
+            stopping.set()
+        return Outcome(Status.LIVE)
+
+    consumer = make_consumer(redis, keys, fast_settings(), clock, handler)
+    await run_until_stopped(consumer, stopping)
+
+    assert seen == [("job-a", Status.CLONING), ("job-b", Status.CLONING), ("job-c", Status.CLONING)]
+
+
+async def test_a_successful_job_is_acked_and_recorded_with_its_fields(
+    redis: fakeredis.FakeAsyncRedis, keys: Keys, store: JobStore, clock: FakeClock
+) -> None:
+    await submit(store, "job-a")
+    stopping = anyio.Event()
+    ended: list[dict[str, str]] = []
+
+    async def handler(record: JobRecord, writer: LogWriter) -> Outcome:
+        stopping.set()
+        return Outcome(Status.LIVE, {"url": "http://site.localhost"})
+
+    async def on_end(raw: dict[str, str]) -> None:
+        ended.append(raw)
+
+    consumer = make_consumer(redis, keys, fast_settings(), clock, handler, on_end=on_end)
+    await run_until_stopped(consumer, stopping)
+
+    record = await store.get("job-a")
+    assert record is not None
+    assert record.status is Status.LIVE
+    assert record.url == "http://site.localhost"
+    assert record.worker == WORKER
+    assert record.ingest_attempts == 1
+    assert await redis.llen(keys.active(WORKER)) == 0
+    assert await redis.llen(keys.ingest) == 0
+    assert [raw["status"] for raw in ended] == ["live"]
+
+
+async def test_an_outcome_with_a_push_hands_the_job_to_the_next_list(
+    redis: fakeredis.FakeAsyncRedis, keys: Keys, store: JobStore, clock: FakeClock
+) -> None:
+    await submit(store, "job-a")
+    stopping = anyio.Event()
+
+    async def handler(record: JobRecord, writer: LogWriter) -> Outcome:
+        stopping.set()
+        return Outcome(Status.QUEUED, {"commit": "abc123"}, push=keys.queue)
+
+    await run_until_stopped(make_consumer(redis, keys, fast_settings(), clock, handler), stopping)
+
+    record = await store.get("job-a")
+    assert record is not None
+    assert (record.status, record.commit) == (Status.QUEUED, "abc123")
+    assert await next_ids(redis, keys.queue) == ["job-a"]
+    assert await redis.llen(keys.active(WORKER)) == 0
+
+
+async def test_a_transient_error_retries_later_through_delayed_with_backoff(
+    redis: fakeredis.FakeAsyncRedis, keys: Keys, store: JobStore, clock: FakeClock
+) -> None:
+    await submit(store, "job-a")
+    stopping = anyio.Event()
+
+    async def handler(record: JobRecord, writer: LogWriter) -> Outcome:
+        stopping.set()
+        raise TransientError("the remote end hung up")
+
+    await run_until_stopped(make_consumer(redis, keys, fast_settings(), clock, handler), stopping)
+
+    record = await store.get("job-a")
+    assert record is not None
+    assert record.status is Status.RETRYING
+    assert record.error == "the remote end hung up"
+    assert record.retry_stage == "ingest"
+    assert record.ended_at is None
+    due = await redis.zscore(keys.delayed, "job-a")
+    now = int(clock() * 1000)
+    # First retry: base 1 s with equal jitter, so due between 0.5 s and 1 s from now.
+    assert due is not None
+    assert now + 500 <= due <= now + 1000
+    assert await redis.llen(keys.ingest) == 0
+    assert await redis.llen(keys.active(WORKER)) == 0
+    lines = [e.text for e in await read_log(redis, keys, "job-a")]
+    assert any("retrying in" in line for line in lines)
+
+
+async def test_a_permanent_error_fails_the_job_without_a_retry(
+    redis: fakeredis.FakeAsyncRedis, keys: Keys, store: JobStore, clock: FakeClock
+) -> None:
+    await submit(store, "job-a")
+    stopping = anyio.Event()
+    calls = 0
+
+    async def handler(record: JobRecord, writer: LogWriter) -> Outcome:
+        nonlocal calls
+        calls += 1
+        stopping.set()
+        raise KeyError("a bug in the handler")
+
+    await run_until_stopped(make_consumer(redis, keys, fast_settings(), clock, handler), stopping)
+
+    record = await store.get("job-a")
+    assert record is not None
+    assert record.status is Status.FAILED
+    assert record.error == "internal error: KeyError"
+    assert record.dead is False
+    assert calls == 1
+    assert await redis.zcard(keys.delayed) == 0
+    assert await redis.llen(keys.dead) == 0
+    assert await redis.llen(keys.active(WORKER)) == 0
+
+
+async def test_a_failed_outcome_from_the_handler_ends_the_job(
+    redis: fakeredis.FakeAsyncRedis, keys: Keys, store: JobStore, clock: FakeClock
+) -> None:
+    await submit(store, "job-a")
+    stopping = anyio.Event()
+
+    async def handler(record: JobRecord, writer: LogWriter) -> Outcome:
+        stopping.set()
+        return Outcome(Status.FAILED, {"error": "repository not found"})
+
+    await run_until_stopped(make_consumer(redis, keys, fast_settings(), clock, handler), stopping)
+
+    record = await store.get("job-a")
+    assert record is not None
+    assert (record.status, record.error) == (Status.FAILED, "repository not found")
+    lines = [e.text for e in await read_log(redis, keys, "job-a")]
+    assert "buildq: deployment failed: repository not found" in lines
+
+
+async def test_a_job_that_keeps_failing_transiently_is_dead_lettered_after_max_attempts(
+    redis: fakeredis.FakeAsyncRedis, keys: Keys, store: JobStore, clock: FakeClock
+) -> None:
+    settings = fast_settings(BUILDQ_MAX_ATTEMPTS="2")
+    await submit(store, "job-a")
+    attempts: list[int] = []
+
+    async def attempt() -> None:
+        stopping = anyio.Event()
+
+        async def handler(record: JobRecord, writer: LogWriter) -> Outcome:
+            attempts.append(record.ingest_attempts)
+            stopping.set()
+            raise TransientError("connection reset")
+
+        await run_until_stopped(make_consumer(redis, keys, settings, clock, handler), stopping)
+
+    await attempt()
+    clock.advance(settings.retry_cap_s)  # past any backoff
+    assert await promote_due(redis, keys, store) == (1, None)
+    await attempt()
+
+    record = await store.get("job-a")
+    assert record is not None
+    assert attempts == [1, 2]
+    assert record.status is Status.FAILED
+    assert record.dead is True
+    assert record.error == "gave up after 2 attempts: connection reset"
+    assert await redis.lrange(keys.dead, 0, -1) == ["job-a"]
+    assert await redis.zcard(keys.delayed) == 0
+
+
+async def test_a_job_whose_worker_died_on_its_last_attempt_is_dead_lettered_unrun(
+    redis: fakeredis.FakeAsyncRedis, keys: Keys, store: JobStore, clock: FakeClock
+) -> None:
+    settings = fast_settings(BUILDQ_MAX_ATTEMPTS="1")
+    await submit(store, "job-a")
+    stopping = anyio.Event()
+
+    async def hang(record: JobRecord, writer: LogWriter) -> Outcome:
+        stopping.set()
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    # A first worker starts the job and is stopped without grace: the job goes back.
+    first = make_consumer(
+        redis,
+        keys,
+        load_settings({"BUILDQ_MAX_ATTEMPTS": "1", "BUILDQ_GRACE_PERIOD_S": "0"}),
+        clock,
+        hang,
+        worker_id="ingest-unit-0",
+    )
+    await run_until_stopped(first, stopping)
+    assert await next_ids(redis, keys.ingest) == ["job-a"]
+
+    stopping = anyio.Event()
+    ran: list[str] = []
+
+    async def never(record: JobRecord, writer: LogWriter) -> Outcome:
+        ran.append(record.id)
+        return Outcome(Status.LIVE)
+
+    async def on_end(raw: dict[str, str]) -> None:
+        stopping.set()
+
+    await run_until_stopped(
+        make_consumer(redis, keys, settings, clock, never, on_end=on_end), stopping
+    )
+
+    record = await store.get("job-a")
+    assert record is not None
+    assert ran == []
+    assert (record.status, record.dead, record.ingest_attempts) == (Status.FAILED, True, 2)
+    assert record.error is not None
+    assert record.error.startswith("gave up after 1 attempt: ")
+    assert await redis.lrange(keys.dead, 0, -1) == ["job-a"]
+
+
+async def test_stopping_lets_a_running_job_finish_and_claims_nothing_more(
+    redis: fakeredis.FakeAsyncRedis, keys: Keys, store: JobStore, clock: FakeClock
+) -> None:
+    await submit(store, "job-a")
+    await submit(store, "job-b")
+    started, release, stopping = anyio.Event(), anyio.Event(), anyio.Event()
+    seen: list[str] = []
+
+    async def handler(record: JobRecord, writer: LogWriter) -> Outcome:
+        seen.append(record.id)
+        started.set()
+        await release.wait()
+        return Outcome(Status.LIVE)
+
+    consumer = make_consumer(redis, keys, fast_settings(), clock, handler)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run_until_stopped, consumer, stopping)
+        await started.wait()
+        stopping.set()
+        release.set()
+
+    record = await store.get("job-a")
+    assert record is not None
+    assert record.status is Status.LIVE
+    assert seen == ["job-a"]
+    assert await next_ids(redis, keys.ingest) == ["job-b"]
+    assert await redis.llen(keys.active(WORKER)) == 0
+
+
+async def test_a_job_cut_off_by_shutdown_is_requeued_at_the_head_of_its_queue(
+    redis: fakeredis.FakeAsyncRedis, keys: Keys, store: JobStore, clock: FakeClock
+) -> None:
+    await submit(store, "job-a")
+    await submit(store, "job-b")
+    stopping = anyio.Event()
+
+    async def hang(record: JobRecord, writer: LogWriter) -> Outcome:
+        stopping.set()  # shutdown arrives while the job runs; no grace period
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    settings = fast_settings(BUILDQ_GRACE_PERIOD_S="0")
+    await run_until_stopped(make_consumer(redis, keys, settings, clock, hang), stopping)
+
+    record = await store.get("job-a")
+    assert record is not None
+    assert record.status is Status.ACCEPTED
+    assert record.ended_at is None
+    assert await next_ids(redis, keys.ingest) == ["job-a", "job-b"]
+    assert await redis.llen(keys.active(WORKER)) == 0
+    assert await redis.zscore(keys.workers, WORKER) is None
+    lines = [e.text for e in await read_log(redis, keys, "job-a")]
+    assert any(line.startswith("buildq: requeued: ") for line in lines)
+
+
+async def test_a_cancelled_running_job_is_stopped_and_leaves_the_active_list(
+    redis: fakeredis.FakeAsyncRedis, keys: Keys, store: JobStore, clock: FakeClock
+) -> None:
+    await submit(store, "job-a")
+    started, cut_off, stopping = anyio.Event(), anyio.Event(), anyio.Event()
+
+    async def hang(record: JobRecord, writer: LogWriter) -> Outcome:
+        started.set()
+        try:
+            await anyio.sleep_forever()
+        finally:
+            cut_off.set()
+        raise AssertionError("unreachable")
+
+    # A short heartbeat: the fallback that notices an ended job runs every beat, so
+    # the test does not depend on the pub/sub subscription being up in time.
+    settings = fast_settings(BUILDQ_HEARTBEAT_INTERVAL_S="0.05")
+    consumer = make_consumer(redis, keys, settings, clock, hang)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run_until_stopped, consumer, stopping)
+        await started.wait()
+        await store.cancel("job-a", "cancelled by a test")
+        with anyio.fail_after(10):
+            await cut_off.wait()
+        stopping.set()
+
+    record = await store.get("job-a")
+    assert record is not None
+    assert record.status is Status.CANCELLED
+    assert await redis.llen(keys.active(WORKER)) == 0
+    assert await redis.llen(keys.ingest) == 0
+
+
+async def test_a_job_cancelled_before_it_was_claimed_is_skipped(
+    redis: fakeredis.FakeAsyncRedis, keys: Keys, store: JobStore, clock: FakeClock
+) -> None:
+    await submit(store, "job-a")
+    await submit(store, "job-b")
+    await store.cancel("job-a", "changed my mind")
+    await redis.lpush(keys.ingest, "job-a")  # a stale copy, as a lost reply leaves one
+    stopping = anyio.Event()
+    seen: list[str] = []
+
+    async def handler(record: JobRecord, writer: LogWriter) -> Outcome:
+        seen.append(record.id)
+        stopping.set()
+        return Outcome(Status.LIVE)
+
+    await run_until_stopped(make_consumer(redis, keys, fast_settings(), clock, handler), stopping)
+
+    assert seen == ["job-b"]
+    record = await store.get("job-a")
+    assert record is not None
+    assert record.status is Status.CANCELLED
+    assert await redis.llen(keys.active(WORKER)) == 0
+
+
+async def test_the_worker_registers_while_running_and_unregisters_on_stop(
+    redis: fakeredis.FakeAsyncRedis, keys: Keys, store: JobStore, clock: FakeClock
+) -> None:
+    await submit(store, "job-a")
+    stopping = anyio.Event()
+    registered: list[Any] = []
+
+    async def handler(record: JobRecord, writer: LogWriter) -> Outcome:
+        registered.append(await redis.zscore(keys.workers, WORKER))
+        registered.append(await redis.hget(keys.worker(WORKER), "kind"))
+        stopping.set()
+        return Outcome(Status.LIVE)
+
+    await run_until_stopped(make_consumer(redis, keys, fast_settings(), clock, handler), stopping)
+
+    assert registered[0] is not None
+    assert registered[1] == "ingest"
+    assert await redis.zscore(keys.workers, WORKER) is None
+    assert not await redis.exists(keys.worker(WORKER))
+
+
+async def test_slots_run_jobs_concurrently(
+    redis: fakeredis.FakeAsyncRedis, keys: Keys, store: JobStore, clock: FakeClock
+) -> None:
+    await submit(store, "job-a")
+    await submit(store, "job-b")
+    both_running = anyio.Event()
+    stopping = anyio.Event()
+    running: set[str] = set()
+
+    async def handler(record: JobRecord, writer: LogWriter) -> Outcome:
+        running.add(record.id)
+        if len(running) == 2:
+            both_running.set()
+        await both_running.wait()  # only returns once the other slot runs a job too
+        stopping.set()
+        return Outcome(Status.LIVE)
+
+    await run_until_stopped(
+        make_consumer(redis, keys, fast_settings(), clock, handler, slots=2), stopping
+    )
+
+    assert running == {"job-a", "job-b"}
+    for job_id in running:
+        record = await store.get(job_id)
+        assert record is not None
+        assert record.status is Status.LIVE
