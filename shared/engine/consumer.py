@@ -1,7 +1,7 @@
-"""A pool of slots consuming one reliable queue: claim, run, retry, drain, recover.
+"""A pool of slots consuming one reliable queue: take, run, retry, drain, recover.
 
 Both stages use it: the uploader's ingest stage (``{ns}:ingest``) and the deployer
-(``{ns}:queue``). Each slot owns one connection: while the queue has work a claim is
+(``{ns}:queue``). Each slot owns one connection: while the queue has work a take is
 one Lua call that also starts the job; when it is empty the slot blocks in BLMOVE,
 which returns the moment an id is pushed. Nothing polls.
 
@@ -31,14 +31,14 @@ from shared.engine.outcome import Outcome, after_fault, dead_letter, transient_c
 from shared.engine.queue import Queue
 from shared.engine.recovery import recover_stale_workers, requeue, requeue_all
 from shared.engine.replies import Transition
-from shared.engine.scheduler import promote_due
+from shared.engine.scheduler import release_due
 from shared.engine.stages import Stage
 from shared.engine.workers import Registry
 from shared.redis.keys import Keys
 
 log = structlog.get_logger("consumer")
 
-CLAIM_TIMEOUT_S = 5.0
+TAKE_TIMEOUT_S = 5.0
 ERROR_BACKOFF_S = 1.0
 FINISH_DEADLINE_S = 120.0
 
@@ -48,7 +48,7 @@ EndHook = Callable[[dict[str, str]], Awaitable[None]]
 
 
 class Consumer:
-    """Runs ``handler`` for ids claimed from ``stage``'s list on ``slots`` slots."""
+    """Runs ``handler`` for ids taken from ``stage``'s list on ``slots`` slots."""
 
     def __init__(
         self,
@@ -90,8 +90,8 @@ class Consumer:
         )
         self.log = log.bind(stage=self.stage.name, worker=worker_id)
         self.busy = 0
-        self.held: set[str] = set()  # ids this process has claimed and not finished
-        self._claiming: set[anyio.CancelScope] = set()
+        self.held: set[str] = set()  # ids this process has taken and not finished
+        self._taking: set[anyio.CancelScope] = set()
         self._running: dict[str, anyio.CancelScope] = {}
         self._cancel_requested: set[str] = set()
         self._drained: anyio.Event | None = None
@@ -142,7 +142,7 @@ class Consumer:
 
     async def _stop_when(self, stopping: anyio.Event) -> None:
         await stopping.wait()
-        self._cancel_claims()
+        self._cancel_takes()
         self.gate.wake()
         if self._running:
             grace = self.settings.grace_period_s
@@ -153,8 +153,8 @@ class Consumer:
             for scope in list(self._running.values()):
                 scope.cancel()
 
-    def _cancel_claims(self) -> None:
-        for scope in list(self._claiming):
+    def _cancel_takes(self) -> None:
+        for scope in list(self._taking):
             scope.cancel()
 
     # -- slots --------------------------------------------------------------------
@@ -175,33 +175,33 @@ class Consumer:
                     self.log.warning("consumer.gate_failed", error=str(exc))
                     await anyio.sleep(ERROR_BACKOFF_S)
                     continue
-                claimed: tuple[str, Transition] | None = None
+                taken: tuple[str, Transition] | None = None
                 with anyio.CancelScope() as scope:
-                    self._claiming.add(scope)
+                    self._taking.add(scope)
                     try:
-                        claimed = await self._claim(store, queue)
+                        taken = await self._take(store, queue)
                     except RedisError as exc:
-                        self.log.warning("consumer.claim_failed", slot=index, error=str(exc))
+                        self.log.warning("consumer.take_failed", slot=index, error=str(exc))
                         await anyio.sleep(ERROR_BACKOFF_S)
                     finally:
-                        self._claiming.discard(scope)
-                if claimed is not None:
-                    await self._run_one(store, *claimed)
+                        self._taking.discard(scope)
+                if taken is not None:
+                    await self._run_one(store, *taken)
                     if self.gate.state.max_concurrency is not None:
                         await self.gate.release(slot)
         finally:
             with anyio.CancelScope(shield=True):
                 await conn.aclose()
 
-    async def _claim(self, store: JobStore, queue: Queue) -> tuple[str, Transition] | None:
+    async def _take(self, store: JobStore, queue: Queue) -> tuple[str, Transition] | None:
         status, attempt = self.stage.started_status, {self.stage.attempts_field: 1}
-        fast = await store.claim(
+        fast = await store.take(
             self.source, self.active_key, status, incr=attempt, worker=self.worker_id
         )
         if fast is not None:
             self.held.add(fast.job_id)
             return fast.job_id, fast.started
-        job_id = await queue.claim(CLAIM_TIMEOUT_S)
+        job_id = await queue.take(TAKE_TIMEOUT_S)
         if job_id is None:
             return None
         self.held.add(job_id)
@@ -346,7 +346,7 @@ class Consumer:
                 await self._beat()
                 self._healthy_beats += 1
                 if await self.gate.refresh():
-                    self._cancel_claims()
+                    self._cancel_takes()
                 await self._check_cancelled()
                 await self._check_orphans()
                 # Only a worker that has been connected for a while judges others
@@ -386,7 +386,7 @@ class Consumer:
                 job_id,
                 active=self.active_key,
                 stage=self.stage,
-                reason="claimed but not running in its worker",
+                reason="taken but not running in its worker",
             ):
                 self.log.warning("consumer.orphan_requeued", job_id=job_id)
         self._orphan_suspects = suspects
@@ -403,7 +403,7 @@ class Consumer:
         while True:
             wait_s = 1.0
             try:
-                _, next_due = await promote_due(self.redis, self.keys, self.store)
+                _, next_due = await release_due(self.redis, self.keys, self.store)
                 if next_due is not None:
                     wait_s = min(1.0, max(0.01, (next_due - now_ms(self.clock)) / 1000))
             except RedisError as exc:
@@ -416,6 +416,6 @@ class Consumer:
             self._cancel_job(str(notice.get("id")))
         elif kind == "fleet":
             if await self.gate.refresh():
-                self._cancel_claims()
+                self._cancel_takes()
         elif kind == "permit":
             self.gate.wake()

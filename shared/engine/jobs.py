@@ -16,9 +16,9 @@ from redis.asyncio import Redis
 from shared.core.settings import Settings
 from shared.engine.replies import (
     CANCEL,
-    CLAIM,
     REVIVE,
     SUBMIT,
+    TAKE,
     TRANSITION,
     Cancellation,
     Claimed,
@@ -337,7 +337,7 @@ class JobStore:
         args = self._args(job_id, status, flags, delay_until_ms or 0, fields, incr=increments)
         return _decode_transition(await self.scripts.transition(keys=keys, args=args))
 
-    async def claim(
+    async def take(
         self,
         source: str,
         active: str,
@@ -354,10 +354,10 @@ class JobStore:
         k = self.keys
         started = self._args("", status, "rx", 0, fields, incr=incr)[1:]
         args = [k.job(""), k.logs(""), k.build(""), *started]
-        result = await self.scripts.claim(keys=[source, active, k.events], args=args)
+        result = await self.scripts.take(keys=[source, active, k.events], args=args)
         if not result:
             return None
-        return Claimed(_text(result[0]), _decode_transition(result[1], CLAIM))
+        return Claimed(_text(result[0]), _decode_transition(result[1], TAKE))
 
     async def cancel(self, job_id: str, reason: str) -> Cancellation:
         """End a job as cancelled wherever it is; running workers are notified."""

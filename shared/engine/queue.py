@@ -1,9 +1,9 @@
 """The reliable FIFO queue: LPUSH in, BLMOVE RIGHT->LEFT into a worker's active list.
 
-A claimed id is never only in a client's memory: BLMOVE moves it atomically into
+A taken id is never only in a client's memory: BLMOVE moves it atomically into
 ``active:<worker>``, and it leaves that list only when the job's final transition
 acks it (LREM in the same Lua call). Producers push on the left, consumers take
-from the right, so the oldest id is always claimed first.
+from the right, so the oldest id is always taken first.
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ class Queue:
         self.active = active
 
     async def push(self, *job_ids: str) -> int:
-        """Append ids at the tail (they are claimed after everything already queued)."""
+        """Append ids at the tail (they are taken after everything already queued)."""
         return int(await self.redis.lpush(self.source, *job_ids))
 
-    async def claim(self, timeout_s: float) -> str | None:
+    async def take(self, timeout_s: float) -> str | None:
         """Block up to ``timeout_s`` for the oldest id; it moves into the active list."""
         # redis-py types the timeout as int, but the server takes fractional seconds.
         timeout: Any = timeout_s
@@ -42,7 +42,7 @@ class Queue:
         return int(await self.redis.llen(self.source))
 
     async def pending(self, limit: int = 100) -> list[str]:
-        """Up to ``limit`` waiting ids, oldest (next to be claimed) first."""
+        """Up to ``limit`` waiting ids, oldest (next to be taken) first."""
         ids = await self.redis.lrange(self.source, -limit, -1)
         return [i.decode() if isinstance(i, bytes) else str(i) for i in reversed(ids)]
 

@@ -24,7 +24,7 @@ class Submitted(StrEnum):
 
 
 class Moved(StrEnum):
-    """What a transition (``transition.lua``, ``claim.lua``) did."""
+    """What a transition (``transition.lua``, ``take.lua``) did."""
 
     CHANGED = "changed"
     ENDED = "ended"  # the job had already ended and never changes again
@@ -58,7 +58,7 @@ class PermitReply(StrEnum):
 SUBMIT = ReplyTable("submit", {1: Submitted.CREATED, 0: Submitted.REPEATED})
 _MOVES = {1: Moved.CHANGED, 0: Moved.ENDED, 2: Moved.NOT_THERE, -1: Moved.UNKNOWN}
 TRANSITION = ReplyTable("transition", _MOVES)
-CLAIM = ReplyTable("claim", _MOVES)  # its second element is a transition's reply
+TAKE = ReplyTable("take", _MOVES)  # its second element is a transition's reply
 CANCEL = ReplyTable(
     "cancel", {1: CancelReply.CANCELLED, 0: CancelReply.ENDED, -1: CancelReply.UNKNOWN}
 )
@@ -67,7 +67,7 @@ REVIVE = ReplyTable(
 )
 PERMIT = ReplyTable("permit", {1: PermitReply.GRANTED, 0: PermitReply.REFUSED})
 
-TABLES = (SUBMIT, TRANSITION, CLAIM, CANCEL, REVIVE, PERMIT)
+TABLES = (SUBMIT, TRANSITION, TAKE, CANCEL, REVIVE, PERMIT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +89,7 @@ class Transition:
 
 @dataclass(frozen=True, slots=True)
 class Claimed:
-    """A job claimed and started by ``JobStore.claim``."""
+    """A job claimed and started by ``JobStore.take``."""
 
     job_id: str
     started: Transition

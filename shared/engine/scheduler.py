@@ -13,7 +13,7 @@ from shared.redis.keys import Keys
 BATCH = 100
 
 
-async def promote_due(redis: Redis, keys: Keys, store: JobStore) -> tuple[int, int | None]:
+async def release_due(redis: Redis, keys: Keys, store: JobStore) -> tuple[int, int | None]:
     """Requeue every due job (each move is atomic and happens once however many
     schedulers race); returns (moved, next due time in ms or None)."""
     now = now_ms(store.clock)

@@ -1,7 +1,7 @@
 """The Lua scripts beside this module, registered once per Redis client.
 
 A line ``-- #include NAME`` splices in ``lua/NAME.lua``: the transition logic is
-written once and shared by ``transition.lua`` and ``claim.lua``.
+written once and shared by ``transition.lua`` and ``take.lua``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from importlib import resources
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
-SCRIPT_NAMES = ("submit", "transition", "claim", "promote", "cancel", "revive", "permit")
+SCRIPT_NAMES = ("submit", "transition", "take", "promote", "cancel", "revive", "permit")
 INCLUDE = "-- #include "
 
 
@@ -38,7 +38,7 @@ class Scripts:
     def __init__(self, redis: Redis) -> None:
         self.submit: AsyncScript = redis.register_script(source("submit"))
         self.transition: AsyncScript = redis.register_script(source("transition"))
-        self.claim: AsyncScript = redis.register_script(source("claim"))
+        self.take: AsyncScript = redis.register_script(source("take"))
         self.promote: AsyncScript = redis.register_script(source("promote"))
         self.cancel: AsyncScript = redis.register_script(source("cancel"))
         self.revive: AsyncScript = redis.register_script(source("revive"))

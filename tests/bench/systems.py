@@ -118,7 +118,7 @@ class Buildq(System):
 
     label = "buildq"
     note = (
-        "Consumer slots: claim.lua (LMOVE + BUILDING, record as JSON) while the queue has "
+        "Consumer slots: take.lua (LMOVE + BUILDING, record as JSON) while the queue has "
         "work, else BLMOVE; LIVE(ack); enqueue = submit + QUEUED(push)"
     )
 

@@ -42,7 +42,7 @@ async def consume(run: Run) -> None:
         run.connected += 1
         if run.connected == run.consumers:
             run.all_connected.set()
-        while (job_id := await queue.claim(IDLE_TIMEOUT_S)) is not None:
+        while (job_id := await queue.take(IDLE_TIMEOUT_S)) is not None:
             run.seen.append(job_id)
             await queue.ack(job_id)
     finally:

@@ -36,9 +36,9 @@ async def test_queue_claims_oldest_first_and_keeps_claimed_ids_in_active_list(
         await queue.push("a")
         await queue.push("b", "c")
         assert await queue.pending() == ["a", "b", "c"]
-        assert await queue.claim(1) == "a"
+        assert await queue.take(1) == "a"
         assert await queue.in_flight() == ["a"]
-        assert await queue.claim(1) == "b"
+        assert await queue.take(1) == "b"
         assert await queue.in_flight() == ["b", "a"]
         assert await queue.ack("a") is True
         assert await queue.in_flight() == ["b"]
@@ -48,9 +48,9 @@ async def test_queue_claims_oldest_first_and_keeps_claimed_ids_in_active_list(
         got: list[str | None] = []
 
         async def claim_when_pushed() -> None:
-            got.append(await queue.claim(5))
+            got.append(await queue.take(5))
 
-        await queue.claim(1)  # drain "c"
+        await queue.take(1)  # drain "c"
         async with anyio.create_task_group() as tg:
             tg.start_soon(claim_when_pushed)
             await anyio.sleep(0.05)
@@ -58,7 +58,7 @@ async def test_queue_claims_oldest_first_and_keeps_claimed_ids_in_active_list(
             await Queue(other, keys.queue, "").push("d")
             await other.aclose()
         assert got == ["d"]
-        assert await queue.claim(0.1) is None
+        assert await queue.take(0.1) is None
     finally:
         await redis.aclose()
 

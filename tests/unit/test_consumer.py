@@ -18,7 +18,7 @@ from shared.engine.consumer import Consumer
 from shared.engine.jobs import JobRecord, JobStore, Status
 from shared.engine.logs import LogWriter, read_log
 from shared.engine.outcome import Outcome
-from shared.engine.scheduler import promote_due
+from shared.engine.scheduler import release_due
 from shared.engine.stages import INGEST
 from shared.redis.keys import Keys
 
@@ -237,7 +237,7 @@ async def test_a_job_that_keeps_failing_transiently_is_dead_lettered_after_max_a
 
     await attempt()
     clock.advance(settings.retry_cap_s)  # past any backoff
-    assert await promote_due(redis, keys, store) == (1, None)
+    assert await release_due(redis, keys, store) == (1, None)
     await attempt()
 
     record = await store.get("job-a")

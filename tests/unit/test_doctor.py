@@ -12,7 +12,7 @@ import pytest
 from shared.cli.doctor import Doctor, Finding
 from shared.core.settings import Settings
 from shared.engine.jobs import JobStore, Status
-from shared.engine.scheduler import promote_due
+from shared.engine.scheduler import release_due
 from shared.engine.workers import Registry
 from shared.redis.keys import Keys
 
@@ -48,7 +48,7 @@ async def start_worker(
 
 
 async def claim_build(store: JobStore, worker: str) -> str:
-    claimed = await store.claim(
+    claimed = await store.take(
         store.keys.queue, store.keys.active(worker), Status.BUILDING, worker=worker
     )
     assert claimed is not None
@@ -165,7 +165,7 @@ async def test_a_lost_retry_is_fixed_into_delayed_due_now(
 
     assert await redis.zscore(keys.delayed, "lost") == int(clock() * 1000)
     assert await check(redis, keys, settings, clock) == []
-    assert await promote_due(redis, keys, store) == (1, None)
+    assert await release_due(redis, keys, store) == (1, None)
     assert await next_ids(redis, keys.queue) == ["lost"]
 
 

@@ -85,7 +85,7 @@ async def started(store: JobStore, job_id: str, repo_url: str, ref: str | None =
     """A submitted job claimed by this ingest worker, as the consumer hands it over."""
     await store.submit(job_id, service="site", repo_url=repo_url, ref=ref)
     keys = store.keys
-    claimed = await store.claim(keys.ingest, keys.active(WORKER), Status.CLONING, worker=WORKER)
+    claimed = await store.take(keys.ingest, keys.active(WORKER), Status.CLONING, worker=WORKER)
     assert claimed is not None
     record = await store.get(job_id)
     assert record is not None

@@ -122,7 +122,7 @@ async def ingested(env: Env, job_id: str, source: Path) -> None:
 async def started(env: Env, job_id: str) -> JobRecord:
     """The job claimed by this deployer, as the consumer hands it to the runner."""
     store, keys = env.store, env.keys
-    claimed = await store.claim(keys.queue, keys.active(WORKER), Status.BUILDING, worker=WORKER)
+    claimed = await store.take(keys.queue, keys.active(WORKER), Status.BUILDING, worker=WORKER)
     assert claimed is not None
     assert claimed.job_id == job_id
     record = await store.get(job_id)

@@ -22,7 +22,7 @@ async def test_claims_come_out_in_push_order(queue: Queue) -> None:
     await queue.push("a")
     await queue.push("b", "c")
 
-    claimed = [await queue.claim(0.1) for _ in range(3)]
+    claimed = [await queue.take(0.1) for _ in range(3)]
 
     assert claimed == ["a", "b", "c"]
 
@@ -38,7 +38,7 @@ async def test_claim_moves_the_id_into_the_active_list(
 ) -> None:
     await queue.push("a", "b")
 
-    assert await queue.claim(0.1) == "a"
+    assert await queue.take(0.1) == "a"
 
     assert await redis.lrange(keys.active("w1"), 0, -1) == ["a"]
     assert await queue.in_flight() == ["a"]
@@ -47,8 +47,8 @@ async def test_claim_moves_the_id_into_the_active_list(
 
 async def test_ack_removes_the_id_from_the_active_list(queue: Queue) -> None:
     await queue.push("a", "b")
-    await queue.claim(0.1)
-    await queue.claim(0.1)
+    await queue.take(0.1)
+    await queue.take(0.1)
 
     assert await queue.ack("a") is True
     assert await queue.in_flight() == ["b"]
@@ -60,13 +60,13 @@ async def test_pending_lists_oldest_first_and_respects_the_limit(queue: Queue) -
 
     assert await queue.pending() == ["a", "b", "c", "d"]
     assert await queue.pending(limit=2) == ["a", "b"]
-    assert await queue.claim(0.1) == "a"  # pending's first is what claim takes next
+    assert await queue.take(0.1) == "a"  # pending's first is what take returns next
 
 
 async def test_claim_on_an_empty_queue_returns_none_after_the_timeout(queue: Queue) -> None:
     started = time.monotonic()
 
-    assert await queue.claim(0.05) is None
+    assert await queue.take(0.05) is None
 
     assert time.monotonic() - started < 2
     assert await queue.in_flight() == []
@@ -81,8 +81,8 @@ async def test_two_workers_never_claim_the_same_id(
 
     got1, got2 = [], []
     for _ in range(5):
-        got1.append(await w1.claim(0.1))
-        got2.append(await w2.claim(0.1))
+        got1.append(await w1.take(0.1))
+        got2.append(await w2.take(0.1))
 
     assert set(got1).isdisjoint(got2)
     assert sorted(got1 + got2) == sorted(f"j{i}" for i in range(10))

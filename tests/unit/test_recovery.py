@@ -42,7 +42,7 @@ async def register(
 
 async def claim_as(store: JobStore, worker: str, stage: Stage) -> str:
     """``worker`` claims the next job of ``stage`` as a consumer does (counting the attempt)."""
-    claimed = await store.claim(
+    claimed = await store.take(
         stage.source(store.keys),
         store.keys.active(worker),
         stage.started_status,

@@ -10,7 +10,7 @@ import fakeredis
 import pytest
 
 from shared.engine.jobs import JobStore, Status
-from shared.engine.scheduler import promote_due
+from shared.engine.scheduler import release_due
 from shared.engine.stages import BUILD, INGEST, Stage
 from shared.redis.keys import Keys
 
@@ -36,7 +36,7 @@ async def park(
     await store.submit(job_id, service="site", repo_url="https://h/org/site")
     if stage is BUILD:
         await store.transition(job_id, Status.QUEUED, ack=keys.ingest, push=keys.queue)
-    claimed = await store.claim(
+    claimed = await store.take(
         stage.source(keys), keys.active("w"), stage.started_status, worker="w"
     )
     assert claimed is not None
@@ -76,7 +76,7 @@ async def test_a_due_retry_goes_back_to_its_stages_list_at_its_resume_status(
     await park(store, "job-a", stage, due_in_s=1.0)
     clock.advance(1.0)
 
-    assert await promote_due(redis, keys, store) == (1, None)
+    assert await release_due(redis, keys, store) == (1, None)
 
     assert await next_ids(redis, stage.source(keys)) == ["job-a"]
     assert await status(store, "job-a") == stage.resume_status
@@ -89,7 +89,7 @@ async def test_a_retry_not_yet_due_stays_delayed_and_its_due_time_is_reported(
     due = await park(store, "job-a", BUILD, due_in_s=1.0)
     clock.advance(0.999)
 
-    assert await promote_due(redis, keys, store) == (0, due)
+    assert await release_due(redis, keys, store) == (0, due)
 
     assert await redis.llen(keys.queue) == 0
     assert await status(store, "job-a") == Status.RETRYING
@@ -103,7 +103,7 @@ async def test_only_due_jobs_move_and_the_next_due_time_is_the_earliest_left(
     await park(store, "job-c", BUILD, due_in_s=9.0)
     clock.advance(2.0)
 
-    assert await promote_due(redis, keys, store) == (1, later)
+    assert await release_due(redis, keys, store) == (1, later)
     assert await next_ids(redis, keys.queue) == ["job-a"]
 
 
@@ -113,7 +113,7 @@ async def test_a_job_waiting_for_a_deploy_lock_goes_back_to_the_build_queue(
     await park(store, "job-a", BUILD, due_in_s=1.0, status=Status.WAITING)
     clock.advance(1.0)
 
-    assert await promote_due(redis, keys, store) == (1, None)
+    assert await release_due(redis, keys, store) == (1, None)
     assert await next_ids(redis, keys.queue) == ["job-a"]
     assert await status(store, "job-a") == Status.QUEUED
 
@@ -124,8 +124,8 @@ async def test_a_second_promotion_of_the_same_due_time_moves_nothing(
     await park(store, "job-a", BUILD, due_in_s=1.0)
     clock.advance(1.0)
 
-    assert await promote_due(redis, keys, store) == (1, None)
-    assert await promote_due(redis, keys, store) == (0, None)
+    assert await release_due(redis, keys, store) == (1, None)
+    assert await release_due(redis, keys, store) == (0, None)
     assert await next_ids(redis, keys.queue) == ["job-a"]
 
 
@@ -162,7 +162,7 @@ async def test_two_promoters_that_read_the_same_due_jobs_move_each_once(
 
     async def promoter() -> None:
         racer: Any = BarrierRedis(redis, arrived, all_in)
-        count, _ = await promote_due(racer, keys, store)
+        count, _ = await release_due(racer, keys, store)
         moved.append(count)
 
     async with anyio.create_task_group() as tg:
@@ -182,6 +182,6 @@ async def test_a_retry_cancelled_while_delayed_is_never_promoted(
     await store.cancel("job-a", "no longer wanted")
     clock.advance(1.0)
 
-    assert await promote_due(redis, keys, store) == (0, None)
+    assert await release_due(redis, keys, store) == (0, None)
     assert await redis.llen(keys.queue) == 0
     assert await status(store, "job-a") == Status.CANCELLED

@@ -1,4 +1,4 @@
--- The transition function shared by transition.lua and claim.lua (spliced in by
+-- The transition function shared by transition.lua and take.lua (spliced in by
 -- shared/scripts.py at the '-- #include _transition' line).
 -- K: job, events stream, logs stream, private build override, [source], [destination]
 -- A: id, status, now_ms, terminal(0|1), ttl_s, events_max, flags, score,
