@@ -21,9 +21,10 @@ from shared.coord.lockbook import LockLostError, LockRecord, LockTimeoutError
 from shared.coord.locks import DeployLock
 from shared.coord.sites import Sites, Verdict
 from shared.core.errors import BuildError, StorageError, TransientError, ValidationError
+from shared.core.redaction import HIDDEN
 from shared.core.settings import Settings
 from shared.core.siteaddr import preview_url, site_url
-from shared.engine.jobs import HIDDEN, JobRecord, JobStore, Status, now_ms
+from shared.engine.jobs import JobRecord, JobStore, Status, now_ms
 from shared.engine.logs import LogWriter
 from shared.engine.outcome import Outcome
 from shared.engine.stages import BUILD

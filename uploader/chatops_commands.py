@@ -18,7 +18,8 @@ from typing import Any
 
 from shared.core.errors import ValidationError
 from shared.core.names import service_from_repo_url, validate_name
-from shared.engine.jobs import new_job_id, redact_url
+from shared.core.redaction import redact_url
+from shared.engine.jobs import new_job_id
 from shared.engine.workers import list_workers
 from uploader.auth import Action, Identity, decide
 from uploader.netcheck import HostPolicy

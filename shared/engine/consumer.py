@@ -79,7 +79,13 @@ class Consumer:
         self.clock = clock
         self.active_key = keys.active(worker_id)
         self.registry = Registry(
-            redis, keys, worker_id, kind=self.stage.name, slots=slots, queue=self.source
+            redis,
+            keys,
+            worker_id,
+            kind=self.stage.name,
+            slots=slots,
+            queue=self.source,
+            clock=clock,  # heartbeats and the stale cutoff on one clock
         )
         self.gate = FleetGate(
             redis,

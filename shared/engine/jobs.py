@@ -8,11 +8,11 @@ import time
 from collections.abc import Callable, Mapping
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel
 from redis.asyncio import Redis
 
+from shared.core.redaction import redact_build, redact_url
 from shared.core.settings import Settings
 from shared.engine.replies import (
     CANCEL,
@@ -74,32 +74,6 @@ def now_ms(clock: Clock = time.time) -> int:
 def new_job_id(clock: Clock = time.time) -> str:
     """A 20-hex-digit id that sorts by creation time."""
     return f"{now_ms(clock):012x}{os.urandom(4).hex()}"
-
-
-def redact_url(url: str) -> str:
-    """``url`` without userinfo, so tokens never reach records or logs."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable url>"
-    if "@" not in parts.netloc:
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit((parts.scheme, f"***@{host}", parts.path, parts.query, parts.fragment))
-
-
-HIDDEN = "***"
-
-
-def redact_build(build: Mapping[str, Any]) -> dict[str, Any]:
-    """The public copy of a build override: the command and every ``env`` value
-    hidden (names kept), so records, API answers and S3 copies never hold them."""
-    public = dict(build)
-    if "command" in public:
-        public["command"] = HIDDEN
-    if isinstance(public.get("env"), Mapping):
-        public["env"] = dict.fromkeys(public["env"], HIDDEN)
-    return public
 
 
 class Phase(BaseModel):
