@@ -213,10 +213,13 @@ async def _sse(
 ) -> AsyncIterator[str]:
     """Catch up from ``after``, then what the hub hands us, until the job ends."""
     last = entry_key(after)
+    catch_up = True
     while not await request.is_disconnected():
-        # The stream's history since our cursor: at the start, after a keep-alive
-        # tick, and whenever the hub might have dropped us (it never blocks on us).
-        batch = await read_log(svc.redis, svc.keys, job_id, after=after)
+        # The stream's history since our cursor, read from Redis only at the start and
+        # after an idle tick (the hub's wake-up may have raced our subscription);
+        # otherwise entries come from the hub alone.
+        batch = await read_log(svc.redis, svc.keys, job_id, after=after) if catch_up else []
+        catch_up = False
         if not batch:
             with anyio.move_on_after(SSE_KEEPALIVE_S):
                 try:
@@ -226,6 +229,7 @@ async def _sse(
         if not batch:
             if await _ended(svc, job_id):
                 return
+            catch_up = True
             yield ": keep-alive\n\n"
             continue
         for entry in batch:

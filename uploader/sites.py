@@ -39,16 +39,18 @@ class ServeOptionsCache:
         self.maximum = maximum
         self.entries: OrderedDict[str, bool] = OrderedDict()
 
-    async def spa(self, svc: Services, job_id: str) -> bool:
+    async def spa(self, svc: Services, job_id: str) -> bool | None:
+        """Whether ``job_id`` is a single-page app; None if it has published nothing
+        (not cached: it may publish later)."""
         if job_id in self.entries:
             self.entries.move_to_end(job_id)
             return self.entries[job_id]
         try:
             blob = await svc.storage.read(serve_key(job_id))
-            options = json.loads(blob.body)
-            spa = bool(options.get("spa")) if isinstance(options, dict) else False
-        except ObjectNotFound:  # published before serving options existed
-            spa = False
+        except ObjectNotFound:
+            return None
+        options = json.loads(blob.body)
+        spa = bool(options.get("spa")) if isinstance(options, dict) else False
         self.entries[job_id] = spa
         if len(self.entries) > self.maximum:
             self.entries.popitem(last=False)
@@ -76,11 +78,12 @@ async def serve(svc: Services, options: ServeOptionsCache, scope: Scope) -> Resp
             return _text(404, f"{site.name} has no live deployment", method)
     else:
         job_id = site.name
-        if not await svc.store.get(job_id) and not await svc.storage.exists(serve_key(job_id)):
-            return _text(404, "no such deployment", method)
+    spa = await options.spa(svc, job_id)  # cached once published: no lookup per request
+    if spa is None and site.kind is SiteKind.PREVIEW and not await svc.store.get(job_id):
+        return _text(404, "no such deployment", method)
     raw_path = scope.get("raw_path") or scope["path"].encode()
     path = unquote(raw_path.decode("latin-1").split("?", 1)[0], errors="strict")
-    files = SiteFiles(svc.storage, site_prefix(job_id), spa=await options.spa(svc, job_id))
+    files = SiteFiles(svc.storage, site_prefix(job_id), spa=bool(spa))
     request = Request(
         method=method,
         path=path,
