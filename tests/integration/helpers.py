@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 
 from shared.cli.demo_repo import GIT_IDENTITY
-from shared.cli.embedded import free_port, wait_for_port
+from shared.cli.embedded import free_ports, wait_for_port
 
 TERMINAL = {"live", "failed", "cancelled", "superseded"}
 
@@ -110,9 +110,13 @@ class Stack:
 
     env: dict[str, str]
     logs: Path
-    port: int = field(default_factory=free_port)
-    sites_port: int = field(default_factory=free_port)
+    port: int = 0
+    sites_port: int = 0
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.port or not self.sites_port:
+            self.port, self.sites_port = free_ports(2)
 
     @property
     def url(self) -> str:

@@ -13,7 +13,7 @@ import httpx
 import psutil
 import pytest
 
-from shared.cli.embedded import free_port
+from shared.cli.embedded import free_ports
 from tests.integration.helpers import Stack, fetch, make_repo
 
 pytestmark = pytest.mark.integration
@@ -80,7 +80,7 @@ def _descendants(pid: int) -> list[psutil.Process]:
 @pytest.mark.slow
 def test_buildq_up_demo_serves_the_site_and_stops_every_child(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BUILDQ_", "AWS_"))}
-    port, sites_port = free_port(), free_port()
+    port, sites_port = free_ports(2)
     ports = ["--port", str(port), "--sites-port", str(sites_port)]
     data = tmp_path / "data"
     proc = subprocess.Popen(
@@ -135,7 +135,7 @@ def test_buildq_up_demo_serves_the_site_and_stops_every_child(tmp_path: Path) ->
 @pytest.mark.slow
 def test_buildq_up_restarts_its_valkey_and_the_queue_survives(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BUILDQ_", "AWS_"))}
-    port, sites_port = free_port(), free_port()
+    port, sites_port = free_ports(2)
     ports = ["--port", str(port), "--sites-port", str(sites_port)]
     api = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen(

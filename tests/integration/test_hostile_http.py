@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from shared.cli.embedded import free_port, wait_for_port
+from shared.cli.embedded import free_ports, wait_for_port
 from tests.integration.helpers import Stack, make_env, make_repo, spawn, stop
 
 pytestmark = pytest.mark.integration
@@ -121,10 +121,10 @@ def test_tokens_guard_mutations_and_the_rate_limit_holds_across_replicas(
     assert jobs(guarded) == []
 
     # A second uploader replica on the same Redis shares the token's budget.
-    port = free_port()
+    port, sites_port = free_ports(2)
     replica = spawn(
         "uploader",
-        {**guarded.env, "BUILDQ_PORT": str(port), "BUILDQ_SITES_PORT": str(free_port())},
+        {**guarded.env, "BUILDQ_PORT": str(port), "BUILDQ_SITES_PORT": str(sites_port)},
         guarded.logs / "uploader-replica.log",
     )
     try:
