@@ -211,11 +211,17 @@ class Consumer:
         if job_id is None:
             return None
         self.held.add(job_id)
-        started = await store.transition(
-            job_id, status, incr=attempt, fetch=True, worker=self.worker_id
-        )
-        if not started.changed:
-            await queue.ack(job_id)
+        try:
+            started = await store.transition(
+                job_id, status, incr=attempt, fetch=True, worker=self.worker_id
+            )
+            if not started.changed:
+                await queue.ack(job_id)
+        except BaseException:
+            # The id stays in our active list; letting go of it here lets the orphan
+            # check requeue it (kept in ``held``, it would sit there until shutdown).
+            self.held.discard(job_id)
+            raise
         return job_id, started
 
     # -- one job ------------------------------------------------------------------

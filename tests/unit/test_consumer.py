@@ -456,3 +456,45 @@ async def test_slots_run_jobs_concurrently(
         record = await store.get(job_id)
         assert record is not None
         assert record.status is Status.LIVE
+
+
+async def test_a_take_whose_start_transition_fails_is_requeued_by_the_orphan_check(
+    redis: fakeredis.FakeAsyncRedis,
+    keys: Keys,
+    store: JobStore,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # BLMOVE moved the id into the active list, then Redis went away before the
+    # start transition: the slot must not keep the id as its own forever.
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from shared.engine.queue import Queue
+
+    await submit(store, "job-a")
+
+    async def never(record: JobRecord, writer: LogWriter) -> Outcome:
+        raise AssertionError("not run")
+
+    consumer = make_consumer(redis, keys, fast_settings(), clock, never)
+    slot_store = JobStore(redis, keys, fast_settings(), clock)
+
+    async def no_fast_take(*args: Any, **kwargs: Any) -> None:
+        return None
+
+    async def lost(*args: Any, **kwargs: Any) -> None:
+        raise RedisConnectionError("Connection closed by server.")
+
+    monkeypatch.setattr(slot_store, "take", no_fast_take)
+    monkeypatch.setattr(slot_store, "transition", lost)
+    queue = Queue(redis, keys.ingest, keys.active(WORKER))
+    with pytest.raises(RedisConnectionError):
+        await consumer._take(slot_store, queue)
+
+    assert await redis.lrange(keys.active(WORKER), 0, -1) == ["job-a"]
+    assert consumer.held == set()
+    await consumer._check_orphans()  # first sighting: only suspected
+    assert await redis.lrange(keys.active(WORKER), 0, -1) == ["job-a"]
+    await consumer._check_orphans()  # second sighting: requeued
+    assert await redis.llen(keys.active(WORKER)) == 0
+    assert await next_ids(redis, keys.ingest) == ["job-a"]
