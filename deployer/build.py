@@ -205,7 +205,7 @@ async def run_build(
     box = sandbox or DEFAULT_SANDBOX
     root = workdir or cwd
     recent = bytearray()
-    with box.lease() as uid:
+    with box.borrow() as uid:
         if uid is not None:
             await anyio.to_thread.run_sync(prepare_workdir, root, uid)
         group = await box.limiter.start(

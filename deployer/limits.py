@@ -58,7 +58,7 @@ def looks_out_of_memory(output: str) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class BuildLimiter:
-    """The detected mechanism, and the per-build groups it makes."""
+    """The probed mechanism, and the per-build groups it makes."""
 
     mechanism: Mechanism
     cpus: float = 0.0
@@ -107,17 +107,17 @@ RLIMIT_ONLY = BuildLimiter(Mechanism.RLIMIT, why_not="not configured")
 
 
 @lru_cache(maxsize=8)
-def _detect(settings: Settings) -> BuildLimiter:
+def _probe(settings: Settings) -> BuildLimiter:
     choice: Choice = choose(settings.build_limits, GroupLimits.of(settings), settings.build_cgroup)
     return BuildLimiter(choice.mechanism, settings.build_cpus, choice.layout, choice.why_not)
 
 
-def detect(settings: Settings) -> BuildLimiter:
+def probe(settings: Settings) -> BuildLimiter:
     """The mechanism builds use under ``settings`` (probed once per process; blocking).
 
     Raises ConfigError when ``BUILDQ_BUILD_LIMITS=cgroup`` and no cgroup works.
     """
-    return _detect(settings)
+    return _probe(settings)
 
 
 def remove_stale(limiter: BuildLimiter) -> list[str]:
@@ -144,7 +144,7 @@ def announce(settings: Settings) -> BuildLimiter:
     remove stale build groups. Exits the process (status 2) when the configured
     mechanism cannot work here."""
     try:
-        limiter = detect(settings)
+        limiter = probe(settings)
     except ConfigError as exc:
         log.error("limits.unavailable", error=str(exc))
         raise SystemExit(2) from None

@@ -12,8 +12,8 @@ Three levels, strongest first (``docs/SECURITY.md`` has the threat model):
   ``/proc/<pid>/environ`` and files: the start-up log warns.
 
 ``auto`` picks the strongest level that a probe build shows working here. The
-detected sandbox also carries the resource-limits mechanism (``deployer/limits.py``:
-a cgroup per build, or rlimits), detected and announced separately.
+chosen sandbox also carries the resource-limits mechanism (``deployer/limits.py``:
+a cgroup per build, or rlimits), probed and announced separately.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ import anyio.to_thread
 import structlog
 
 from deployer.limits import RLIMIT_ONLY, BuildLimiter
-from deployer.limits import detect as detect_limits
+from deployer.limits import probe as probe_limits
 from shared.core.errors import CapacityError, ConfigError
 from shared.core.settings import Settings
 
@@ -81,7 +81,7 @@ class UidPool:
         self.lock_dir = lock_dir
 
     @contextlib.contextmanager
-    def lease(self) -> Iterator[int]:
+    def borrow(self) -> Iterator[int]:
         """Hold a uid no other build on this host holds, until the block ends."""
         self.lock_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         for uid in range(self.base, self.base + self.count):
@@ -114,7 +114,7 @@ def interpreter_prefix() -> Path:
 
 @dataclass(frozen=True)
 class Sandbox:
-    """A detected isolation level and what it needs to launch a build."""
+    """A probed isolation level and what it needs to launch a build."""
 
     level: Level
     network: bool
@@ -131,12 +131,12 @@ class Sandbox:
         return f"{self.level.value} ({DESCRIPTION[self.level]}; network {net})"
 
     @contextlib.contextmanager
-    def lease(self) -> Iterator[int | None]:
+    def borrow(self) -> Iterator[int | None]:
         """The uid a build runs as (None: the deployer's own), held for the build."""
         if self.uids is None:
             yield None
             return
-        with self.uids.lease() as uid:
+        with self.uids.borrow() as uid:
             yield uid
 
     def inside(self, path: Path, workdir: Path) -> str:
@@ -209,8 +209,8 @@ def prepare_workdir(workdir: Path, uid: int | None) -> None:
 def reclaim_workdir(workdir: Path, uid: int | None) -> None:
     """Hand the job directory back to the deployer's uid after the build (blocking).
 
-    Called while the build's uid is still leased and every process of the build is
-    gone: once the lease ends, the next build runs as that uid and could otherwise
+    Called while the build's uid is still borrowed and every process of the build is
+    gone: once it is given back, the next build runs as that uid and could otherwise
     rewrite this job's output while the deployer publishes it. Links are never
     followed; a hard-linked file (never published) is left as it is, so no inode
     outside the tree changes owner.
@@ -279,7 +279,7 @@ def probe(sandbox: Sandbox) -> str | None:
     with tempfile.TemporaryDirectory(prefix="buildq-probe-") as tmp:
         workdir = Path(tmp) / "job"
         (workdir / "src").mkdir(parents=True)
-        with sandbox.lease() as uid:
+        with sandbox.borrow() as uid:
             prepare_workdir(workdir, uid)
             limits = LaunchLimits(30, 1 << 30, 1 << 20, sandbox.max_procs)
             spec = sandbox.spec(
@@ -327,7 +327,7 @@ def try_level(level: Level, settings: Settings) -> tuple[Sandbox | None, str]:
 
 
 @lru_cache(maxsize=8)
-def _detect(settings: Settings) -> Sandbox:
+def _choose(settings: Settings) -> Sandbox:
     choice = settings.build_sandbox
     levels = list(Level) if choice == "auto" else [Level(choice)]
     reasons: list[str] = []
@@ -342,15 +342,15 @@ def _detect(settings: Settings) -> Sandbox:
     )
 
 
-def detect(settings: Settings) -> Sandbox:
+def choose(settings: Settings) -> Sandbox:
     """The sandbox builds use under ``settings``, with its resource-limits mechanism
     (each probed once per process; blocking)."""
-    return dataclasses.replace(_detect(settings), limiter=detect_limits(settings))
+    return dataclasses.replace(_choose(settings), limiter=probe_limits(settings))
 
 
 async def sandbox_for(settings: Settings) -> Sandbox:
-    """:func:`detect` from async code."""
-    return await anyio.to_thread.run_sync(detect, settings)
+    """:func:`choose` from async code."""
+    return await anyio.to_thread.run_sync(choose, settings)
 
 
 def announce(settings: Settings) -> Sandbox:
@@ -359,7 +359,7 @@ def announce(settings: Settings) -> Sandbox:
     Exits the process (status 2) when the configured level cannot work here.
     """
     try:
-        sandbox = _detect(settings)  # the limits mechanism has its own announcement
+        sandbox = _choose(settings)  # the limits mechanism has its own announcement
     except ConfigError as exc:
         log.error("sandbox.unavailable", error=str(exc))
         raise SystemExit(2) from None

@@ -20,7 +20,7 @@ from shared.core.names import service_from_repo_url, validate_name, validate_rel
 from shared.core.siteaddr import JOB_ID_RE, preview_url, site_url
 from shared.engine.jobs import TERMINAL, JobRecord, Status, new_job_id
 from shared.engine.logs import read_log
-from shared.engine.queue import Queue
+from shared.engine.queue import pending, read_counts
 from shared.engine.workers import list_workers
 from uploader.auth import Action, Caller, require
 from uploader.loghub import HubFull, Subscription, entry_key
@@ -252,24 +252,19 @@ async def _ended(svc: Services, job_id: str) -> bool:
 async def queue_status(svc: Svc) -> dict[str, Any]:
     """The status endpoint: queue, workers with heartbeat age, active jobs."""
     k = svc.keys
-    queue = Queue(svc.redis, k.queue, "")
+    counts = await read_counts(svc.redis, k)
     workers = await list_workers(svc.redis, k)
     pipe = svc.redis.pipeline(transaction=False)
-    pipe.llen(k.queue)
-    pipe.llen(k.ingest)
-    pipe.zcard(k.delayed)
-    pipe.llen(k.dead)
-    pipe.hget(k.fleet, "paused")
     for w in workers:
         pipe.lrange(k.active(w.id), 0, -1)
-    length, ingest, delayed, dead, paused, *active = await pipe.execute()
+    active = await pipe.execute()
     return {
-        "length": length,
-        "pending": await queue.pending(100),
-        "ingest": ingest,
-        "delayed": delayed,
-        "dead": dead,
-        "paused": paused == "1",
+        "length": counts.build,
+        "pending": await pending(svc.redis, k.queue, 100),
+        "ingest": counts.ingest,
+        "delayed": counts.delayed,
+        "dead": counts.dead,
+        "paused": counts.paused,
         "active": {w.id: ids for w, ids in zip(workers, active, strict=True)},
         "workers": [
             {

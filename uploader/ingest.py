@@ -55,7 +55,7 @@ class Ingest:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(shutil.rmtree, workdir, True)
         # Archived: the job moves on to the build stage's list.
-        return Outcome(BUILD.resume_status, {"commit": commit}, push=BUILD.source(self.keys))
+        return Outcome(BUILD.resume_status, {"commit": commit}, push=BUILD.queue(self.keys))
 
     async def _ingest(self, record: JobRecord, writer: LogWriter, workdir: Path) -> str:
         s = self.settings

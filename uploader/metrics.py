@@ -14,6 +14,7 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
 
 from shared.engine.fleet import read_fleet
+from shared.engine.queue import read_counts
 from shared.engine.workers import list_workers
 from uploader.api import Svc
 
@@ -24,18 +25,18 @@ router = APIRouter()
 async def metrics(svc: Svc) -> Response:
     """Prometheus text format."""
     k = svc.keys
-    pipe = svc.redis.pipeline(transaction=False)
-    pipe.llen(k.ingest)
-    pipe.llen(k.queue)
-    pipe.zcard(k.delayed)
-    pipe.llen(k.dead)
-    ingest, queue, delayed, dead = await pipe.execute()
+    counts = await read_counts(svc.redis, k)
     workers = await list_workers(svc.redis, k)
     fleet = await read_fleet(svc.redis, k)
 
     registry = CollectorRegistry()
     depth = Gauge("buildq_queue_length", "Jobs waiting, by list", ["queue"], registry=registry)
-    for name, value in (("ingest", ingest), ("build", queue), ("delayed", delayed), ("dead", dead)):
+    for name, value in (
+        ("ingest", counts.ingest),
+        ("build", counts.build),
+        ("delayed", counts.delayed),
+        ("dead", counts.dead),
+    ):
         depth.labels(name).set(value)
     count = Gauge("buildq_workers", "Registered workers", ["kind"], registry=registry)
     slots = Gauge("buildq_worker_slots", "Job slots", ["kind"], registry=registry)

@@ -16,8 +16,9 @@ from typing import Any
 from redis.asyncio import Redis
 
 from shared.core import cgroups
+from shared.core.clock import now_ms
 from shared.core.settings import Settings
-from shared.engine.jobs import JobStore, Status, now_ms
+from shared.engine.jobs import JobStore, Status
 from shared.engine.recovery import requeue
 from shared.engine.stages import INGEST, Stage
 from shared.redis.keys import Keys
@@ -150,7 +151,7 @@ class Doctor:
         # A job past ingest goes back where its last retry would have sent it.
         where = INGEST if status in INGEST.statuses else Stage.named(stage)
         await self.store.transition(
-            job_id, where.resume_status, push=where.source(self.keys), head=True
+            job_id, where.resume_status, push=where.queue(self.keys), head=True
         )
 
 

@@ -31,9 +31,9 @@ from shared.coord.replies import (
     Released,
     WithdrawReply,
 )
+from shared.core.clock import Clock, now_ms
 from shared.core.errors import TransientError, ValidationError
 from shared.core.names import validate_name
-from shared.engine.jobs import Clock, now_ms
 from shared.redis.keys import Keys
 from shared.redis.scripts import source
 

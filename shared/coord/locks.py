@@ -29,8 +29,8 @@ from shared.coord.lockbook import (
     validate_owner,
 )
 from shared.coord.replies import AcquireReply
+from shared.core.clock import Clock, now_ms
 from shared.core.names import validate_name
-from shared.engine.jobs import Clock, now_ms
 from shared.redis.keys import Keys
 
 log = structlog.get_logger("locks")
@@ -91,9 +91,9 @@ class _Attempt:
             self.queued_at = sent
         return None, got.record, got.holder_ttl_ms
 
-    def handed_over(self, data: str | bytes) -> Lease | None:
+    def handed_over(self, data: str) -> Lease | None:
         """The lease if a release message hands the lock to us."""
-        text = data.decode() if isinstance(data, bytes) else data
+        text = str(data)
         if not text.startswith(self.granted) or self.queued_at is None:
             return None
         return self._lease([int(text[len(self.granted) :])], self.queued_at)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 
 from shared.coord.replies import PROMOTE, Verdict
-from shared.engine.jobs import Clock, now_ms
+from shared.core.clock import Clock, now_ms
 from shared.redis.keys import Keys
 from shared.redis.scripts import Scripts
 

@@ -18,9 +18,9 @@ from redis.commands.core import AsyncScript
 
 from shared.coord.lockbook import validate_owner
 from shared.coord.replies import STAGING_CLAIM, STAGING_RELEASE, ClaimReply, Released
+from shared.core.clock import Clock, now_ms
 from shared.core.errors import ValidationError
 from shared.core.names import validate_name
-from shared.engine.jobs import Clock, now_ms
 from shared.redis.keys import Keys
 from shared.redis.scripts import source
 

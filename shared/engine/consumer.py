@@ -22,10 +22,11 @@ import structlog
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from shared.core.clock import Clock, now_ms
 from shared.core.settings import Settings
 from shared.engine.control import follow_control
 from shared.engine.fleet import FleetGate
-from shared.engine.jobs import TERMINAL, Clock, JobRecord, JobStore, Status, now_ms
+from shared.engine.jobs import TERMINAL, JobRecord, JobStore, Status
 from shared.engine.logs import LogWriter
 from shared.engine.outcome import Outcome, after_fault, dead_letter, transient_cause
 from shared.engine.queue import Queue
@@ -70,7 +71,7 @@ class Consumer:
         self.settings = settings
         self.store = JobStore(redis, keys, settings, clock)
         self.stage = stage
-        self.source = self.stage.source(keys)
+        self.queue_key = self.stage.queue(keys)
         self.worker_id = worker_id
         self.slots = slots
         self.handler = handler
@@ -84,7 +85,7 @@ class Consumer:
             worker_id,
             kind=self.stage.name,
             slots=slots,
-            queue=self.source,
+            queue=self.queue_key,
             clock=clock,  # heartbeats and the stale cutoff on one clock
         )
         self.gate = FleetGate(
@@ -96,7 +97,7 @@ class Consumer:
         )
         self.log = log.bind(stage=self.stage.name, worker=worker_id)
         self.busy = 0
-        self.held: set[str] = set()  # ids this process has taken and not finished
+        self.taken: set[str] = set()  # ids this process has taken and not finished
         self._taking: set[anyio.CancelScope] = set()
         self._running: dict[str, anyio.CancelScope] = {}
         self._cancel_requested: set[str] = set()
@@ -140,7 +141,7 @@ class Consumer:
             )
             for job_id in moved:
                 self.log.info("consumer.requeued", job_id=job_id)
-            for slot in list(self.gate.held):
+            for slot in list(self.gate.permits):
                 await self.gate.release(slot)
             await self.registry.unregister()
         except RedisError as exc:
@@ -168,7 +169,7 @@ class Consumer:
     async def _slot(self, index: int, stopping: anyio.Event) -> None:
         conn = self.blocking_redis()
         store = JobStore(conn, self.keys, self.settings, self.clock)
-        queue = Queue(conn, self.source, self.active_key)
+        queue = Queue(conn, self.queue_key, self.active_key)
         slot = f"{self.worker_id}:{index}"
         try:
             while not stopping.is_set():
@@ -202,15 +203,15 @@ class Consumer:
     async def _take(self, store: JobStore, queue: Queue) -> tuple[str, Transition] | None:
         status, attempt = self.stage.started_status, {self.stage.attempts_field: 1}
         fast = await store.take(
-            self.source, self.active_key, status, incr=attempt, worker=self.worker_id
+            self.queue_key, self.active_key, status, incr=attempt, worker=self.worker_id
         )
         if fast is not None:
-            self.held.add(fast.job_id)
+            self.taken.add(fast.job_id)
             return fast.job_id, fast.started
         job_id = await queue.take(TAKE_TIMEOUT_S)
         if job_id is None:
             return None
-        self.held.add(job_id)
+        self.taken.add(job_id)
         try:
             started = await store.transition(
                 job_id, status, incr=attempt, fetch=True, worker=self.worker_id
@@ -220,7 +221,7 @@ class Consumer:
         except BaseException:
             # The id stays in our active list; letting go of it here lets the orphan
             # check requeue it (kept in ``held``, it would sit there until shutdown).
-            self.held.discard(job_id)
+            self.taken.discard(job_id)
             raise
         return job_id, started
 
@@ -229,7 +230,7 @@ class Consumer:
     async def _run_one(self, store: JobStore, job_id: str, started: Transition) -> None:
         """Run one started job; ``store`` is on the slot's own connection."""
         if not started.changed:
-            self.held.discard(job_id)
+            self.taken.discard(job_id)
             self.log.info("job.skipped", job_id=job_id, status=started.status or "missing")
             return
         record = JobRecord.from_hash(started.record)
@@ -258,7 +259,7 @@ class Consumer:
                 await self._finish(store, job_id, writer, outcome, began)
         finally:
             self.busy -= 1
-            self.held.discard(job_id)
+            self.taken.discard(job_id)
             structlog.contextvars.unbind_contextvars("job_id", "service")
 
     async def _execute(self, record: JobRecord, writer: LogWriter, attempts: int) -> Outcome | None:
@@ -391,9 +392,9 @@ class Consumer:
         """Ids in our active list that no slot holds (a lost reply, a failed final
         write) are requeued once seen on two heartbeats in a row."""
         ids: Any = await self.redis.lrange(self.active_key, 0, -1)
-        suspects = {i for i in ids if i not in self.held}
+        suspects = {i for i in ids if i not in self.taken}
         for job_id in suspects & self._orphan_suspects:
-            if job_id not in self.held and await requeue(
+            if job_id not in self.taken and await requeue(
                 self.store,
                 job_id,
                 active=self.active_key,

@@ -15,7 +15,7 @@ from typing import Any
 import anyio
 from redis.asyncio import Redis
 
-from shared.engine.jobs import Clock, now_ms
+from shared.core.clock import Clock, now_ms
 from shared.engine.replies import PERMIT, PermitReply
 from shared.redis.keys import Keys
 from shared.redis.scripts import Scripts
@@ -71,7 +71,7 @@ class FleetGate:
         self.clock = clock
         self.state = FleetState()
         self.scripts = Scripts(redis)
-        self.held: set[str] = set()
+        self.permits: set[str] = set()
         self._changed = anyio.Event()
 
     def wake(self) -> None:
@@ -84,10 +84,10 @@ class FleetGate:
         if not self.enabled:
             return False
         old, self.state = self.state, await read_fleet(self.redis, self.keys)
-        if self.held:
+        if self.permits:
             pipe = self.redis.pipeline(transaction=False)
             expiry = now_ms(self.clock) + self.permit_ttl_ms
-            for slot in self.held:
+            for slot in self.permits:
                 pipe.zadd(self.keys.permits, {slot: expiry}, xx=True)
             await pipe.execute()
         if old != self.state:
@@ -106,7 +106,7 @@ class FleetGate:
                 await self._wait(wait_s)
                 continue
             if self.state.max_concurrency is None:
-                if slot in self.held:
+                if slot in self.permits:
                     await self.release(slot)
                 return True
             if await self._acquire(slot, self.state.max_concurrency):
@@ -120,16 +120,16 @@ class FleetGate:
             keys=[self.keys.permits], args=[slot, now, now + self.permit_ttl_ms, limit]
         )
         if PERMIT(reply) is PermitReply.GRANTED:
-            self.held.add(slot)
+            self.permits.add(slot)
             return True
-        self.held.discard(slot)
+        self.permits.discard(slot)
         return False
 
     async def release(self, slot: str) -> None:
         """Give back ``slot``'s permit and tell waiting slots fleet-wide."""
-        if slot not in self.held:
+        if slot not in self.permits:
             return
-        self.held.discard(slot)
+        self.permits.discard(slot)
         pipe = self.redis.pipeline(transaction=False)
         pipe.zrem(self.keys.permits, slot)
         pipe.publish(self.keys.control_channel, json.dumps({"type": "permit"}))

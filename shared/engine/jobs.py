@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 from redis.asyncio import Redis
 
+from shared.core.clock import Clock, now_ms
 from shared.core.redaction import redact_build, redact_url
 from shared.core.settings import Settings
 from shared.engine.replies import (
@@ -33,8 +34,6 @@ from shared.redis.scripts import Scripts
 
 if TYPE_CHECKING:
     from shared.engine.stages import Stage
-
-Clock = Callable[[], float]
 
 
 class Status(StrEnum):
@@ -64,11 +63,6 @@ PHASES = (
     Status.BUILDING,
     Status.PUBLISHING,
 )
-
-
-def now_ms(clock: Clock = time.time) -> int:
-    """Milliseconds since the epoch from ``clock``."""
-    return int(clock() * 1000)
 
 
 def new_job_id(clock: Clock = time.time) -> str:
@@ -136,7 +130,7 @@ class JobRecord(BaseModel):
 def _decode_transition(result: Any, table: ReplyTable[Moved] = TRANSITION) -> Transition:
     """A ``transition()`` reply (``_transition.lua``) as a :class:`Transition`."""
     reply: Moved = table(result[0])
-    detail = _text(result[1]) if len(result) > 1 else None
+    detail = str(result[1]) if len(result) > 1 else None
     if reply is Moved.CHANGED:
         return Transition(reply, record=json.loads(detail) if detail else {})
     return Transition(reply, detail)
@@ -191,7 +185,7 @@ class JobStore:
             ],
         )
         # CREATED carries the new job's seq, REPEATED the first job's id.
-        return SUBMIT(result[0]), _text(result[1])
+        return SUBMIT(result[0]), str(result[1])
 
     async def submit(
         self,
@@ -331,7 +325,7 @@ class JobStore:
         result = await self.scripts.take(keys=[source, active, k.events], args=args)
         if not result:
             return None
-        return Claimed(_text(result[0]), _decode_transition(result[1], TAKE))
+        return Claimed(str(result[0]), _decode_transition(result[1], TAKE))
 
     async def cancel(self, job_id: str, reason: str) -> Cancellation:
         """End a job as cancelled wherever it is; running workers are notified."""
@@ -355,12 +349,12 @@ class JobStore:
                 reason,
             ],
         )
-        return Cancellation(CANCEL(result[0]), _text(result[1]) if len(result) > 1 else None)
+        return Cancellation(CANCEL(result[0]), str(result[1]) if len(result) > 1 else None)
 
     async def revive(self, job_id: str, stage: Stage) -> Revival:
         """Put a failed/cancelled/dead job back in ``stage``'s list, at its resume status."""
         k = self.keys
-        destination = stage.source(k)
+        destination = stage.queue(k)
         result = await self.scripts.revive(
             keys=[k.job(job_id), k.events, k.logs(job_id), k.dead, destination, k.build(job_id)],
             args=[
@@ -370,7 +364,7 @@ class JobStore:
                 stage.resume_status.value,
             ],
         )
-        return Revival(REVIVE(result[0]), _text(result[1]) if len(result) > 1 else None)
+        return Revival(REVIVE(result[0]), str(result[1]) if len(result) > 1 else None)
 
     async def build_override(self, job_id: str) -> dict[str, Any] | None:
         """The job's build override as submitted (with its command and env values),
@@ -378,12 +372,12 @@ class JobStore:
         raw = await self.redis.get(self.keys.build(job_id))
         if raw is None:
             return None
-        value = json.loads(_text(raw))
+        value = json.loads(str(raw))
         return value if isinstance(value, dict) else None
 
     async def get_raw(self, job_id: str) -> dict[str, str]:
         raw = await self.redis.hgetall(self.keys.job(job_id))
-        return {_text(k): _text(v) for k, v in raw.items()}
+        return {str(k): str(v) for k, v in raw.items()}
 
     async def get(self, job_id: str) -> JobRecord | None:
         """The record, or None if unknown or expired."""
@@ -400,11 +394,11 @@ class JobStore:
         for start in range(0, len(ids), batch):
             pipe = self.redis.pipeline(transaction=False)
             for job_id in ids[start : start + batch]:
-                pipe.hgetall(self.keys.job(_text(job_id)))
+                pipe.hgetall(self.keys.job(str(job_id)))
             for raw in await pipe.execute():
                 if not raw:
                     continue
-                rec = JobRecord.from_hash({_text(k): _text(v) for k, v in raw.items()})
+                rec = JobRecord.from_hash({str(k): str(v) for k, v in raw.items()})
                 if (service is None or rec.service == service) and (
                     status is None or rec.status == status
                 ):
@@ -412,7 +406,3 @@ class JobStore:
                     if len(out) >= limit:
                         return out
         return out
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

@@ -105,11 +105,8 @@ class LogWriter:
 
 
 def decode_entry(entry_id: Any, fields: dict[Any, Any]) -> LogEntry:
-    def s(v: Any) -> str:
-        return v.decode() if isinstance(v, bytes) else str(v)
-
-    f = {s(k): s(v) for k, v in fields.items()}
-    return LogEntry(s(entry_id), f.get("kind", "line"), f.get("text", ""), f.get("status"))
+    f = {str(k): str(v) for k, v in fields.items()}
+    return LogEntry(str(entry_id), f.get("kind", "line"), f.get("text", ""), f.get("status"))
 
 
 async def read_log(

@@ -9,7 +9,8 @@ from typing import Any
 import structlog
 from redis.asyncio import Redis
 
-from shared.engine.jobs import JobStore, now_ms
+from shared.core.clock import now_ms
+from shared.engine.jobs import JobStore
 from shared.engine.stages import Stage
 
 log = structlog.get_logger("recovery")
@@ -25,7 +26,7 @@ async def requeue(
         stage.resume_status,
         ack=active,
         strict=strict,
-        push=stage.source(store.keys),
+        push=stage.queue(store.keys),
         head=True,
     )
     if result.changed:
@@ -61,7 +62,7 @@ async def recover_stale_workers(
     recovered: list[tuple[str, str]] = []
     for worker_id in stale:
         source: Any = await redis.hget(keys.worker(worker_id), "queue")
-        stage = Stage.of_source(keys, source)
+        stage = Stage.of_queue(keys, source)
         active = keys.active(worker_id)
         for job_id in await requeue_all(
             store, active=active, stage=stage, reason=f"worker {worker_id} stopped heartbeating"

@@ -6,7 +6,8 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from shared.engine.jobs import JobStore, now_ms
+from shared.core.clock import now_ms
+from shared.engine.jobs import JobStore
 from shared.engine.stages import Stage
 from shared.redis.keys import Keys
 
@@ -23,7 +24,7 @@ async def release_due(redis: Redis, keys: Keys, store: JobStore) -> tuple[int, i
         stored: Any = await redis.hget(keys.job(job_id), "retry_stage")
         stage = Stage.named(stored)
         result = await store.transition(
-            job_id, stage.resume_status, from_delayed=True, push=stage.source(keys)
+            job_id, stage.resume_status, from_delayed=True, push=stage.queue(keys)
         )
         moved += result.changed
     head: Any = await redis.zrange(keys.delayed, 0, 0, withscores=True)

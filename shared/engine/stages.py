@@ -26,14 +26,14 @@ class Stage:
     resume_status: Status
     """The status of a job waiting in this stage's list (new, requeued or retried)."""
     started_status: Status
-    """The status a worker sets when it claims a job of this stage."""
+    """The status a worker sets when it takes a job of this stage."""
     attempts_field: str
     """The record field counting this stage's attempts."""
     statuses: frozenset[Status]
     """Every status a job has while it belongs to this stage (waiting or running)."""
 
-    def source(self, keys: Keys) -> str:
-        """The list this stage's jobs wait in (``{ns}:ingest`` or ``{ns}:queue``)."""
+    def queue(self, keys: Keys) -> str:
+        """This stage's queue: the list its jobs wait in (``{ns}:ingest`` or ``{ns}:queue``)."""
         return self.list_key(keys)
 
     def new_worker_id(self) -> str:
@@ -46,9 +46,9 @@ class Stage:
         return INGEST if stored == INGEST.name else BUILD
 
     @staticmethod
-    def of_source(keys: Keys, source: str | None) -> Stage:
-        """The stage whose list is ``source`` (a worker's ``queue``); build if none."""
-        return INGEST if source == INGEST.source(keys) else BUILD
+    def of_queue(keys: Keys, queue: str | None) -> Stage:
+        """The stage whose list is ``queue`` (a worker's ``queue`` field); build if none."""
+        return INGEST if queue == INGEST.queue(keys) else BUILD
 
     @staticmethod
     def of_status(status: Status) -> Stage:

@@ -11,7 +11,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from shared import __version__
-from shared.engine.jobs import Clock, now_ms
+from shared.core.clock import Clock, now_ms
 from shared.redis.keys import Keys
 
 HEARTBEAT_INTERVAL_S = 2.0

@@ -31,8 +31,8 @@ class ReplyTable(Generic[E]):
     codes: Mapping[int, E]
 
     def __call__(self, code: Any) -> E:
-        """The member for ``code`` (an int, or the bytes/str Redis sent)."""
-        value = int(code.decode() if isinstance(code, bytes) else code)
+        """The member for ``code`` (an int, or the digits Redis sent)."""
+        value = int(code)
         try:
             return self.codes[value]
         except KeyError:

@@ -17,8 +17,8 @@ import psutil
 import pytest
 
 from deployer.build import BuildOutOfMemory, Limits, build_env, run_build
-from deployer.limits import detect as detect_limits
-from deployer.sandbox import Sandbox, detect
+from deployer.limits import probe as probe_limits
+from deployer.sandbox import Sandbox, choose
 from shared.core.cgroups import Host, Mechanism
 from shared.core.settings import load_settings
 from shared.engine.logs import LogWriter, read_log
@@ -40,11 +40,11 @@ WASM = "node -e \"new WebAssembly.Memory({initial: 1, maximum: 65536}); console.
 
 def cgroups_here() -> bool:
     """Whether this host gives builds a cgroup (root on cgroup v1 or v2 here)."""
-    return detect_limits(load_settings({})).uses_cgroups
+    return probe_limits(load_settings({})).uses_cgroups
 
 
 def sandbox(**env: str) -> Sandbox:
-    return detect(load_settings({f"BUILDQ_{k.upper()}": v for k, v in env.items()}))
+    return choose(load_settings({f"BUILDQ_{k.upper()}": v for k, v in env.items()}))
 
 
 @pytest.fixture
@@ -72,7 +72,7 @@ async def build(
 
 def build_groups() -> list[Path]:
     """Every build group in the hierarchies this process would create them in."""
-    limiter = detect_limits(load_settings({}))
+    limiter = probe_limits(load_settings({}))
     assert limiter.layout is not None
     return [
         entry
@@ -83,7 +83,7 @@ def build_groups() -> list[Path]:
 
 
 def test_this_host_enforces_limits_with_cgroups_when_root() -> None:
-    limiter = detect_limits(load_settings({}))
+    limiter = probe_limits(load_settings({}))
     if ROOT:  # CI and the development machines run the tests as root
         assert limiter.mechanism in (Mechanism.CGROUP_V1, Mechanism.CGROUP_V2), limiter.why_not
         expected = "cgroup v2" if (Path("/sys/fs/cgroup") / "cgroup.controllers").exists() else "v1"

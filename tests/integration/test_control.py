@@ -7,6 +7,7 @@ import sys
 import time
 from itertools import combinations
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -35,6 +36,22 @@ def _wait_queued(client: object, keys: Keys, job_id: str) -> None:
         time.sleep(0.05)
 
 
+def _two_heartbeats_later(client: object, keys: Keys) -> None:
+    """Return once every deployer has beaten twice from now: each has then run one
+    whole housekeeping pass (beat, fleet refresh, …) that began after this call."""
+    c: Any = client
+    deployers = [
+        w for w in c.zrange(keys.workers, 0, -1) if c.hget(keys.worker(w), "kind") == "deployer"
+    ]
+    assert deployers, "no deployer is registered"
+    for _ in range(2):
+        since = {w: c.zscore(keys.workers, w) for w in deployers}
+        deadline = time.monotonic() + 30
+        while any(c.zscore(keys.workers, w) == since[w] for w in deployers):
+            assert time.monotonic() < deadline, "a deployer stopped beating"
+            time.sleep(0.02)
+
+
 def _sleepy_repo(path: Path, sleep_s: float) -> Path:
     command = f"sleep {sleep_s}; mkdir -p out; echo ok > out/index.html"
     return make_repo(path, {"buildq.toml": f'[build]\ncommand = "{command}"\noutput = "out"\n'})
@@ -52,7 +69,7 @@ def test_paused_fleet_starts_nothing_and_resume_drains_the_queue(
     while client.llen(keys.queue) < 4:
         assert time.monotonic() < deadline, "jobs never reached the queue"
         time.sleep(0.05)
-    time.sleep(1.5)  # three heartbeat periods of the fast settings
+    _two_heartbeats_later(client, keys)  # every deployer had its chance to take one
     for job_id in ids:
         record = client.hgetall(keys.job(job_id))
         assert record["status"] == "queued", record
@@ -75,7 +92,7 @@ def test_max_concurrency_is_honoured_across_deployer_processes(
     client = redis_client(fast_stack.env)
     response = httpx.put(f"{fast_stack.url}/fleet", json={"max_concurrency": 1})
     assert response.json() == {"paused": False, "max_concurrency": 1}
-    time.sleep(1.0)  # within one heartbeat every deployer has seen the cap
+    _two_heartbeats_later(client, keys)  # every deployer has read the cap since
     repo = _sleepy_repo(tmp_path / "capped", 0.4)
     ids = [fast_stack.deploy(repo, service=f"c{n}") for n in range(5)]
     records = wait_all_ended(client, keys, ids, 90, fast_stack)
@@ -152,8 +169,8 @@ def test_doctor_finds_a_lost_job_and_fix_puts_it_back(fast_stack: Stack, tmp_pat
 
     found = doctor()
     assert found.returncode == 1, found.stdout + found.stderr
-    assert f"lost         {job_id}" in found.stdout
-    assert "left behind  ffffffffffffffffffff" in found.stdout
+    assert f"FOUND\tlost\t{job_id}\t" in found.stdout
+    assert "FOUND\tleft behind\tffffffffffffffffffff\t" in found.stdout
     fixed = doctor("--fix")
     assert fixed.returncode == 0, fixed.stdout
     assert "2 problem(s), 0 left" in fixed.stdout

@@ -15,7 +15,7 @@ import redis as redis_sync
 
 from shared.core.settings import Settings
 from shared.engine.jobs import JobStore, Status, new_job_id
-from shared.engine.queue import Queue
+from shared.engine.queue import Queue, pending, read_counts
 from shared.redis.client import make_redis
 from shared.redis.keys import Keys
 from shared.storage.archive import pack
@@ -26,41 +26,46 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.mark.anyio
-async def test_queue_claims_oldest_first_and_keeps_claimed_ids_in_active_list(
+async def test_a_blocked_take_is_woken_by_the_push_and_takes_oldest_first(
     bq_settings: Settings,
 ) -> None:
     keys = Keys(bq_settings.namespace)
     redis = make_redis(bq_settings, blocking=True)
+    other = make_redis(bq_settings)
     queue = Queue(redis, keys.queue, keys.active("w1"))
     try:
-        await queue.push("a")
-        await queue.push("b", "c")
-        assert await queue.pending() == ["a", "b", "c"]
+        await other.lpush(keys.queue, "a")
+        await other.lpush(keys.queue, "b", "c")
+        assert await pending(other, keys.queue) == ["a", "b", "c"]
         assert await queue.take(1) == "a"
-        assert await queue.in_flight() == ["a"]
         assert await queue.take(1) == "b"
-        assert await queue.in_flight() == ["b", "a"]
+        assert await other.lrange(keys.active("w1"), 0, -1) == ["b", "a"]
         assert await queue.ack("a") is True
-        assert await queue.in_flight() == ["b"]
-        assert await queue.length() == 1
+        assert await other.lrange(keys.active("w1"), 0, -1) == ["b"]
+        assert (await read_counts(other, keys)).build == 1
 
-        # A blocked consumer is woken by the push itself (no polling).
+        # A blocked take is woken by the push itself (no polling).
         got: list[str | None] = []
+        blocked = anyio.Event()
 
-        async def claim_when_pushed() -> None:
+        async def take_when_pushed() -> None:
+            blocked.set()
             got.append(await queue.take(5))
 
         await queue.take(1)  # drain "c"
         async with anyio.create_task_group() as tg:
-            tg.start_soon(claim_when_pushed)
-            await anyio.sleep(0.05)
-            other = make_redis(bq_settings)
-            await Queue(other, keys.queue, "").push("d")
-            await other.aclose()
+            tg.start_soon(take_when_pushed)
+            await blocked.wait()
+            for _ in range(1000):  # until the server has the take blocked (≤ 5 s)
+                if int((await other.info("clients"))["blocked_clients"]) >= 1:
+                    break
+                await anyio.sleep(0.005)
+            await other.lpush(keys.queue, "d")
         assert got == ["d"]
         assert await queue.take(0.1) is None
     finally:
         await redis.aclose()
+        await other.aclose()
 
 
 def test_one_deployer_processes_100_jobs_in_submission_order(
@@ -104,11 +109,12 @@ def test_one_deployer_processes_100_jobs_in_submission_order(
     assert statuses == {"live": 100}
 
 
-def test_two_processes_of_four_consumers_claim_each_of_1000_ids_exactly_once(
+def test_two_processes_of_four_slots_run_each_of_1000_jobs_exactly_once(
     bq_settings: Settings, tmp_path: Path
 ) -> None:
+    # The production take path: buildq's Consumer in two processes (take.lua while
+    # the queue has work, BLMOVE while it is empty), jobs submitted while they wait.
     keys = Keys(bq_settings.namespace)
-    ids = [f"job-{n:04d}" for n in range(1000)]
     client = redis_sync.Redis.from_url(bq_settings.redis_url, decode_responses=True)
     procs = []
     for n in range(2):
@@ -117,38 +123,42 @@ def test_two_processes_of_four_consumers_claim_each_of_1000_ids_exactly_once(
             "-m",
             "tests.integration.drain_worker",
             bq_settings.redis_url,
-            keys.queue,
-            keys.active(f"proc{n}"),
+            bq_settings.namespace,
             "4",
             str(tmp_path / f"out{n}.txt"),
         ]
         procs.append(subprocess.Popen(argv))
     try:
-        # Both processes' consumers are connected and blocked before any id exists.
+        # Every slot of both processes is blocked in BLMOVE before any job exists.
         deadline = time.monotonic() + 30
-        while not all((tmp_path / f"out{n}.txt.ready").exists() for n in range(2)):
-            assert time.monotonic() < deadline, "consumers did not start"
+        while int(client.info("clients")["blocked_clients"]) < 8:
+            assert time.monotonic() < deadline, "the consumers did not start"
             assert all(p.poll() is None for p in procs)
             time.sleep(0.02)
-        for start in range(0, len(ids), 10):
-            client.lpush(keys.queue, *ids[start : start + 10])
+
+        async def submit_all() -> list[str]:
+            redis = make_redis(bq_settings)
+            store = JobStore(redis, keys, bq_settings)
+            ids = []
+            for n in range(1000):
+                job_id = new_job_id()
+                await store.submit(job_id, service=f"svc{n % 7}", repo_url="https://h/o/r")
+                ids.append(job_id)
+            await redis.aclose()
+            return ids
+
+        ids = anyio.run(submit_all)
         for proc in procs:
-            assert proc.wait(60) == 0
+            assert proc.wait(120) == 0
+        records = {i: client.hgetall(keys.job(i)) for i in ids}
     finally:
         for proc in procs:
             stop(proc)
-    consumed = [
-        line
-        for n in range(2)
-        for line in (tmp_path / f"out{n}.txt").read_text().splitlines()
-        if line
-    ]
-    per_process = [len((tmp_path / f"out{n}.txt").read_text().splitlines()) for n in range(2)]
-    counts = Counter(consumed)
-    assert sorted(counts) == ids, "an id was lost"
-    assert max(counts.values()) == 1, "an id was consumed twice"
-    assert all(n > 0 for n in per_process), per_process
-    assert client.llen(keys.queue) == 0
-    assert client.llen(keys.active("proc0")) == 0
-    assert client.llen(keys.active("proc1")) == 0
-    client.close()
+        client.close()
+    runs = [(tmp_path / f"out{n}.txt").read_text().splitlines() for n in range(2)]
+    counts = Counter(line for lines in runs for line in lines if line)
+    assert sorted(counts) == sorted(ids), "a job was lost"
+    assert max(counts.values()) == 1, "a job ran twice"
+    assert all(len(lines) > 0 for lines in runs), [len(lines) for lines in runs]
+    assert {r["status"] for r in records.values()} == {"live"}
+    assert {r["ingest_attempts"] for r in records.values()} == {"1"}

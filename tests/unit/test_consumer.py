@@ -492,7 +492,7 @@ async def test_a_take_whose_start_transition_fails_is_requeued_by_the_orphan_che
         await consumer._take(slot_store, queue)
 
     assert await redis.lrange(keys.active(WORKER), 0, -1) == ["job-a"]
-    assert consumer.held == set()
+    assert consumer.taken == set()
     await consumer._check_orphans()  # first sighting: only suspected
     assert await redis.lrange(keys.active(WORKER), 0, -1) == ["job-a"]
     await consumer._check_orphans()  # second sighting: requeued

@@ -127,6 +127,6 @@ def test_an_exhausted_uid_pool_is_a_capacity_fault(tmp_path: Path) -> None:
     from deployer.sandbox import UidPool
 
     pool = UidPool(61000, 1, tmp_path)
-    with pool.lease(), pytest.raises(CapacityError), pool.lease():
+    with pool.borrow(), pytest.raises(CapacityError), pool.borrow():
         pass
     assert issubclass(CapacityError, TransientError)

@@ -26,7 +26,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from deployer.build import BuildTimeout, Limits, build_env, run_build
-from deployer.sandbox import Level, Sandbox, announce, detect, try_level
+from deployer.sandbox import Level, Sandbox, announce, choose, try_level
 from shared.core.errors import ConfigError, ValidationError
 from shared.core.settings import load_settings
 from shared.engine.logs import LogWriter, read_log
@@ -48,13 +48,13 @@ def level_or_fallback(level: Level, network: str = "on") -> Sandbox | None:
             {"BUILDQ_BUILD_SANDBOX": level.value, "BUILDQ_BUILD_NETWORK": network}
         )
         with pytest.raises(ConfigError, match=level.value):
-            detect(explicit)
+            choose(explicit)
         assert problem
     return sandbox
 
 
 def test_auto_picks_the_strongest_level_this_host_supports() -> None:
-    chosen = detect(load_settings({}))
+    chosen = choose(load_settings({}))
     if ROOT and HAS_BWRAP:
         expected = Level.BWRAP
     elif ROOT:
@@ -67,7 +67,7 @@ def test_auto_picks_the_strongest_level_this_host_supports() -> None:
 def test_network_off_is_never_silently_ignored() -> None:
     off = load_settings({"BUILDQ_BUILD_NETWORK": "off", "BUILDQ_BUILD_SANDBOX": "process"})
     with pytest.raises(ConfigError, match="network namespace"):
-        detect(off)
+        choose(off)
 
 
 @pytest.fixture
@@ -248,12 +248,12 @@ MEMORY_SCRIPT = """
 import anyio, resource, sys
 from pathlib import Path
 from tests.unit.test_hostile_build import build
-from deployer.sandbox import detect
+from deployer.sandbox import choose
 from shared.core.settings import load_settings
 workdir = Path(sys.argv[1]); (workdir / "src").mkdir(parents=True)
 megabytes = int(sys.argv[2])
 cmd = f"head -c {megabytes}000000 /dev/zero | tr '\\\\0' 'a' | fold -w 100; echo END"
-status, log = anyio.run(build, detect(load_settings({})), workdir, cmd)
+status, log = anyio.run(build, choose(load_settings({})), workdir, cmd)
 assert status == 0 and log.endswith("END"), (status, log[-200:])
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
 """

@@ -35,7 +35,7 @@ async def register(
 ) -> None:
     """``worker`` heartbeats now (by the FakeClock)."""
     registry = Registry(
-        redis, keys, worker, kind=stage.name, slots=2, queue=stage.source(keys), clock=clock
+        redis, keys, worker, kind=stage.name, slots=2, queue=stage.queue(keys), clock=clock
     )
     await registry.beat(0)
 
@@ -43,7 +43,7 @@ async def register(
 async def claim_as(store: JobStore, worker: str, stage: Stage) -> str:
     """``worker`` claims the next job of ``stage`` as a consumer does (counting the attempt)."""
     claimed = await store.take(
-        stage.source(store.keys),
+        stage.queue(store.keys),
         store.keys.active(worker),
         stage.started_status,
         incr={stage.attempts_field: 1},

@@ -37,7 +37,7 @@ async def park(
     if stage is BUILD:
         await store.transition(job_id, Status.QUEUED, ack=keys.ingest, push=keys.queue)
     claimed = await store.take(
-        stage.source(keys), keys.active("w"), stage.started_status, worker="w"
+        stage.queue(keys), keys.active("w"), stage.started_status, worker="w"
     )
     assert claimed is not None
     assert claimed.job_id == job_id
@@ -78,7 +78,7 @@ async def test_a_due_retry_goes_back_to_its_stages_list_at_its_resume_status(
 
     assert await release_due(redis, keys, store) == (1, None)
 
-    assert await next_ids(redis, stage.source(keys)) == ["job-a"]
+    assert await next_ids(redis, stage.queue(keys)) == ["job-a"]
     assert await status(store, "job-a") == stage.resume_status
     assert await redis.zcard(keys.delayed) == 0
 

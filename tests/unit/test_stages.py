@@ -20,7 +20,7 @@ def test_the_stages_are_ingest_then_build() -> None:
     "part",
     [
         lambda s: s.name,
-        lambda s: s.source(KEYS),
+        lambda s: s.queue(KEYS),
         lambda s: s.resume_status,
         lambda s: s.started_status,
         lambda s: s.attempts_field,
@@ -34,7 +34,7 @@ def test_no_two_stages_share_a_key_status_or_field(part: object) -> None:
 
 def test_a_stage_list_is_none_of_the_other_keys() -> None:
     others = {KEYS.delayed, KEYS.dead, KEYS.jobs, KEYS.events, KEYS.workers, KEYS.active("w")}
-    assert not {s.source(KEYS) for s in STAGES} & others
+    assert not {s.queue(KEYS) for s in STAGES} & others
 
 
 @pytest.mark.parametrize("stage", STAGES, ids=lambda s: s.name)
@@ -55,7 +55,7 @@ def test_every_waiting_or_running_status_belongs_to_exactly_one_stage() -> None:
 @pytest.mark.parametrize("stage", STAGES, ids=lambda s: s.name)
 def test_a_stage_round_trips_through_what_is_stored(stage: Stage) -> None:
     assert Stage.named(stage.name) is stage  # a record's retry_stage
-    assert Stage.of_source(KEYS, stage.source(KEYS)) is stage  # a worker's queue
+    assert Stage.of_queue(KEYS, stage.queue(KEYS)) is stage  # a worker's queue
     for status in stage.statuses:
         assert Stage.of_status(status) is stage
 
