@@ -20,7 +20,7 @@ from shared.core.clock import now_ms
 from shared.core.settings import Settings
 from shared.engine.jobs import JobStore, Status
 from shared.engine.recovery import requeue
-from shared.engine.stages import INGEST, Stage
+from shared.engine.stages import Stage
 from shared.redis.keys import Keys
 
 # Where a job may wait, by preference when it is found in several places.
@@ -87,9 +87,7 @@ class Doctor:
         indexed: Any = await self.redis.zrange(self.keys.jobs, 0, -1)
         findings: list[Finding] = []
         for job_id in dict.fromkeys([*indexed, *places]):
-            raw: Any = await self.redis.hmget(
-                self.keys.job(job_id), "status", "ended_at", "retry_stage"
-            )
+            raw: Any = await self.redis.hmget(self.keys.job(job_id), "status", "ended_at")
             finding = await self._check_one(job_id, raw, places.get(job_id, []), fix)
             if finding is not None:
                 findings.append(finding)
@@ -98,7 +96,7 @@ class Doctor:
     async def _check_one(
         self, job_id: str, raw: list[str | None], where: list[Place], fix: bool
     ) -> Finding | None:
-        status, ended, stage = raw
+        status, ended = raw
         if status is None or ended:
             extra = [p for p in where if not (p.kind == "dead" and status == Status.FAILED)]
             if not extra:
@@ -112,7 +110,7 @@ class Doctor:
         if not where:
             finding = Finding(job_id, "lost", f"status {status} but in no queue")
             if fix:
-                await self._restore(job_id, Status(status), stage)
+                await self._restore(job_id, Status(status))
                 finding.fixed = True
             return finding
         if len(where) > 1:
@@ -144,12 +142,13 @@ class Doctor:
             else:
                 await self.redis.lrem(place.key, 1 if once else 0, job_id)
 
-    async def _restore(self, job_id: str, status: Status, stage: str | None) -> None:
+    async def _restore(self, job_id: str, status: Status) -> None:
         if status in (Status.RETRYING, Status.WAITING):
             await self.store.transition(job_id, status, delay_until_ms=now_ms(self.clock))
             return
-        # A job past ingest goes back where its last retry would have sent it.
-        where = INGEST if status in INGEST.statuses else Stage.named(stage)
+        # Its status says where it belongs: a job queued or running for its build goes
+        # back to the build queue even if an earlier ingest retry left retry_stage set.
+        where = Stage.of_status(status)
         await self.store.transition(
             job_id, where.resume_status, push=where.queue(self.keys), head=True
         )

@@ -151,6 +151,27 @@ async def test_a_lost_ingest_job_goes_back_to_ingest_as_accepted(
     assert await check(redis, keys, settings, clock) == []
 
 
+async def test_a_lost_build_job_with_an_old_ingest_retry_goes_back_to_the_build_queue(
+    redis: fakeredis.FakeAsyncRedis,
+    keys: Keys,
+    settings: Settings,
+    store: JobStore,
+    clock: FakeClock,
+) -> None:
+    # It was retried during ingest once (retry_stage=ingest), then cloned and queued
+    # for its build: its status, not that old retry, says where it belongs now.
+    await submit(store, "lost")
+    await store.transition("lost", Status.QUEUED, ack=keys.ingest, retry_stage="ingest")
+
+    assert problems(await check(redis, keys, settings, clock, fix=True)) == [("lost", "lost")]
+
+    assert await next_ids(redis, keys.queue) == ["lost"]
+    assert await redis.llen(keys.ingest) == 0
+    record = await store.get("lost")
+    assert record is not None
+    assert record.status is Status.QUEUED
+
+
 async def test_a_lost_retry_is_fixed_into_delayed_due_now(
     redis: fakeredis.FakeAsyncRedis,
     keys: Keys,
