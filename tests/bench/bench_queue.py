@@ -38,6 +38,7 @@ from shared.core.logsetup import configure_logging
 
 if __package__ in (None, ""):  # run as a file: make the `tests.bench` package importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from tests.bench.goals import Goal
 from tests.bench.systems import Arq, Buildq, Floor, Probe, Saq, System
 
 T = TypeVar("T")
@@ -258,10 +259,16 @@ def dist_version(name: str) -> str:
         return "absent"
 
 
+def median_round(rounds: list[DrainResult]) -> DrainResult:
+    """The round with the median rate (the lower middle one for an even count)."""
+    ordered = sorted(rounds, key=lambda d: d.rate)
+    return ordered[(len(ordered) - 1) // 2]
+
+
 def print_dispatch(drains: dict[str, list[DrainResult]]) -> dict[str, DrainResult]:
-    """Print the dispatch tables; returns each system's best round."""
-    best = {label: max(rounds, key=lambda d: d.rate) for label, rounds in drains.items()}
-    print("1. Dispatch: pre-loaded no-op jobs drained by one worker process (best round)")
+    """Print the dispatch tables; returns each system's median round."""
+    best = {label: median_round(rounds) for label, rounds in drains.items()}
+    print("1. Dispatch: pre-loaded no-op jobs drained by one worker process (median round)")
     cols = (
         f"{'system':<20} {'jobs':>5} {'secs':>6} {'jobs/s':>7} {'srv cmd/job':>11} "
         f"{'sent cmd/job':>12} {'rtt/job':>7} {'srv cpu us/job':>14} {'wkr cpu us/job':>14}"
@@ -295,8 +302,30 @@ def print_dispatch(drains: dict[str, list[DrainResult]]) -> dict[str, DrainResul
     return best
 
 
+def merge_pickups(rounds: list[list[PickupResult]]) -> list[PickupResult]:
+    """Each system's samples of every round, in one result."""
+    merged: dict[str, PickupResult] = {}
+    for results in rounds:
+        for r in results:
+            into = merged.setdefault(r.label, PickupResult(r.label))
+            into.samples.extend(r.samples)
+            into.aborted = into.aborted or r.aborted
+    return list(merged.values())
+
+
+def round_ratios(rounds: list[list[PickupResult]], label: str, p: float) -> list[float]:
+    """Per round: ``label``'s p-th percentile over the floor's in the same round."""
+    out = []
+    for results in rounds:
+        by = {r.label: r for r in results if r.samples}
+        if label in by and Floor.label in by:
+            out.append(by[label].pct(p) / by[Floor.label].pct(p))
+    return out
+
+
 def print_pickup(pickups: list[PickupResult]) -> None:
     print("2. Pickup: enqueue call -> handler start, idle worker, producer on its own connection")
+    print("   (all rounds' samples together)")
     cols = (
         f"{'system':<20} {'n':>4} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} "
         f"{'max ms':>8} {'mean ms':>8}"
@@ -314,32 +343,35 @@ def print_pickup(pickups: list[PickupResult]) -> None:
         )
 
 
-def print_targets(best: dict[str, DrainResult], pickups: list[PickupResult]) -> None:
-    print("3. Against the targets")
-    ours = best.get(Buildq.label)
-    peers = [d for label, d in best.items() if label not in (Buildq.label, Floor.label)]
-    if ours is None or ours.cost is None or not peers:
-        print("   (needs buildq and at least one peer)")
-        return
-    top = max(peers, key=lambda d: d.rate)
-    ratio = ours.rate / top.rate if top.rate else float("inf")
-    print(
-        f"   dispatch: buildq {ours.rate:.0f}/s / best peer ({top.label}) {top.rate:.0f}/s "
-        f"= {ratio:.2f}x  (target >= 3x: {'met' if ratio >= 3 else 'NOT met'})"
-    )
-    for what, value in (
-        ("sent by the worker", ours.cost.client_cmds),
-        ("executed by valkey", ours.cost.server_cmds),
-    ):
-        verdict = "met" if value <= 6 else "NOT met"
-        print(f"   commands/job {what}: {value:5.2f}  (target <= 6: {verdict})")
-    picks = {p.label: p for p in pickups if p.samples}
-    if Buildq.label in picks and Saq.label in picks:
-        p50, saq50 = picks[Buildq.label].pct(50), picks[Saq.label].pct(50)
-        print(
-            f"   pickup p50: buildq {p50:.3f} ms (target < 1 ms: {'met' if p50 < 1 else 'NOT met'})"
-            f"; buildq / saq = {p50:.3f} / {saq50:.3f} = {p50 / saq50:.2f}"
-        )
+def spread(values: list[float]) -> str:
+    return f"median {statistics.median(values):.2f} (min {min(values):.2f}, max {max(values):.2f})"
+
+
+def print_targets(
+    drains: dict[str, list[DrainResult]], pickup_rounds: list[list[PickupResult]]
+) -> list[Goal]:
+    """Issue 10's goals as ratios to references measured in the same rounds."""
+    print("3. Against the goals (ratios per round, same round's reference; median and spread)")
+    goals: list[Goal] = []
+    ours = drains.get(Buildq.label, [])
+    for ref, name, target in ((Saq.label, "saq", 4.0), (Floor.label, "floor", 0.5)):
+        theirs = drains.get(ref, [])
+        ratios = [o.rate / t.rate for o, t in zip(ours, theirs, strict=False) if t.rate]
+        if ratios:
+            print(f"   dispatch buildq / {name}: {spread(ratios)}  (goal >= {target:g}x)")
+            goals.append(
+                Goal(f"queue.dispatch_vs_{name}", statistics.median(ratios), target, False)
+            )
+    for p, target in ((50, 1.5), (99, 3.0)):
+        ratios = round_ratios(pickup_rounds, Buildq.label, p)
+        if ratios:
+            print(f"   pickup p{p} buildq / floor: {spread(ratios)}  (goal <= {target:g}x)")
+            goals.append(Goal(f"queue.pickup_p{p}_vs_floor", statistics.median(ratios), target))
+    if not goals:
+        print("   (needs buildq and the floor or saq)")
+    for goal in goals:
+        print(goal.line())
+    return goals
 
 
 # --------------------------------------------------------------------------- main
@@ -348,7 +380,9 @@ def print_targets(best: dict[str, DrainResult], pickups: list[PickupResult]) -> 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--jobs", type=int, default=5000, help="jobs per system and round")
-    parser.add_argument("--rounds", type=int, default=2, help="drain rounds (best is shown)")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="alternating rounds (medians are shown)"
+    )
     parser.add_argument("--concurrency", type=int, default=10, help="slots per worker")
     parser.add_argument("--samples", type=int, default=300, help="pickup samples per system")
     parser.add_argument("--warmup", type=int, default=20, help="pickup samples discarded")
@@ -365,6 +399,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def make_systems(args: argparse.Namespace, port: int, token: str) -> list[System]:
     url = f"redis://127.0.0.1:{port}/0"
+    wanted = set(args.only.split(",")) if args.only else {"floor", "buildq", "saq", "arq"}
     systems: list[System] = [
         Floor(url, token, args.concurrency),
         Buildq(url, token, args.concurrency),
@@ -373,12 +408,9 @@ def make_systems(args: argparse.Namespace, port: int, token: str) -> list[System
     systems += [
         Arq(port, token, args.concurrency, float(delay), samples=args.arq_samples)
         for delay in args.arq_poll_delays.split(",")
-        if delay
+        if delay and "arq" in wanted
     ]
-    if args.only:
-        wanted = set(args.only.split(","))
-        systems = [s for s in systems if s.label.split(" ")[0] in wanted]
-    return systems
+    return [s for s in systems if s.label.split(" ")[0] in wanted]
 
 
 async def run_systems(systems: list[System], phase: Callable[[System], Awaitable[T]]) -> list[T]:
@@ -404,15 +436,22 @@ async def bench(args: argparse.Namespace, port: int) -> None:
     drains: dict[str, list[DrainResult]] = {}
     try:
         server = await stats.info("server")
+        pickup_rounds: list[list[PickupResult]] = []
+        per_round = max(20, args.samples // args.rounds)
         for round_no in range(args.rounds):
-            systems = make_systems(args, port, f"{token}-d{round_no}")
+            # Alternate the order so that no system always runs on a warmer machine.
+            order = 1 if round_no % 2 == 0 else -1
+            systems = make_systems(args, port, f"{token}-d{round_no}")[::order]
             for d in await run_systems(systems, lambda s: drain(s, stats, args.jobs, args.limit_s)):
                 drains.setdefault(d.label, []).append(d)
-        systems = make_systems(args, port, f"{token}-p")
-        pickups = await run_systems(
-            systems,
-            lambda s: pickup(s, s.pickup_samples or args.samples, args.warmup, args.limit_s),
-        )
+            systems = make_systems(args, port, f"{token}-p{round_no}")[::order]
+            pickup_rounds.append(
+                await run_systems(
+                    systems,
+                    lambda s: pickup(s, s.pickup_samples or per_round, args.warmup, args.limit_s),
+                )
+            )
+        pickups = merge_pickups(pickup_rounds)
     finally:
         await stats.aclose()
     load_after = os.getloadavg()
@@ -436,11 +475,11 @@ async def bench(args: argparse.Namespace, port: int) -> None:
         f"(+{args.warmup} warm-up; arq {args.arq_samples})"
     )
     print()
-    best = print_dispatch(drains)
+    print_dispatch(drains)
     print()
     print_pickup(pickups)
     print()
-    print_targets(best, pickups)
+    print_targets(drains, pickup_rounds)
     print()
     print("Notes:")
     for system in systems:
