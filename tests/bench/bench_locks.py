@@ -17,6 +17,7 @@ import os
 import platform
 import random
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -33,6 +34,7 @@ from shared.cli.embedded import free_port, start_valkey, stop_process
 from shared.coord.locks import DeployLock, Lease
 from shared.core.logsetup import configure_logging
 from shared.redis.keys import Keys
+from tests.bench.goals import Goal
 
 SETTLE_S = 0.002  # after the waiter was told to start, before the release
 EXPIRE_S = 60
@@ -213,9 +215,9 @@ async def rate(system: System, ops: int, limit_s: float) -> tuple[float, int]:
     return done / (now_s() - began), done
 
 
-async def bench(args: argparse.Namespace, url: str) -> list[Result]:
+async def bench(args: argparse.Namespace, url: str, order: int = 1) -> list[Result]:
     results = []
-    for kind in args.only.split(","):
+    for kind in args.only.split(",")[::order]:
         name = f"{os.getpid()}-{os.urandom(3).hex()}-{kind}"
         system = SYSTEMS[kind](url, name)
         try:
@@ -225,6 +227,58 @@ async def bench(args: argparse.Namespace, url: str) -> list[Result]:
             await system.close()
         results.append(Result(system.label, samples, ops_rate, ops))
     return results
+
+
+def merge(rounds: list[list[Result]]) -> list[Result]:
+    """Each system's handoff samples of every round together, and its median rate."""
+    by: dict[str, list[Result]] = {}
+    for results in rounds:
+        for r in results:
+            by.setdefault(r.label, []).append(r)
+    return [
+        Result(
+            label,
+            [ms for r in rs for ms in r.handoff_ms],
+            statistics.median(r.rate for r in rs),
+            sum(r.ops for r in rs),
+        )
+        for label, rs in by.items()
+    ]
+
+
+def goals(rounds: list[list[Result]]) -> list[Goal]:
+    """Issue 10's lock goals, as ratios to the peer measured in the same round."""
+
+    def p50(o: Result, t: Result) -> float:
+        return o.pct(0.5) / t.pct(0.5)
+
+    def p99(o: Result, t: Result) -> float:
+        return o.pct(0.99) / t.pct(0.99)
+
+    def ops(o: Result, t: Result) -> float:
+        return o.rate / t.rate
+
+    picks = (
+        ("handoff_p50_vs_python_redis_lock", PythonRedisLock.label, p50, 1.0, True),
+        ("handoff_p99_vs_python_redis_lock", PythonRedisLock.label, p99, 1.0, True),
+        ("acquire_release_vs_redis_py", RedisPy.label, ops, 0.9, False),
+    )
+    out = []
+    for name, peer, ratio, target, at_most in picks:
+        values = []
+        for results in rounds:
+            by = {r.label: r for r in results}
+            if Buildq.label in by and peer in by and by[peer].handoff_ms:
+                values.append(ratio(by[Buildq.label], by[peer]))
+        if values:
+            print(
+                f"  {name}: median {statistics.median(values):.2f} "
+                f"(min {min(values):.2f}, max {max(values):.2f}) over {len(values)} rounds"
+            )
+            out.append(Goal(f"locks.{name}", statistics.median(values), target, at_most))
+    for goal in out:
+        print(goal.line())
+    return out
 
 
 def report(results: list[Result], args: argparse.Namespace, began: float) -> None:
@@ -274,8 +328,9 @@ def report(results: list[Result], args: argparse.Namespace, began: float) -> Non
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--samples", type=int, default=300, help="handoff samples per system")
-    parser.add_argument("--ops", type=int, default=3000, help="acquire+release pairs")
+    parser.add_argument("--samples", type=int, default=100, help="handoff samples per round")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds")
+    parser.add_argument("--ops", type=int, default=1000, help="acquire+release pairs per round")
     parser.add_argument("--limit-s", type=float, default=60.0, help="cap per phase")
     parser.add_argument("--only", default=",".join(SYSTEMS), help="comma list of systems")
     parser.add_argument("--waiter", nargs=3, metavar=("KIND", "URL", "NAME"), help="internal")
@@ -297,11 +352,17 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="buildq-bench-") as tmp:
         port = free_port()
         server = start_valkey(Path(tmp) / "valkey", port, appendonly=False)
+        url = f"redis://127.0.0.1:{port}/0"
+        rounds: list[list[Result]] = []
         try:
-            results = asyncio.run(bench(args, f"redis://127.0.0.1:{port}/0"))
+            for round_no in range(args.rounds):  # alternating order, medians of rounds
+                rounds.append(asyncio.run(bench(args, url, 1 if round_no % 2 == 0 else -1)))
         finally:
             stop_process(server)
-    report(results, args, began)
+    report(merge(rounds), args, began)
+    print()
+    print("goals (buildq / peer in the same round):")
+    goals(rounds)
 
 
 if __name__ == "__main__":
