@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from collections.abc import AsyncIterator
@@ -16,18 +15,20 @@ from redis.exceptions import RedisError
 
 from shared.core.buildenv import MAX_ENTRIES, validate_build_env
 from shared.core.errors import ValidationError
-from shared.core.names import service_from_repo_url, validate_name, validate_relative_dir
+from shared.core.names import validate_name
 from shared.core.siteaddr import JOB_ID_RE, preview_url, site_url
-from shared.engine.jobs import TERMINAL, JobRecord, Status, new_job_id
+from shared.engine.jobs import TERMINAL, JobRecord, Status
 from shared.engine.logs import read_log
 from shared.engine.queue import pending, read_counts
 from shared.engine.workers import list_workers
-from uploader.auth import Action, Caller, require
+from uploader.access import Caller
+from uploader.jsonbody import ParsedJSONRoute
 from uploader.loghub import HubFull, Subscription, entry_key
-from uploader.repourl import validate_ref, validate_repo_url
+from uploader.refused import Refused
 from uploader.state import Services, services
+from uploader.submit import Forbidden, KeyExpired, RateLimited, Submission, submit
 
-router = APIRouter()
+router = APIRouter(route_class=ParsedJSONRoute)
 SSE_KEEPALIVE_S = 5.0
 
 Svc = Annotated[Services, Depends(services)]
@@ -99,46 +100,25 @@ async def create_deployment(
     With an ``Idempotency-Key`` header, repeating the request returns the first job
     (200, same id) instead of creating another; keys are the caller's own.
     """
-    validate_repo_url(body.repo_url, allow_local=svc.settings.allow_local_repos)
-    service = validate_name(body.service) if body.service else service_from_repo_url(body.repo_url)
-    require(who, Action.DEPLOY, service)
-    ref = validate_ref(body.ref) if body.ref else None
-    root_dir = validate_relative_dir(body.root_dir) or None if body.root_dir else None
     build = body.build.model_dump(exclude_none=True) if body.build else None
-    if build and "output" in build:
-        build["output"] = validate_relative_dir(build["output"], "build output") or "."
-    fields: dict[str, Any] = {
-        "service": service,
-        "repo_url": body.repo_url,
-        "ref": ref,
-        "root_dir": root_dir,
-        "build": build,
-    }
-    job_id = new_job_id()
-    if idempotency_key is None:
-        seq = await svc.store.submit(job_id, **fields)
-        return Accepted(
-            id=job_id,
-            status=Status.ACCEPTED,
-            service=service,
-            seq=seq,
-            links=_links(svc, job_id, service),
-        )
-    # Scoped to the caller: another identity's key can neither replay nor block this one.
-    scoped = f"{who.name}\x00{idempotency_key}".encode("utf-8", "surrogatepass")
-    digest = hashlib.sha256(scoped).hexdigest()
-    job_id, created = await svc.store.submit_once(job_id, digest, **fields)
-    record = await svc.store.get(job_id)
-    if record is None:  # the first job expired while its key lived on
-        raise HTTPException(409, "the job for this Idempotency-Key has expired; use a new key")
+    submission = Submission(body.repo_url, body.service, body.ref, body.root_dir, build)
+    try:
+        receipt = await submit(svc, who, submission, idempotency_key=idempotency_key)
+    except Forbidden as exc:
+        raise HTTPException(403, str(exc)) from None
+    except RateLimited as exc:
+        message = f"{exc}; retry later"
+        raise Refused(429, message, {"Retry-After": str(exc.retry_after_s)}) from None
+    except KeyExpired as exc:
+        raise HTTPException(409, str(exc)) from None
     accepted = Accepted(
-        id=job_id,
-        status=record.status,
-        service=record.service,
-        seq=record.seq,
-        links=_links(svc, job_id, record.service),
+        id=receipt.job_id,
+        status=receipt.status,
+        service=receipt.service,
+        seq=receipt.seq,
+        links=_links(svc, receipt.job_id, receipt.service),
     )
-    if created:
+    if receipt.created:
         return accepted
     return JSONResponse(accepted.model_dump(mode="json"), status_code=200)
 

@@ -4,8 +4,9 @@
 ``name:role:svc1|svc2=token`` (service names or globs such as ``docs-*``). Tokens
 are kept only as SHA-256 digests and compared with :func:`hmac.compare_digest`
 against every entry, without an early exit. With no tokens the uploader is in
-single-user local mode: every caller is the local admin (see ``uploader/security.py``
-for the loopback and ``Host`` checks that make that safe).
+single-user local mode: every caller is the local admin (see ``uploader/origin.py``
+for the ``Host`` checks and ``uploader/__main__.py`` for the loopback bind that make
+that safe). ``uploader/access.py`` turns a request into an :class:`Identity`.
 
 ``BUILDQ_CHAT_USERS`` maps a chat workspace and user id to one of these identities:
 ``team:user=name``. Parsing is pure; :func:`decide` is the one place a role is
@@ -23,14 +24,12 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request
+from fastapi import HTTPException
 
 from shared.coord.lockbook import OWNER_RE
 from shared.core.errors import ConfigError
 
-SCOPE_KEY = "buildq.identity"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}$")
 SERVICE_GLOB_RE = re.compile(r"^[a-z0-9*?][a-z0-9*?-]{0,62}$")
 CHAT_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -254,14 +253,3 @@ class ChatDirectory:
         if name is None:
             return None
         return self.known.get(name) or Identity(name, Role.DEPLOYER)
-
-
-def caller(request: Request) -> Identity:
-    """FastAPI dependency: the identity the security middleware attached, or 401."""
-    identity = request.scope.get(SCOPE_KEY)
-    if not isinstance(identity, Identity):
-        raise HTTPException(401, "a valid API token is required")
-    return identity
-
-
-Caller = Annotated[Identity, Depends(caller)]

@@ -13,16 +13,15 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
+from shared.core.clock import format_ms
 from shared.core.errors import ValidationError
-from shared.core.names import service_from_repo_url, validate_name
+from shared.core.names import validate_name
 from shared.core.redaction import redact_url
-from shared.engine.jobs import new_job_id
+from shared.engine.queue import read_counts
 from shared.engine.workers import list_workers
 from uploader.auth import Action, Identity, decide
-from uploader.netcheck import HostPolicy
 from uploader.ownership import (
     ReleaseRefused,
     describe_claim,
@@ -30,8 +29,7 @@ from uploader.ownership import (
     release_claim,
     release_lock,
 )
-from uploader.ratelimit import submission_wait_s
-from uploader.repourl import validate_repo_url
+from uploader.submit import Forbidden, RateLimited, Submission, submit
 from uploader.team_api import Team
 
 HELP = """buildq commands:
@@ -91,9 +89,7 @@ def ephemeral(text: str) -> dict[str, str]:
 
 
 def _at(ms: int | None) -> str:
-    if ms is None:
-        return "no expiry"
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return format_ms(ms, utc=True)  # readers are in many time zones
 
 
 def _forced(args: list[str]) -> bool:
@@ -229,17 +225,12 @@ async def _locks(
 async def _queue(
     t: Team, who: Identity | None, chat: ChatRequest, args: list[str]
 ) -> dict[str, str]:
-    k = t.svc.keys
-    pipe = t.svc.redis.pipeline(transaction=False)
-    pipe.llen(k.queue)
-    pipe.llen(k.ingest)
-    pipe.zcard(k.delayed)
-    pipe.llen(k.dead)
-    queued, ingest, delayed, dead = await pipe.execute()
-    workers = await list_workers(t.svc.redis, k)
+    counts = await read_counts(t.svc.redis, t.svc.keys)
+    workers = await list_workers(t.svc.redis, t.svc.keys)
     busy = sum(w.busy for w in workers)
     return ephemeral(
-        f"queue {queued}, cloning {ingest}, delayed {delayed}, dead {dead}; "
+        f"queue {counts.build}, cloning {counts.ingest}, delayed {counts.delayed}, "
+        f"dead {counts.dead}; "
         f"{len(workers)} workers, {busy} busy"
     )
 
@@ -252,21 +243,20 @@ async def _deploy(
     url = args[0]
     if url.startswith("<") and url.endswith(">"):  # Slack's link markup: <url|label>
         url = url[1:-1].split("|", 1)[0]
-    settings = t.svc.settings
-    hosts = HostPolicy.of(
-        settings.repo_host_allowlist.split(","), settings.repo_host_denylist.split(",")
-    )  # the same host lists POST /deployments is held to (uploader/security.py)
-    validate_repo_url(url, allow_local=settings.allow_local_repos, hosts=hosts)
-    service = validate_name(args[1]) if len(args) > 1 else service_from_repo_url(url)
-    me = _allow(who, Action.DEPLOY, service).name
-    wait_s = await submission_wait_s(t.svc, me)
-    if wait_s:
-        limit = settings.submit_rate_per_min
-        return ephemeral(f"more than {limit} deploys per minute for {me}; retry in {wait_s} s.")
-    job_id = new_job_id()
-    await t.svc.store.submit(job_id, service=service, repo_url=url)
+    me = _allow(who, Action.READ)  # a mapped identity; submit checks its role and services
+    service = args[1] if len(args) > 1 else None
+    try:
+        receipt = await submit(t.svc, me, Submission(url, service))
+    except Forbidden as exc:
+        return ephemeral(f"{exc}.")
+    except RateLimited as exc:
+        return ephemeral(
+            f"more than {exc.limit} deploys per minute for {me.name}; "
+            f"retry in {exc.retry_after_s} s."
+        )
+    job_id, service = receipt.job_id, receipt.service
     link = f"{t.svc.settings.api_url.rstrip('/')}/deployments/{job_id}"
-    return in_channel(f"{me} is deploying {redact_url(url)} as {service}: job {job_id} {link}")
+    return in_channel(f"{me.name} is deploying {redact_url(url)} as {service}: job {job_id} {link}")
 
 
 async def _help(

@@ -11,10 +11,12 @@ from shared.engine.fleet import read_fleet, write_fleet
 from shared.engine.jobs import TERMINAL, Status
 from shared.engine.replies import CancelReply
 from shared.engine.stages import BUILD, INGEST
+from uploader.access import Caller
 from uploader.api import Svc, job_or_404
-from uploader.auth import Action, Caller, require
+from uploader.auth import Action, require
+from uploader.jsonbody import ParsedJSONRoute
 
-router = APIRouter()
+router = APIRouter(route_class=ParsedJSONRoute)
 
 
 class FleetUpdate(BaseModel):

@@ -18,7 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from shared.coord.lockbook import LockBook, LockRecord, validate_owner
 from shared.coord.staging import Staging
 from shared.core.names import validate_name
-from uploader.auth import Action, Caller, Identity, require
+from uploader.access import Caller
+from uploader.auth import Action, Identity, require
+from uploader.jsonbody import ParsedJSONRoute
 from uploader.ownership import (
     ReleaseRefused,
     describe_claim,
@@ -29,7 +31,7 @@ from uploader.ownership import (
 from uploader.state import Services, services
 
 log = structlog.get_logger("team")
-router = APIRouter(tags=["team"])
+router = APIRouter(tags=["team"], route_class=ParsedJSONRoute)
 MAX_TTL_S = 30 * 24 * 3600
 
 

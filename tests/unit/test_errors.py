@@ -25,7 +25,7 @@ from shared.core.errors import (
 ROOT = Path(__file__).resolve().parents[2]
 # Control flow, not failures: each is caught next to where it is raised.
 NOT_FAILURES = {
-    "uploader.security.Refused": "the middleware's early answer (an HTTP status)",
+    "uploader.refused.Refused": "an HTTP answer with its status and headers",
     "uploader.chatops_commands.Refusal": "a chat reply to the caller",
     "uploader.ownership.ReleaseRefused": "an HTTP status / chat reply for a release",
     "uploader.loghub.HubFull": "answered 503 by the log route",
@@ -92,7 +92,7 @@ def test_a_full_disk_while_extracting_is_retried_not_blamed_on_the_archive(
     def full(*args: object, **kwargs: object) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(tarfile.TarFile, "extract", full)
+    monkeypatch.setattr("shared.storage.archive.write_file", full)
     with pytest.raises(DiskError, match="No space left"):
         extract(archive, tmp_path / "out", max_files=10, max_bytes=1000)
 

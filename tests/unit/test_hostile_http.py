@@ -20,7 +20,8 @@ from shared.engine.jobs import JobStore
 from shared.redis.keys import Keys
 from uploader import api
 from uploader.errors import install_error_handlers
-from uploader.security import install_security, parse_json_body
+from uploader.jsonbody import parse_json_body
+from uploader.security import install_security
 from uploader.state import Services
 
 pytestmark = pytest.mark.anyio

@@ -1,0 +1,123 @@
+"""One way in for a deployment: ``POST /deployments`` and the chat ``deploy`` command
+both go through :func:`submit`, so both apply the same checks in the same order and
+write the same record.
+
+The checks, in order: the repository URL (its form, and the operator's repository
+host lists ``BUILDQ_REPO_HOST_ALLOWLIST``/``DENYLIST``), the service name, the
+caller's right to deploy that service, ``ref``/``root_dir``/``build``, and last the
+per-identity rate limit (``uploader/ratelimit.py``), so a refused request does not
+spend the caller's budget. Each surface words the refusals its own way (HTTP status,
+chat reply).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from shared.core.errors import PermanentError, TransientError
+from shared.core.names import service_from_repo_url, validate_name, validate_relative_dir
+from shared.core.settings import Settings
+from shared.engine.jobs import Status, new_job_id
+from uploader.auth import Action, Identity, decide
+from uploader.netcheck import HostPolicy
+from uploader.ratelimit import submission_wait_s
+from uploader.repourl import validate_ref, validate_repo_url
+from uploader.state import Services
+
+
+class Forbidden(PermanentError):
+    """The caller may not deploy this service; the message says why."""
+
+
+class RateLimited(TransientError):
+    """The caller submitted more than its limit this minute."""
+
+    def __init__(self, name: str, limit: int, retry_after_s: int) -> None:
+        super().__init__(f"more than {limit} submissions per minute for {name}")
+        self.name = name
+        self.limit = limit
+        self.retry_after_s = retry_after_s
+
+
+class KeyExpired(PermanentError):
+    """The job an ``Idempotency-Key`` names has expired while the key lived on."""
+
+
+@dataclass(frozen=True, slots=True)
+class Submission:
+    """What a caller asks to deploy (``service`` defaults to the repository's name)."""
+
+    repo_url: str
+    service: str | None = None
+    ref: str | None = None
+    root_dir: str | None = None
+    build: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """The job a submission created, or the earlier one its idempotency key names."""
+
+    job_id: str
+    status: Status
+    service: str
+    seq: int
+    created: bool = True
+
+
+@lru_cache(maxsize=4)
+def repo_hosts(settings: Settings) -> HostPolicy:
+    """The operator's repository host allow and deny lists."""
+    return HostPolicy.of(
+        settings.repo_host_allowlist.split(","), settings.repo_host_denylist.split(",")
+    )
+
+
+def _record_fields(svc: Services, who: Identity, submission: Submission) -> dict[str, Any]:
+    """The checked record fields; ValidationError or :class:`Forbidden` otherwise."""
+    settings = svc.settings
+    url = submission.repo_url
+    validate_repo_url(url, allow_local=settings.allow_local_repos, hosts=repo_hosts(settings))
+    name = submission.service
+    service = validate_name(name) if name else service_from_repo_url(url)
+    reason = decide(who, Action.DEPLOY, service)
+    if reason is not None:
+        raise Forbidden(reason)
+    ref = validate_ref(submission.ref) if submission.ref else None
+    root_dir = validate_relative_dir(submission.root_dir) or None if submission.root_dir else None
+    build = dict(submission.build) if submission.build else None
+    if build and "output" in build:
+        build["output"] = validate_relative_dir(build["output"], "build output") or "."
+    return {"service": service, "repo_url": url, "ref": ref, "root_dir": root_dir, "build": build}
+
+
+async def submit(
+    svc: Services, who: Identity, submission: Submission, *, idempotency_key: str | None = None
+) -> Receipt:
+    """Check ``submission`` as ``who`` and create its job.
+
+    With an ``idempotency_key`` (scoped to ``who``), a repeat returns the first job
+    (``created=False``). Raises ValidationError, :class:`Forbidden`,
+    :class:`RateLimited` or :class:`KeyExpired`; Redis errors propagate.
+    """
+    fields = _record_fields(svc, who, submission)
+    clock = svc.store.clock
+    wait_s = await submission_wait_s(svc, who.name, now_s=clock())
+    if wait_s:
+        raise RateLimited(who.name, svc.settings.submit_rate_per_min, wait_s)
+    job_id = new_job_id(clock)
+    if idempotency_key is None:
+        seq = await svc.store.submit(job_id, **fields)
+        return Receipt(job_id, Status.ACCEPTED, fields["service"], seq)
+    # Scoped to the caller: another identity's key can neither replay nor block this one.
+    scoped = f"{who.name}\x00{idempotency_key}".encode("utf-8", "surrogatepass")
+    digest = hashlib.sha256(scoped).hexdigest()
+    job_id, created = await svc.store.submit_once(job_id, digest, **fields)
+    record = await svc.store.get(job_id)
+    if record is None:
+        raise KeyExpired("the job for this Idempotency-Key has expired; use a new key")
+    return Receipt(job_id, record.status, record.service, record.seq, created)
