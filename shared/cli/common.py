@@ -21,6 +21,13 @@ def api_option(f: Any) -> Any:
     )(f)
 
 
+def json_option(f: Any) -> Any:
+    """``--json``: print the API's JSON answer as is, for scripts."""
+    return click.option(
+        "--json", "as_json", is_flag=True, help="print the API's JSON as is (for scripts)"
+    )(f)
+
+
 def call_api(api_url: str, method: str, *args: Any, **kwargs: Any) -> Any:
     """Call ``Client.<method>``; an API error becomes a clean CLI error (exit 1)."""
     client = Client(api_url)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -12,8 +11,10 @@ from typing import Any
 import click
 
 from shared import __version__
+from shared.cli import views
 from shared.cli.client import ApiError, Client
-from shared.cli.common import api_option, call_api
+from shared.cli.common import api_option, call_api, json_option
+from shared.cli.render import Output, print_json
 from shared.core.errors import BuildqError, ConfigError
 from shared.core.settings import load_settings
 
@@ -134,45 +135,45 @@ def deploy(
 
 @main.command()
 @click.argument("job_id", required=False)
+@json_option
 @api_option
-def status(job_id: str | None, api_url: str) -> None:
-    """Show one job (with phase timings) or the most recent jobs."""
-    client = Client(api_url)
-    try:
-        if job_id:
-            click.echo(json.dumps(client.job(job_id), indent=2))
+def status(job_id: str | None, as_json: bool, api_url: str) -> None:
+    """Show the 20 most recent jobs, or one job's fields and phase timings.
+
+    Columns: id, status, service, created, repository; for one job, field and value
+    rows, then phase rows (phase, started, duration ms)."""
+    if job_id:
+        job = call_api(api_url, "job", job_id)
+        if as_json:
+            print_json(job)
             return
-        for job in client.jobs(limit=20):
-            click.echo(f"{job['id']}  {job['status']:<11} {job['service']:<24} {job['repo_url']}")
-    except ApiError as exc:
-        raise click.ClickException(str(exc)) from None
-    finally:
-        client.close()
+        out = Output.for_stdout()
+        for listing in views.job_listings(job):
+            out.listing(listing)
+        return
+    jobs = call_api(api_url, "jobs", limit=20)
+    if as_json:
+        print_json(jobs)
+        return
+    Output.for_stdout().listing(views.jobs_listing(jobs))
 
 
 @main.command()
+@json_option
 @api_option
-def queue(api_url: str) -> None:
-    """Show the queue: pending jobs, workers with heartbeat age, active jobs."""
-    client = Client(api_url)
-    try:
-        q = client.queue()
-    except ApiError as exc:
-        raise click.ClickException(str(exc)) from None
-    finally:
-        client.close()
-    click.echo(
-        f"queue {q['length']}  ingest {q['ingest']}  delayed {q['delayed']}  dead {q['dead']}"
-        f"  paused {q['paused']}"
-    )
-    for job_id in q["pending"]:
-        click.echo(f"  pending {job_id}")
-    for w in q["workers"]:
-        active = ", ".join(q["active"].get(w["id"], [])) or "-"
-        click.echo(
-            f"  {w['id']:<40} {w['busy']}/{w['slots']} busy  heartbeat {w['heartbeat_age_ms']} ms"
-            f"  active: {active}"
-        )
+def queue(as_json: bool, api_url: str) -> None:
+    """Show the queue: pending jobs, workers with heartbeat age, active jobs.
+
+    A summary line, then pending rows (job) and worker rows (worker, kind, busy,
+    heartbeat ms, active)."""
+    q = call_api(api_url, "queue")
+    if as_json:
+        print_json(q)
+        return
+    out = Output.for_stdout()
+    out.line(views.queue_summary(q))
+    for listing in views.queue_listings(q):
+        out.listing(listing)
 
 
 @main.command()
@@ -224,7 +225,9 @@ def resume(max_concurrency: int | None, no_limit: bool, api_url: str) -> None:
 @click.option("--fix", is_flag=True, help="repair what recovery would repair")
 def doctor(fix: bool) -> None:
     """Check that every job sits in exactly one queue (talks to Redis directly) and
-    say which build resource limits this host enforces."""
+    say which build resource limits this host enforces.
+
+    Columns: result (FOUND or fixed), problem, job, detail; then a count line."""
     import anyio
 
     from shared.cli.doctor import Doctor, build_limits
@@ -242,11 +245,10 @@ def doctor(fix: bool) -> None:
             await redis.aclose()
 
     findings = anyio.run(run)
-    for f in findings:
-        mark = "fixed" if f.fixed else "FOUND"
-        click.echo(f"{mark:<6} {f.problem:<12} {f.job_id}  {f.detail}")
+    out = Output.for_stdout()
+    out.listing(views.findings_listing(findings))
     unfixed = [f for f in findings if not f.fixed]
-    click.echo(f"{len(findings)} problem(s), {len(unfixed)} left")
+    out.line(f"{len(findings)} problem(s), {len(unfixed)} left")
     sys.exit(1 if unfixed else 0)
 
 
@@ -274,6 +276,8 @@ def deployer(slots: int | None) -> None:
 from shared.cli.team import register as _register_team  # noqa: E402 - after main
 
 _register_team(main)
+
+
 
 
 if __name__ == "__main__":

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import re
-import time
 from typing import Any
 
 import click
 
-from shared.cli.common import api_option, call_api
+from shared.cli import views
+from shared.cli.common import api_option, call_api, json_option
+from shared.cli.render import Output, print_json
+from shared.core.clock import format_ms
 
 DURATION_RE = re.compile(r"^(\d{1,7})([smhd]?)$")
 UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -20,12 +22,6 @@ def parse_duration_s(value: str) -> int:
     if not match or int(match.group(1)) == 0:
         raise click.BadParameter(f"{value!r}: use a positive number with s, m, h or d")
     return int(match.group(1)) * UNIT_S[match.group(2)]
-
-
-def _when(ms: int | None) -> str:
-    if ms is None:
-        return "no expiry"
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ms / 1000))
 
 
 def _owner(f: Any) -> Any:
@@ -46,7 +42,7 @@ def lock(service: str, ttl: str | None, reason: str, owner: str | None, api_url:
     """Take SERVICE's deploy lock: deploys of it wait until you unlock."""
     ttl_s = parse_duration_s(ttl) if ttl else None
     record = call_api(api_url, "lock", service, owner=owner, ttl_s=ttl_s, reason=reason)
-    click.echo(f"locked {service} as {record['owner']} until {_when(record['expires_at'])}")
+    click.echo(f"locked {service} as {record['owner']} until {format_ms(record['expires_at'])}")
 
 
 @click.command()
@@ -61,18 +57,17 @@ def unlock(service: str, force: bool, owner: str | None, api_url: str) -> None:
 
 
 @click.command()
+@json_option
 @api_option
-def locks(api_url: str) -> None:
-    """List the locks held now: by deploys and by people."""
+def locks(as_json: bool, api_url: str) -> None:
+    """List the locks held now: by deploys and by people.
+
+    Columns: service, owner, fence, until, task, reason."""
     held = call_api(api_url, "locks")
-    if not held:
-        click.echo("no locks held")
-    for r in held:
-        why = f"  {r['reason']}" if r.get("reason") else ""
-        click.echo(
-            f"{r['service']:<24} {r['owner']:<24} fence {r['fence']:<6} "
-            f"until {_when(r['expires_at'])}  {r.get('task', '')}{why}"
-        )
+    if as_json:
+        print_json(held)
+        return
+    Output.for_stdout().listing(views.locks_listing(held))
 
 
 @click.command()
@@ -85,7 +80,7 @@ def claim(env: str, branch: str | None, ttl: str | None, owner: str | None, api_
     """Claim staging environment ENV."""
     ttl_s = parse_duration_s(ttl) if ttl else None
     result = call_api(api_url, "claim", env, owner=owner, branch=branch, ttl_s=ttl_s)
-    click.echo(f"claimed {env} as {result['owner']} until {_when(result['expires_at'])}")
+    click.echo(f"claimed {env} as {result['owner']} until {format_ms(result['expires_at'])}")
 
 
 @click.command()
@@ -100,17 +95,17 @@ def release(env: str, force: bool, owner: str | None, api_url: str) -> None:
 
 
 @click.command()
+@json_option
 @api_option
-def claims(api_url: str) -> None:
-    """List who has which staging environment."""
+def claims(as_json: bool, api_url: str) -> None:
+    """List who has which staging environment.
+
+    Columns: env, owner, branch, since, until."""
     found = call_api(api_url, "claims")
-    if not found:
-        click.echo("no environment is claimed")
-    for c in found:
-        click.echo(
-            f"{c['env']:<24} {c['owner']:<24} {c.get('branch') or '-':<24} "
-            f"since {_when(c['claimed_at'])}  until {_when(c.get('expires_at'))}"
-        )
+    if as_json:
+        print_json(found)
+        return
+    Output.for_stdout().listing(views.claims_listing(found))
 
 
 def register(group: click.Group) -> None:

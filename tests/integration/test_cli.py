@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -54,6 +55,25 @@ def test_buildq_deploy_shows_phases_and_log_and_prints_live_url(
     queue = _cli(["queue", "--api", stack.url], stack.env)
     assert queue.returncode == 0
     assert "deployer-" in queue.stdout
+    rows = [line.split("\t") for line in queue.stdout.splitlines() if line.startswith("worker\t")]
+
+    q = json.loads(_cli(["queue", "--json", "--api", stack.url], stack.env).stdout)
+    assert {row[1] for row in rows} == {w["id"] for w in q["workers"]}
+    assert "deployer" in {w["kind"] for w in q["workers"]}
+    jobs = json.loads(_cli(["status", "--json", "--api", stack.url], stack.env).stdout)
+    assert [(j["service"], j["status"]) for j in jobs] == [("cli-site", "live")]
+    one = _cli(["status", jobs[0]["id"], "--json", "--api", stack.url], stack.env)
+    record = json.loads(one.stdout)
+    assert record["url"] == f"http://cli-site.localhost:{stack.sites_port}/"
+    assert record["status"] == "live"
+    assert list(record["phases"])[-1] == "publishing"
+    plain = [line.split("\t") for line in status.stdout.splitlines()]
+    assert [(row[0], row[1], row[2]) for row in plain] == [(jobs[0]["id"], "live", "cli-site")]
+    fields = _cli(["status", jobs[0]["id"], "--api", stack.url], stack.env).stdout.splitlines()
+    assert "status\tlive" in fields
+    assert [line.split("\t")[1] for line in fields if line.startswith("phase\t")] == list(
+        record["phases"]
+    )
 
 
 def test_buildq_deploy_exits_nonzero_with_error_on_failure(stack: Stack, tmp_path: Path) -> None:
