@@ -36,7 +36,8 @@ class BuildConfig:
     ``[serve] spa`` from buildq.toml, None when the repository does not say.
     """
 
-    source: str
+    origin: str
+    """Where the configuration came from: request, buildq.toml, package.json, …"""
     command: str | None
     outputs: tuple[str, ...] = (".",)
     env: Mapping[str, str] = field(default_factory=dict)

@@ -15,22 +15,24 @@ from redis.asyncio import Redis
 
 from deployer.build import BuildOutOfMemory, BuildTimeout, Limits, build_env, run_build
 from deployer.buildconfig import BuildConfig, detect, resolve_output
-from deployer.publish import publish_dir
+from deployer.publish import Target, known_blobs, publish_site
 from deployer.sandbox import sandbox_for
 from shared.coord.lockbook import LockLostError, LockRecord, LockTimeoutError
 from shared.coord.locks import DeployLock
 from shared.coord.sites import Sites, Verdict
+from shared.core.clock import now_ms
 from shared.core.errors import BuildError, StorageError, TransientError, ValidationError
 from shared.core.redaction import HIDDEN
 from shared.core.settings import Settings
 from shared.core.siteaddr import preview_url, site_url
-from shared.engine.jobs import JobRecord, JobStore, Status, now_ms
+from shared.engine.jobs import JobRecord, JobStore, Status
 from shared.engine.logs import LogWriter
 from shared.engine.outcome import Outcome
 from shared.engine.stages import BUILD
 from shared.redis.keys import Keys
 from shared.storage.archive import extract
-from shared.storage.s3 import Storage, alias_key, record_key, serve_key, site_prefix, source_key
+from shared.storage.manifest import ManifestCache
+from shared.storage.s3 import ObjectNotFound, Storage, alias_key, record_key, source_key
 
 log = structlog.get_logger("deployer")
 
@@ -70,6 +72,7 @@ class JobRunner:
     def __post_init__(self) -> None:
         s = self.settings
         self.sites = Sites(self.redis, self.keys, events_max=s.events_max_entries)
+        self.manifests = ManifestCache(self.storage)  # immutable: safe to keep in memory
         self.locks = DeployLock(
             self.redis,
             self.keys,
@@ -133,8 +136,11 @@ class JobRunner:
         s = self.settings
         await anyio.to_thread.run_sync(shutil.rmtree, workdir, True)
         (workdir / "src").mkdir(parents=True)
-        archive = workdir / "source.tar.gz"
-        await self.storage.get_to_file(source_key(record.id), archive)
+        archive = workdir / "source.tar"
+        try:
+            await self.storage.get_to_file(source_key(record.id), archive)
+        except ObjectNotFound:  # ingested before sources were zstd: its tar.gz
+            await self.storage.get_to_file(source_key(record.id, legacy=True), archive)
         files = await anyio.to_thread.run_sync(
             lambda: extract(
                 archive,
@@ -158,23 +164,27 @@ class JobRunner:
         def skipped(rel: str, kind: str) -> None:
             writer.add(f"buildq: skipped {kind} {rel!r} (only regular files are published)")
 
-        count, size = await publish_dir(
+        spa = config.spa
+        if spa is None:  # only front-end builds are single-page apps by default
+            spa = config.origin == "package.json" and await anyio.to_thread.run_sync(
+                looks_like_spa, output
+            )
+        live = await self.sites.live(record.service)  # still under our deploy lock
+        parent, known = await known_blobs(self.manifests, live.get("id"))
+        published = await publish_site(
             self.storage,
             output,
-            site_prefix(record.id),
+            Target(record.id, record.service, record.seq, spa),
+            known=known,
+            parent=parent,
             max_files=s.max_output_files,
             max_bytes=s.max_output_bytes,
             concurrency=s.upload_concurrency,
             on_skip=skipped,
+            manifests=self.manifests,
         )
-        spa = config.spa
-        if spa is None:  # only front-end builds are single-page apps by default
-            spa = config.source == "package.json" and await anyio.to_thread.run_sync(
-                looks_like_spa, output
-            )
-        await self.storage.put_json(serve_key(record.id), {"spa": spa})
         how = "single-page app: unknown paths serve index.html" if spa else "static files"
-        await writer.line(f"buildq: published {count} files ({size} bytes) as {how}")
+        await writer.line(f"buildq: published {published.summary()}; serving as {how}")
         return await self._promote(record, writer, fence)
 
     async def _requested_build(self, record: JobRecord) -> dict[str, Any] | None:
@@ -200,11 +210,11 @@ class JobRunner:
         if config.command is None:
             await writer.line("buildq: no build configured; publishing the repository as is")
             return
-        if config.source == "request":
+        if config.origin == "request":
             # A request's command may carry secrets; a repository's is in the repository.
             await writer.line("buildq: build from request (command hidden)")
         else:
-            await writer.line(f"buildq: build from {config.source}: {config.command}")
+            await writer.line(f"buildq: build from {config.origin}: {config.command}")
         s = self.settings
         env = build_env(
             workdir / "home",

@@ -1,55 +1,246 @@
-"""Upload a build's output to ``sites/<id>/`` with bounded concurrency.
+"""Publish a build's output as content-addressed blobs plus a per-deployment manifest.
 
-Files are listed by :func:`shared.storage.archive.walk_tree`, then each is opened beneath
-a directory fd with ``O_NOFOLLOW`` and checked (:func:`shared.storage.archive.open_entry`)
-before it is read: a file swapped for a symlink after the listing is refused,
-never followed to a host file.
+Each file is hashed (SHA-256) while it is read, and stored once per content at
+``blobs/<sha256>``; the deployment is ``manifests/<id>.json`` (path -> hash, size,
+Content-Type; :mod:`shared.storage.manifest`), written last, after every blob it
+names is stored. An unchanged redeploy uploads nothing but its manifest; a
+one-file change uploads one blob.
+
+Which blobs exist, without a HEAD per file: those named by the service's live
+manifest and its ancestors (``REUSE_DEPTH`` manifests, the ``parent`` chain). A
+manifest is only ever written after its blobs, and garbage collection
+(:mod:`shared.storage.gc`) keeps every blob of a live deployment's chain, of a
+manifest younger than its grace period, and every blob younger than it: so a blob
+trusted this way cannot be deleted while this publish runs (the service's deploy
+lock keeps its live alias still meanwhile). Anything not known that way is PUT
+(a PUT of an existing blob rewrites the same bytes, harmlessly). If the knowledge
+is wrong anyway — someone deleted blobs by hand, or ran ``buildq gc`` with a grace
+period shorter than a publish — the site's sites origin answers 503 for the
+missing file, and later publishes that still trust the blob do not upload it
+again; ``buildq gc`` refuses grace periods under an hour for that reason.
+
+Files are listed by :func:`shared.storage.archive.walk_tree`, then each is opened
+beneath a directory fd with ``O_NOFOLLOW`` and checked
+(:func:`shared.storage.archive.open_entry`) before it is read: a file swapped for a
+symlink after the listing is refused, never followed to a host file. A file whose
+bytes no longer match the hash taken on the first read is refused the same way.
+
+Transfer: a small file is read into memory and sent with one ``PutObject`` of
+bytes (no transfer manager, no ``Expect: 100-continue`` round trip); a file over
+INLINE_UPLOAD_BYTES streams through the transfer manager, hashed as it goes.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import anyio
 import anyio.to_thread
+import structlog
 
+from shared.core.errors import ValidationError
 from shared.storage.archive import Entry, open_entry, open_root, walk_tree
+from shared.storage.manifest import (
+    FileRef,
+    Loaded,
+    Manifest,
+    ManifestCache,
+    ManifestError,
+    blob_key,
+    manifest_key,
+)
 from shared.storage.s3 import Storage, content_type
 
+INLINE_UPLOAD_BYTES = 1024 * 1024  # read whole and PUT as bytes; larger files stream
+HASH_BATCH = 128  # files hashed per worker-thread call
+HASH_THREADS = 4  # hashlib and file reads release the GIL
 
-async def publish_dir(
+log = structlog.get_logger("deployer")
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """The deployment being published."""
+
+    job_id: str
+    service: str
+    seq: int
+    spa: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    """What a publish stored: every file, and how many blobs it had to upload."""
+
+    files: int
+    bytes: int
+    uploaded: int
+    uploaded_bytes: int
+
+    def summary(self) -> str:
+        """``1758 files (17.2 MB): 3 uploaded, 1755 already stored``."""
+        return (
+            f"{self.files} files ({human_bytes(self.bytes)}): {self.uploaded} uploaded, "
+            f"{self.files - self.uploaded} already stored"
+        )
+
+
+def human_bytes(size: int) -> str:
+    """``17.2 MB`` (decimal units, as S3 consoles and ``du --si`` print them)."""
+    value = float(size)
+    for unit in ("bytes", "kB", "MB", "GB"):
+        if value < 1000 or unit == "GB":
+            return f"{size} bytes" if unit == "bytes" else f"{value:.1f} {unit}"
+        value /= 1000
+    raise AssertionError("unreachable")
+
+
+async def known_blobs(manifests: ManifestCache, live_id: str | None) -> tuple[str | None, set[str]]:
+    """The live deployment (the new manifest's ``parent``) and the blob hashes its
+    manifest chain names: the blobs this publish may skip. A chain with an unreadable
+    manifest is no knowledge: everything is uploaded (and this deploy heals it)."""
+    try:
+        chain = await manifests.chain(live_id)
+    except ManifestError as exc:
+        log.warning("publish.base_manifest_unreadable", live_id=live_id, error=str(exc))
+        return None, set()
+    known: set[str] = set()
+    for manifest in chain:
+        known |= manifest.hashes()
+    return (live_id if chain else None), known
+
+
+async def publish_site(
     storage: Storage,
     root: Path,
-    prefix: str,
+    target: Target,
     *,
+    known: Iterable[str] = (),
+    parent: str | None = None,
     max_files: int,
     max_bytes: int,
     concurrency: int,
     on_skip: Callable[[str, str], None] | None = None,
-) -> tuple[int, int]:
-    """Upload every regular file under ``root`` to ``prefix``; returns (files, bytes)."""
+    manifests: ManifestCache | None = None,
+) -> Published:
+    """Store every regular file under ``root`` as a blob (skipping ``known`` hashes)
+    and then the deployment's manifest."""
     root_fd = await anyio.to_thread.run_sync(open_root, root)
     try:
         entries: list[Entry] = await anyio.to_thread.run_sync(
             lambda: list(walk_tree(root, max_files=max_files, max_bytes=max_bytes, on_skip=on_skip))
         )
-        pending = iter(entries)
-
-        async def uploader() -> None:
-            for entry in pending:
-                fd = await anyio.to_thread.run_sync(open_entry, root_fd, entry)
-                with os.fdopen(fd, "rb") as fh:
-                    await storage.put_fileobj(prefix + entry.rel, fh, mime=content_type(entry.rel))
-
-        try:
-            async with anyio.create_task_group() as tg:
-                for _ in range(min(concurrency, len(entries)) or 1):
-                    tg.start_soon(uploader)
-        except ExceptionGroup as group:
-            # Parallel uploads fail together in an outage: report the first failure.
-            raise group.exceptions[0] from None
+        hashes = await _hash_all(root_fd, entries)
+        skip = set(known)
+        missing: dict[str, Entry] = {}
+        for entry, digest in zip(entries, hashes, strict=True):
+            if digest not in skip:
+                missing.setdefault(digest, entry)
+        await _upload_all(storage, root_fd, missing, concurrency)
     finally:
         os.close(root_fd)
-    return len(entries), sum(e.size for e in entries)
+    manifest = Manifest(
+        service=target.service,
+        seq=target.seq,
+        parent=parent,
+        spa=target.spa,
+        files={
+            e.rel: FileRef(digest, e.size, content_type(e.rel))
+            for e, digest in zip(entries, hashes, strict=True)
+        },
+    )
+    await storage.put_bytes(manifest_key(target.job_id), manifest.encode(), mime="application/json")
+    if manifests is not None:  # the next publish of this service starts from it
+        manifests.put(target.job_id, Loaded(manifest, ""))
+    return Published(
+        files=len(entries),
+        bytes=sum(e.size for e in entries),
+        uploaded=len(missing),
+        uploaded_bytes=sum(e.size for e in missing.values()),
+    )
+
+
+async def _hash_all(root_fd: int, entries: list[Entry]) -> list[str]:
+    """The SHA-256 of every entry, in order, read in batches on a few threads."""
+    hashes: list[str] = [""] * len(entries)
+    limiter = anyio.CapacityLimiter(HASH_THREADS)
+
+    def hash_batch(start: int) -> None:
+        for index in range(start, min(start + HASH_BATCH, len(entries))):
+            fd = open_entry(root_fd, entries[index])
+            with os.fdopen(fd, "rb") as fh:
+                hashes[index] = hashlib.file_digest(fh, "sha256").hexdigest()
+
+    async def run(start: int) -> None:
+        await anyio.to_thread.run_sync(hash_batch, start, limiter=limiter)
+
+    await _gather([functools.partial(run, s) for s in range(0, len(entries), HASH_BATCH)])
+    return hashes
+
+
+async def _upload_all(
+    storage: Storage, root_fd: int, missing: dict[str, Entry], concurrency: int
+) -> None:
+    pending = iter(missing.items())
+
+    async def uploader() -> None:
+        for digest, entry in pending:
+            await _upload(storage, root_fd, digest, entry)
+
+    await _gather([uploader] * (min(concurrency, len(missing)) or 1))
+
+
+async def _upload(storage: Storage, root_fd: int, digest: str, entry: Entry) -> None:
+    """One blob from its file, refused if its bytes are not the ones hashed."""
+    changed = f"output file {entry.rel!r} changed while it was published"
+    mime = content_type(entry.rel)
+    if entry.size <= INLINE_UPLOAD_BYTES:
+
+        def read() -> bytes:
+            with os.fdopen(open_entry(root_fd, entry), "rb") as fh:
+                data = fh.read(entry.size + 1)
+            if len(data) != entry.size or hashlib.sha256(data).hexdigest() != digest:
+                raise ValidationError(changed)
+            return data
+
+        data = await anyio.to_thread.run_sync(read)
+        await storage.put_bytes(blob_key(digest), data, mime=mime)
+        return
+    fd = await anyio.to_thread.run_sync(open_entry, root_fd, entry)
+    with os.fdopen(fd, "rb") as fh:
+        reader = HashingReader(fh)
+        await storage.put_fileobj(blob_key(digest), reader, mime=mime)
+    if reader.digest.hexdigest() != digest or reader.read_bytes != entry.size:
+        await storage.delete_keys([blob_key(digest)])  # not the content its name says
+        raise ValidationError(changed)
+
+
+class HashingReader:
+    """A read-only, non-seekable view of a file that hashes what passes through."""
+
+    def __init__(self, fh: BinaryIO) -> None:
+        self.fh = fh
+        self.digest = hashlib.sha256()
+        self.read_bytes = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.fh.read(size)
+        self.digest.update(data)
+        self.read_bytes += len(data)
+        return data
+
+
+async def _gather(calls: list[Callable[[], Awaitable[None]]]) -> None:
+    """Run ``calls`` together; in an outage they fail together: raise the first."""
+    try:
+        async with anyio.create_task_group() as tg:
+            for call in calls:
+                tg.start_soon(call)
+    except ExceptionGroup as group:
+        raise group.exceptions[0] from None

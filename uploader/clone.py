@@ -1,4 +1,5 @@
-"""Shallow clones in an isolated git environment, under a wall-clock timeout.
+"""Shallow clones in an isolated git environment, under a wall-clock timeout, and
+source archives made from them without a checkout.
 
 git runs as a plain subprocess, never through GitPython's ``Git.execute`` (which
 merges ``os.environ`` into the child and so would hand git the daemon's AWS and
@@ -6,9 +7,11 @@ merges ``os.environ`` into the child and so would hand git the daemon's AWS and
 comes only from the fixed list below (``GIT_CONFIG_NOSYSTEM``, global config
 ``/dev/null``, per-command items via ``GIT_CONFIG_COUNT`` so that tokens never
 appear on a command line). It runs in its own process group, which is killed on
-timeout. The clone is fetched without a checkout, its tree is measured with
-``git ls-tree`` against the file and byte caps, and only then checked out, so a
-git bomb is refused before it expands.
+timeout. The clone is fetched without a checkout and its tree is measured with
+``git ls-tree`` against the file and byte caps, so a git bomb is refused before
+anything expands. The tree is never checked out: :func:`export` streams
+``git archive`` through :func:`shared.storage.archive.repack`, which applies the
+archive rules (names, symlinks, caps) to the tar stream.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from pathlib import Path
 
 from shared.core.errors import ValidationError
 from shared.core.settings import Settings
+from shared.storage.archive import Skipped, repack
+from shared.storage.tarstream import TarFormatError
 from uploader.netcheck import HostPolicy, Pin, Resolution
 from uploader.repourl import url_host_port, validate_repo_url
 
@@ -46,6 +51,11 @@ BASE_CONFIG = (
     ("credential.helper", ""),
 )
 CLONE_OPTIONS = ("--depth", "1", "--single-branch", "--no-tags", "--no-checkout", "--quiet")
+# ``git archive`` writes what a checkout would (eol and encoding conversions), but
+# not what a repository's own .gitattributes asks of an export: files left out
+# (export-ignore) or placeholders expanded (export-subst).
+ARCHIVE_CONFIG = (*BASE_CONFIG, ("tar.umask", "022"))
+EXPORT_ATTRIBUTES = "* -export-ignore -export-subst\n"
 PASSTHROUGH_ENV = ("SSL_CERT_FILE", "SSL_CERT_DIR")
 STDERR_CAP = 4096
 POLL_S = 0.2
@@ -159,6 +169,15 @@ def _tree_bytes(path: Path) -> int:
     return total
 
 
+def _exited(proc: subprocess.Popen[bytes], timeout_s: float) -> bool:
+    """Whether ``proc`` exits within ``timeout_s`` (returns as soon as it does)."""
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        return False
+    return True
+
+
 def _kill(proc: subprocess.Popen[bytes]) -> None:
     """SIGKILL git's whole process group (its remote helpers too), then reap."""
     if proc.poll() is None:  # not reaped yet, so the group id cannot have been reused
@@ -190,14 +209,13 @@ class _Git:
                 cwd=self.workdir,
             )
             try:
-                while proc.poll() is None:
+                while not _exited(proc, POLL_S):
                     if time.monotonic() > self.deadline:
                         raise CloneError(f"git clone timed out after {self.settings.timeout_s:g}s")
                     if watch is not None and _tree_bytes(watch) > self.settings.max_bytes:
                         raise CloneError(
                             f"repository download exceeds {self.settings.max_bytes} bytes"
                         )
-                    time.sleep(POLL_S)
             finally:
                 _kill(proc)
             err.seek(0)
@@ -256,7 +274,8 @@ class _Git:
 
 
 def clone(url: str, dest: Path, *, ref: str | None, settings: CloneSettings) -> str:
-    """Clone ``url`` at ``ref`` (default branch if None) into ``dest``; returns the commit.
+    """Clone ``url`` at ``ref`` (default branch if None) into ``dest`` without a
+    checkout; returns the commit. :func:`export` makes the source archive from it.
 
     Re-validates the URL, resolves and pins the host. Blocking: call from a worker
     thread.
@@ -279,8 +298,68 @@ def clone(url: str, dest: Path, *, ref: str | None, settings: CloneSettings) -> 
         git = _Git(git_env(home, clone_config(url, settings, pin)), settings, deadline, home)
         git.run(args, watch=dest)
         git.measure(dest)
-        git.run(["-C", str(dest), "checkout", "--quiet", "--no-recurse-submodules", "HEAD", "--"])
         commit = git.run(["-C", str(dest), "rev-parse", "--verify", "HEAD^{commit}"]).strip()
     if len(commit) != 40 or any(c not in "0123456789abcdef" for c in commit):
         raise CloneError(f"unexpected commit id {commit[:80]!r}")
     return commit
+
+
+def export(
+    repo: Path, dest: Path, *, settings: CloneSettings, on_skip: Skipped | None = None
+) -> int:
+    """Write the tree of ``repo``'s HEAD (a :func:`clone`) to ``dest`` as a source
+    archive; returns the file count.
+
+    ``git archive`` runs in the same isolated environment and process group as the
+    clone, killed at ``settings.timeout_s``; its tar stream is checked and
+    compressed on the fly (:func:`shared.storage.archive.repack`). Blocking: call
+    from a worker thread.
+    """
+    (repo / ".git" / "info").mkdir(exist_ok=True)
+    (repo / ".git" / "info" / "attributes").write_text(EXPORT_ATTRIBUTES)
+    deadline = time.monotonic() + settings.timeout_s
+    with (
+        tempfile.TemporaryDirectory(prefix="buildq-git-") as scratch,
+        tempfile.TemporaryFile(dir=scratch) as err,
+    ):
+        proc = subprocess.Popen(
+            ["git", "-C", str(repo), "archive", "--format=tar", "HEAD"],
+            env=git_env(Path(scratch), ARCHIVE_CONFIG),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            start_new_session=True,
+        )
+        stdout = proc.stdout
+        assert stdout is not None
+        timer = threading.Timer(settings.timeout_s, _kill, (proc,))
+        timer.start()
+        try:
+            with dest.open("wb") as out:
+                files = repack(
+                    stdout,
+                    out,
+                    max_files=settings.max_files,
+                    max_bytes=settings.max_bytes,
+                    on_skip=on_skip,
+                )
+            while stdout.read(65536):  # the end-of-archive padding
+                pass
+            _exited(proc, max(0.0, deadline - time.monotonic()))
+        except TarFormatError:
+            # The stream broke off (git failed or was killed): its exit says why.
+            stdout.close()
+            _exited(proc, max(0.0, deadline - time.monotonic()))
+            if proc.returncode == 0:
+                raise
+        finally:
+            timer.cancel()
+            _kill(proc)
+            stdout.close()
+        if proc.returncode != 0:
+            if time.monotonic() > deadline:
+                raise CloneError(f"git archive timed out after {settings.timeout_s:g}s")
+            err.seek(0)
+            message = err.read(STDERR_CAP).decode("utf-8", "replace").strip().replace("\n", " ")
+            raise CloneError(f"git archive failed: {message or proc.returncode}")
+    return files

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
 
@@ -23,38 +24,55 @@ from starlette.types import Receive, Scope, Send
 
 from shared.core.errors import StorageError
 from shared.core.siteaddr import SiteKind, parse_host
-from shared.storage.s3 import ObjectNotFound, serve_key, site_prefix
+from shared.storage.manifest import Loaded, ManifestCache, ManifestError
+from shared.storage.s3 import ObjectNotFound, Storage, serve_key, site_prefix
 from uploader.state import Services
-from uploader.static_files import Request, SiteFiles
+from uploader.static_files import FileSource, ManifestFiles, PrefixFiles, Request, SiteFiles
 
 log = structlog.get_logger("sites")
 SPA_CACHE_MAX = 4096
 SITE_METHODS = ("GET", "HEAD")
 
 
-class ServeOptionsCache:
-    """Per-deployment serving options (immutable once published), cached in memory."""
+@dataclass(frozen=True, slots=True)
+class Deployment:
+    """How one published deployment is served."""
 
-    def __init__(self, maximum: int = SPA_CACHE_MAX) -> None:
+    spa: bool
+    loaded: Loaded | None  # None: published before manifests, files under sites/<id>/
+
+
+class Deployments:
+    """What each deployment serves, from its manifest (or, for deployments published
+    before manifests, its ``serve/<id>.json``); immutable once published, so cached
+    in memory: manifests in a :class:`ManifestCache` bounded by file entries, legacy
+    options in a small LRU."""
+
+    def __init__(self, storage: Storage, maximum: int = SPA_CACHE_MAX) -> None:
+        self.storage = storage
+        self.manifests = ManifestCache(storage)
         self.maximum = maximum
-        self.entries: OrderedDict[str, bool] = OrderedDict()
+        self.legacy: OrderedDict[str, bool] = OrderedDict()
 
-    async def spa(self, svc: Services, job_id: str) -> bool | None:
-        """Whether ``job_id`` is a single-page app; None if it has published nothing
-        (not cached: it may publish later)."""
-        if job_id in self.entries:
-            self.entries.move_to_end(job_id)
-            return self.entries[job_id]
+    async def get(self, job_id: str) -> Deployment | None:
+        """How ``job_id`` is served; None if it has published nothing (not cached: it
+        may publish later). ManifestError if its manifest is unreadable."""
+        if job_id in self.legacy:
+            self.legacy.move_to_end(job_id)
+            return Deployment(self.legacy[job_id], None)
+        loaded = await self.manifests.get(job_id)
+        if loaded is not None:
+            return Deployment(loaded.manifest.spa, loaded)
         try:
-            blob = await svc.storage.read(serve_key(job_id))
+            blob = await self.storage.read(serve_key(job_id))
         except ObjectNotFound:
             return None
         options = json.loads(blob.body)
         spa = bool(options.get("spa")) if isinstance(options, dict) else False
-        self.entries[job_id] = spa
-        if len(self.entries) > self.maximum:
-            self.entries.popitem(last=False)
-        return spa
+        self.legacy[job_id] = spa
+        if len(self.legacy) > self.maximum:
+            self.legacy.popitem(last=False)
+        return Deployment(spa, None)
 
 
 def _text(status: int, message: str, method: str, **headers: str) -> Response:
@@ -63,7 +81,7 @@ def _text(status: int, message: str, method: str, **headers: str) -> Response:
     return PlainTextResponse(body, status_code=status, headers={**base, **headers})
 
 
-async def serve(svc: Services, options: ServeOptionsCache, scope: Scope) -> Response:
+async def serve(svc: Services, deployments: Deployments, scope: Scope) -> Response:
     """The response to one request on the sites listener."""
     method = scope["method"]
     if method not in SITE_METHODS:
@@ -78,12 +96,21 @@ async def serve(svc: Services, options: ServeOptionsCache, scope: Scope) -> Resp
             return _text(404, f"{site.name} has no live deployment", method)
     else:
         job_id = site.name
-    spa = await options.spa(svc, job_id)  # cached once published: no lookup per request
-    if spa is None and site.kind is SiteKind.PREVIEW and not await svc.store.get(job_id):
+    try:  # cached once published: no lookup per request
+        deployment = await deployments.get(job_id)
+    except ManifestError as exc:
+        log.warning("sites.bad_manifest", job_id=job_id, error=str(exc))
+        return _text(502, "this deployment's manifest is invalid", method)
+    if deployment is None and site.kind is SiteKind.PREVIEW and not await svc.store.get(job_id):
         return _text(404, "no such deployment", method)
     raw_path = scope.get("raw_path") or scope["path"].encode()
     path = unquote(raw_path.decode("latin-1").split("?", 1)[0], errors="strict")
-    files = SiteFiles(svc.storage, site_prefix(job_id), spa=bool(spa))
+    source: FileSource
+    if deployment is not None and deployment.loaded is not None:
+        source = ManifestFiles(svc.storage, deployment.loaded)
+    else:  # published before manifests (or nothing yet): the objects under sites/<id>/
+        source = PrefixFiles(svc.storage, site_prefix(job_id))
+    files = SiteFiles(source, spa=deployment is not None and deployment.spa)
     request = Request(
         method=method,
         path=path,
@@ -99,7 +126,7 @@ class SitesOrigin:
     def __init__(self, app: FastAPI, sites_port: int) -> None:
         self.app = app
         self.sites_port = sites_port
-        self.options = ServeOptionsCache()
+        self.deployments: Deployments | None = None  # built on the first request
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         server: Any = scope.get("server")
@@ -110,8 +137,10 @@ class SitesOrigin:
             await self.app(scope, receive, send)
             return
         svc: Services = self.app.state.services
+        if self.deployments is None:
+            self.deployments = Deployments(svc.storage)
         try:
-            response = await serve(svc, self.options, scope)
+            response = await serve(svc, self.deployments, scope)
         except (RedisError, StorageError) as exc:
             log.warning("sites.unavailable", error=str(exc))
             response = _text(503, "storage temporarily unavailable", scope["method"])

@@ -7,6 +7,10 @@
 - Hashed asset names (``index-DiwrgTda.js``, ``main.3f2a1b9c.js``) are cached for a
   year as immutable; everything else revalidates (``ETag``, ``304``).
 - ``HEAD`` and single ``Range`` requests (``206``, ``416``).
+
+Files come from a :class:`FileSource`: the deployment's manifest (path -> blob; the
+ETag is the content hash, and existence checks cost no S3 request), or, for
+deployments published before manifests, the objects under ``sites/<id>/``.
 """
 
 from __future__ import annotations
@@ -14,13 +18,18 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
+from typing import Any, Protocol
 from urllib.parse import quote
 
+import structlog
 from starlette.responses import PlainTextResponse, RedirectResponse, Response, StreamingResponse
 
-from shared.core.errors import ValidationError
+from shared.core.errors import StorageError, ValidationError
 from shared.storage.archive import check_name
+from shared.storage.manifest import FileRef, Loaded, blob_key
 from shared.storage.s3 import Blob, ObjectNotFound, RangeNotSatisfiable, Storage
+
+log = structlog.get_logger("sites")
 
 IMMUTABLE = "public, max-age=31536000, immutable"
 REVALIDATE = "no-cache"
@@ -105,12 +114,83 @@ class Request:
         return (self.headers or {}).get(name)
 
 
-class SiteFiles:
-    """One deployment's files under ``prefix`` in ``storage``."""
+class FileSource(Protocol):
+    """Where one deployment's files come from: its manifest or its legacy prefix."""
 
-    def __init__(self, storage: Storage, prefix: str, *, spa: bool = False) -> None:
+    async def stat(self, rel: str) -> Blob:
+        """``rel``'s metadata (empty body); ObjectNotFound if there is no such file."""
+        ...
+
+    async def read(self, rel: str, byte_range: tuple[int, int | None] | None) -> Blob:
+        """``rel`` (or an inclusive range of it); ObjectNotFound, RangeNotSatisfiable."""
+        ...
+
+
+class PrefixFiles:
+    """A deployment published before manifests: its files under ``sites/<id>/``."""
+
+    def __init__(self, storage: Storage, prefix: str) -> None:
         self.storage = storage
         self.prefix = prefix
+
+    async def stat(self, rel: str) -> Blob:
+        return await self.storage.head(self.prefix + rel)
+
+    async def read(self, rel: str, byte_range: tuple[int, int | None] | None) -> Blob:
+        return await self.storage.read(self.prefix + rel, byte_range=byte_range)
+
+
+class ManifestFiles:
+    """A deployment published as blobs: path -> blob from its manifest, so existence,
+    size, type and ETag cost no S3 request; only the bytes are read."""
+
+    def __init__(self, storage: Storage, loaded: Loaded) -> None:
+        self.storage = storage
+        self.files = loaded.manifest.files
+        self.last_modified = loaded.last_modified
+
+    def _ref(self, rel: str) -> FileRef:
+        ref = self.files.get(rel)
+        if ref is None:
+            raise ObjectNotFound(rel)
+        return ref
+
+    def _meta(self, ref: FileRef, body: bytes = b"", **fields: Any) -> Blob:
+        return Blob(
+            body=body,
+            content_type=ref.content_type,
+            etag=f'"{ref.sha256}"',
+            size=ref.size,
+            last_modified=self.last_modified,
+            **fields,
+        )
+
+    async def stat(self, rel: str) -> Blob:
+        return self._meta(self._ref(rel))
+
+    async def read(self, rel: str, byte_range: tuple[int, int | None] | None) -> Blob:
+        ref = self._ref(rel)
+        if byte_range is not None and byte_range[0] >= ref.size:
+            raise RangeNotSatisfiable(rel)
+        try:
+            stored = await self.storage.read(blob_key(ref.sha256), byte_range=byte_range)
+        except ObjectNotFound as exc:  # the manifest names it: a storage fault, not a 404
+            log.warning("sites.blob_missing", path=rel, sha256=ref.sha256)
+            raise StorageError(f"blob of {rel!r} is missing") from exc
+        return self._meta(
+            ref,
+            body=stored.body,
+            partial=stored.partial,
+            length=stored.length,
+            rest=stored.rest,
+        )
+
+
+class SiteFiles:
+    """One deployment's files, from ``source``, served as a static host would."""
+
+    def __init__(self, source: FileSource, *, spa: bool = False) -> None:
+        self.source = source
         self.spa = spa
 
     async def respond(self, request: Request) -> Response:
@@ -145,7 +225,11 @@ class SiteFiles:
         return found
 
     async def _exists(self, rel: str) -> bool:
-        return await self.storage.exists(self.prefix + rel)
+        try:
+            await self.source.stat(rel)
+        except ObjectNotFound:
+            return False
+        return True
 
     def _redirect(self, path: str, request: Request) -> Response:
         location = quote(path) + (f"?{request.query}" if request.query else "")
@@ -168,23 +252,22 @@ class SiteFiles:
         self, rel: str, request: Request, *, allow_range: bool = True, status: int = 200
     ) -> Response | None:
         """``rel`` as a response, or None if there is no such file."""
-        key = self.prefix + rel
         wanted = parse_range(request.header("range")) if allow_range and status == 200 else None
         conditional = request.header("if-none-match")
         try:
             if request.method == "HEAD" or (conditional and status == 200):
-                blob = await self.storage.head(key)
+                blob = await self.source.stat(rel)
                 if status == 200 and etag_matches(conditional, blob.etag):
                     return Response(status_code=304, headers=self._headers(rel, blob))
                 if request.method == "HEAD":
                     headers = self._headers(rel, blob)
                     headers["Content-Length"] = str(blob.size)
                     return Response(status_code=status, headers=headers)
-            blob = await self._read(key, wanted)
+            blob = await self._read(rel, wanted)
         except ObjectNotFound:
             return None
         except RangeNotSatisfiable:
-            blob = await self.storage.head(key)
+            blob = await self.source.stat(rel)
             headers = {**self._headers(rel, blob), "Content-Range": f"bytes */{blob.size}"}
             return Response(status_code=416, headers=headers)
         headers = self._headers(rel, blob)
@@ -199,16 +282,16 @@ class SiteFiles:
         headers["Content-Length"] = str(length)
         return StreamingResponse(_chain(blob.body, blob.rest), status_code=status, headers=headers)
 
-    async def _read(self, key: str, wanted: tuple[int, int | None] | None) -> Blob:
+    async def _read(self, rel: str, wanted: tuple[int, int | None] | None) -> Blob:
         if wanted is None:
-            return await self.storage.read(key)
+            return await self.source.read(rel, None)
         start, end = wanted
         if start < 0:  # the last -start bytes: S3 takes "bytes=-N" itself, we need the size
-            size = (await self.storage.head(key)).size
+            size = (await self.source.stat(rel)).size
             if size == 0:
                 raise RangeNotSatisfiable("empty object")
             start, end = max(0, size + start), None
-        return await self.storage.read(key, byte_range=(start, end))
+        return await self.source.read(rel, (start, end))
 
     @staticmethod
     def _range_end(wanted: tuple[int, int | None], blob: Blob) -> int:

@@ -277,7 +277,9 @@ from shared.cli.team import register as _register_team  # noqa: E402 - after mai
 
 _register_team(main)
 
+from shared.cli.gc import gc as _gc  # noqa: E402 - after main
 
+main.add_command(_gc)
 
 
 if __name__ == "__main__":

@@ -1,26 +1,40 @@
 """Source archives: walking a tree safely, packing it, and extracting it safely.
 
-Only regular files and directories ever travel. Every entry is ``lstat``-ed, so a
-symlink is reported and skipped, never followed (a repository may point one at
-``/etc/passwd`` or ``/proc/self/environ``). Extraction admits only regular files
-and directories whose resolved path stays inside the destination, with size and
-count caps, and applies tarfile's ``data`` filter as well.
+A source archive is a zstd-compressed tar of regular files only (sources shipped
+before zstd are tar.gz, and are still read). Every entry of a tree is ``lstat``-ed
+and every member of a tar stream is typed from its header, so a symlink is reported
+and skipped, never followed (a repository may point one at ``/etc/passwd`` or
+``/proc/self/environ``). Extraction admits only regular files and directories with
+safe names (:func:`check_name`), under size and count caps, and creates each one
+beneath its parent's directory fd with ``O_NOFOLLOW``: nothing it writes can land
+outside the destination.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gzip
 import os
 import stat
 import tarfile
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
+from typing import BinaryIO
+
+import zstandard
 
 from shared.core.errors import DiskError, ValidationError, is_disk_fault
+from shared.storage.tarstream import END_OF_ARCHIVE, READ_BYTES, Kind, TarFormatError, TarReader
 
 MAX_NAME_BYTES = 1024
 SKIP_DIRS = frozenset({".git"})
+ZSTD_LEVEL = 3  # 19.5 MB of tar in 0.14 s to 3.3 MB; gzip -6 took 0.9 s for 5.0 MB
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+GZIP_MAGIC = b"\x1f\x8b"
+MAX_OPEN_DIRS = 64
+WRITE_FILE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
 
 Skipped = Callable[[str, str], None]
 
@@ -142,55 +156,180 @@ def open_entry(root_fd: int, entry: Entry) -> int:
     return fd
 
 
+def compressor() -> zstandard.ZstdCompressor:
+    """How source archives are compressed (with a checksum the reader verifies)."""
+    return zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=True)
+
+
 def pack(
     root: Path, dest: Path, *, max_files: int, max_bytes: int, on_skip: Skipped | None = None
 ) -> int:
-    """Write ``root`` (without ``.git``) to ``dest`` as tar.gz; returns the file count."""
+    """Write the tree ``root`` (without ``.git``) to ``dest`` as a source archive;
+    returns the file count. Ingest archives from git instead (:func:`repack`)."""
     count = 0
-    with tarfile.open(dest, "w:gz", compresslevel=6, format=tarfile.PAX_FORMAT) as tar:
+    with (
+        dest.open("wb") as fh,
+        compressor().stream_writer(fh, closefd=False) as out,
+        tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar,
+    ):
         for entry in walk_tree(root, max_files=max_files, max_bytes=max_bytes, on_skip=on_skip):
             info = tarfile.TarInfo(entry.rel)
             st = entry.path.lstat()
             info.size = st.st_size
             info.mtime = int(st.st_mtime)
             info.mode = 0o755 if st.st_mode & stat.S_IXUSR else 0o644
-            with entry.path.open("rb") as fh:
-                tar.addfile(info, fh)
+            with entry.path.open("rb") as fh_in:
+                tar.addfile(info, fh_in)
             count += 1
     return count
 
 
+def repack(
+    source: BinaryIO,
+    dest: BinaryIO,
+    *,
+    max_files: int,
+    max_bytes: int,
+    on_skip: Skipped | None = None,
+) -> int:
+    """Copy the regular files of the tar stream ``source`` (``git archive``) to ``dest``
+    as a source archive; returns the file count.
+
+    The rules of :func:`walk_tree` hold: every name is checked, ``.git`` is left
+    out, symlinks and other non-files are reported to ``on_skip`` and left out, and
+    the caps count the bytes as written. Kept members are copied block for block.
+    """
+    files = total = 0
+    reader = TarReader(source.read)
+    with compressor().stream_writer(dest, closefd=False) as out:
+        for member in reader:
+            rel = check_name(member.name)
+            if member.kind is Kind.DIRECTORY or SKIP_DIRS.intersection(rel.split("/")):
+                continue  # directories are made as their files are extracted
+            if member.kind is not Kind.FILE:
+                if on_skip is not None:
+                    on_skip(rel, member.kind.value)
+                continue
+            files += 1
+            total += member.size
+            if files > max_files:
+                raise ValidationError(f"more than {max_files} files")
+            if total > max_bytes:
+                raise ValidationError(f"more than {max_bytes} bytes of files")
+            out.write(member.header)
+            for chunk in reader.raw():
+                out.write(chunk)
+        out.write(END_OF_ARCHIVE)
+    return files
+
+
+@contextlib.contextmanager
+def decoded(fh: BinaryIO) -> Iterator[Callable[[int], bytes]]:
+    """The ``read`` of the decompressed archive ``fh``: zstd, or gzip (older sources)."""
+    magic = fh.read(4)
+    fh.seek(0)
+    reader: zstandard.ZstdDecompressionReader | gzip.GzipFile
+    if magic == ZSTD_MAGIC:
+        reader = zstandard.ZstdDecompressor().stream_reader(fh, closefd=False)
+    elif magic.startswith(GZIP_MAGIC):
+        reader = gzip.GzipFile(fileobj=fh, mode="rb")
+    else:
+        raise TarFormatError("neither zstd nor gzip")
+    with reader:
+        yield reader.read
+
+
+def write_file(dir_fd: int, name: str, mode: int, mtime: int, chunks: Iterable[memoryview]) -> None:
+    """Create (or truncate) the regular file ``name`` beneath ``dir_fd``, never through
+    a symlink, with exactly ``mode`` (whatever the umask) and ``mtime``."""
+    fd = os.open(name, WRITE_FILE, mode, dir_fd=dir_fd)
+    try:
+        for chunk in chunks:
+            left = chunk
+            while left:
+                left = left[os.write(fd, left) :]
+        os.fchmod(fd, mode)
+        os.utime(fd, (mtime, mtime))
+    finally:
+        os.close(fd)
+
+
+class _Dirs:
+    """Directory fds beneath the destination, created on first use, opened with
+    ``O_NOFOLLOW``; at most MAX_OPEN_DIRS are kept open."""
+
+    def __init__(self, root: Path) -> None:
+        self._root = os.open(root, OPEN_DIR)
+        self._fds: dict[str, int] = {}
+
+    def get(self, rel: str) -> int:
+        if not rel:
+            return self._root
+        fd = self._fds.get(rel)
+        if fd is None:
+            parent_rel, _, name = rel.rpartition("/")
+            parent = self.get(parent_rel)
+            try:
+                os.mkdir(name, 0o755, dir_fd=parent)
+            except FileExistsError:
+                fd = os.open(name, OPEN_DIR, dir_fd=parent)
+            else:
+                fd = os.open(name, OPEN_DIR, dir_fd=parent)
+                os.fchmod(fd, 0o755)
+            if len(self._fds) >= MAX_OPEN_DIRS:
+                self.close(keep_root=True)
+            self._fds[rel] = fd
+        return fd
+
+    def close(self, *, keep_root: bool = False) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+        if not keep_root:
+            os.close(self._root)
+
+
 def extract(archive: Path, dest: Path, *, max_files: int, max_bytes: int) -> int:
-    """Extract ``archive`` into ``dest`` refusing anything unsafe; returns the file count."""
-    dest = dest.resolve()
+    """Extract ``archive`` into ``dest`` refusing anything unsafe; returns the file count.
+
+    The stream is read to its end so that zstd verifies its checksum (gzip its CRC):
+    a damaged archive never yields a partial, "successful" source.
+    """
     dest.mkdir(parents=True, exist_ok=True)
     files = total = entries = 0
     try:
-        with tarfile.open(archive, "r:gz") as tar:
-            for member in tar:
-                name = member.name.rstrip("/") if member.isdir() else member.name
-                check_name(str(PurePosixPath(name)) if name else "")
-                if not (member.isfile() or member.isdir()):
-                    raise ValidationError(f"archive member {name!r} is not a file or directory")
-                target = (dest / name).resolve()
-                if not target.is_relative_to(dest):
-                    raise ValidationError(f"archive member {name!r} escapes the destination")
-                entries += 1
-                if member.isfile():
-                    files += 1
-                    total += member.size
-                if entries > 2 * max_files or files > max_files or total > max_bytes:
-                    raise ValidationError(f"archive exceeds {max_files} files or {max_bytes} bytes")
-                tar.extract(member, dest, filter="data")
-            # tarfile stops at the first unreadable header as if it were the end;
-            # reading the stream to EOF makes gzip verify its CRC32 and length.
-            assert tar.fileobj is not None
-            while tar.fileobj.read(1 << 20):
+        with archive.open("rb") as fh, decoded(fh) as read:
+            dirs = _Dirs(dest)
+            try:
+                reader = TarReader(read)
+                for member in reader:
+                    name = check_name(member.name)
+                    if member.kind not in (Kind.FILE, Kind.DIRECTORY):
+                        raise ValidationError(f"archive member {name!r} is not a file or directory")
+                    entries += 1
+                    if member.kind is Kind.FILE:
+                        files += 1
+                        total += member.size
+                    if entries > 2 * max_files or files > max_files or total > max_bytes:
+                        raise ValidationError(
+                            f"archive exceeds {max_files} files or {max_bytes} bytes"
+                        )
+                    if member.kind is Kind.DIRECTORY:
+                        dirs.get(name)
+                        continue
+                    parent, _, leaf = name.rpartition("/")
+                    mode = 0o755 if member.mode & stat.S_IXUSR else 0o644
+                    write_file(dirs.get(parent), leaf, mode, member.mtime, reader.data())
+            finally:
+                dirs.close()
+            while read(READ_BYTES):
                 pass
+    except TarFormatError as exc:
+        raise ValidationError(f"source archive is corrupt or unreadable: {exc}") from exc
     except OSError as exc:
         if is_disk_fault(exc):  # the disk, not the archive: worth another try
             raise DiskError(f"cannot extract the source here: {exc.strerror}") from exc
         raise ValidationError(f"source archive is corrupt or unreadable: {exc}") from exc
-    except (tarfile.TarError, EOFError, zlib.error) as exc:
+    except (zstandard.ZstdError, EOFError, zlib.error) as exc:
         raise ValidationError(f"source archive is corrupt or unreadable: {exc}") from exc
     return files

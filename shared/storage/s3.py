@@ -18,6 +18,7 @@ import anyio.to_thread
 import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
+from botocore.utils import determine_content_length
 
 from shared.core.errors import StorageError
 from shared.core.settings import Settings
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 INLINE_BYTES = 1024 * 1024  # read at once; the rest of a larger object streams
 STREAM_CHUNK_BYTES = 256 * 1024
+DELETE_BATCH = 1000  # DeleteObjects takes at most 1,000 keys
+EXPECT_MIN_BYTES = 1024 * 1024  # smaller PutObject bodies go without Expect: 100-continue
 
 NOT_FOUND_CODES = frozenset({"404", "NoSuchKey", "NotFound", "NoSuchBucket"})
 TEXT_TYPES = ("text/", "application/javascript", "application/json", "image/svg+xml")
@@ -39,6 +42,15 @@ class ObjectNotFound(StorageError):
 
 class RangeNotSatisfiable(StorageError):
     """A byte range starts past the end of the object."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredObject:
+    """One entry of a listing."""
+
+    key: str
+    size: int
+    last_modified: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +93,20 @@ def make_s3_client(settings: Settings) -> S3Client:
         region_name=settings.s3_region,
         config=config,
     )
+    client.meta.events.register("before-sign.s3.PutObject", drop_expect_for_small_bodies)
     return client
+
+
+def drop_expect_for_small_bodies(request: Any, **_: Any) -> None:
+    """No ``Expect: 100-continue`` on a PutObject of at most EXPECT_MIN_BYTES.
+
+    botocore asks for it on every PutObject (it turns even ``bytes`` into a file):
+    one more round trip before the body for each small file, where the check it
+    buys (refused before sending) saves nothing."""
+    decoded = request.headers.get("X-Amz-Decoded-Content-Length")  # aws-chunked (HTTPS)
+    length = int(decoded) if decoded else determine_content_length(request.body)
+    if length is not None and length <= EXPECT_MIN_BYTES and "Expect" in request.headers:
+        del request.headers["Expect"]
 
 
 class Storage:
@@ -204,6 +229,48 @@ class Storage:
             return False
         return True
 
+    async def list_objects(self, prefix: str) -> list[StoredObject]:
+        """Every object under ``prefix``, all pages or StorageError: a listing that
+        fails part-way (or comes back truncated without a way on) raises, so no
+        caller ever acts on a partial one."""
+
+        def listing() -> list[StoredObject]:
+            found: list[StoredObject] = []
+            token: str | None = None
+            while True:
+                args: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
+                if token is not None:
+                    args["ContinuationToken"] = token
+                page = self.client.list_objects_v2(**args)
+                found.extend(
+                    StoredObject(o["Key"], int(o.get("Size", 0)), o["LastModified"])
+                    for o in page.get("Contents", [])
+                )
+                if not page.get("IsTruncated"):
+                    return found
+                token = page.get("NextContinuationToken")
+                if not token:
+                    raise StorageError(f"S3 listing of {prefix!r} was cut short")
+
+        return await self._run(listing)
+
+    async def delete_keys(self, keys: list[str]) -> None:
+        """Delete ``keys`` (in batches of DELETE_BATCH); StorageError if S3 refuses any."""
+        for start in range(0, len(keys), DELETE_BATCH):
+            batch = [{"Key": key} for key in keys[start : start + DELETE_BATCH]]
+            answer = await self._run(
+                self.client.delete_objects,
+                Bucket=self.bucket,
+                Delete={"Objects": batch, "Quiet": True},
+            )
+            errors = answer.get("Errors") or []
+            if errors:
+                first = errors[0]
+                raise StorageError(
+                    f"S3 refused to delete {len(errors)} object(s), "
+                    f"e.g. {first.get('Key')!r}: {first.get('Code')}"
+                )
+
 
 def _http_date(when: Any) -> str:
     """An S3 ``LastModified`` datetime as an HTTP date ("" if absent)."""
@@ -226,9 +293,10 @@ def _translate(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         raise StorageError(f"S3 unreachable: {exc}") from exc
 
 
-def source_key(job_id: str) -> str:
-    """Where a deployment's source archive lives."""
-    return f"sources/{job_id}.tar.gz"
+def source_key(job_id: str, *, legacy: bool = False) -> str:
+    """Where a deployment's source archive lives (``legacy``: the ``.tar.gz`` of a job
+    ingested before sources were zstd-compressed)."""
+    return f"sources/{job_id}.tar.gz" if legacy else f"sources/{job_id}.tar.zst"
 
 
 def site_prefix(job_id: str) -> str:

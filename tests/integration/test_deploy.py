@@ -61,8 +61,12 @@ def test_static_site_goes_live_with_phases_and_is_served(
 
     bucket = stack.env["BUILDQ_S3_BUCKET"]
     keys = {o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket)["Contents"]}
-    assert f"sources/{job_id}.tar.gz" in keys
-    assert {f"sites/{job_id}/{name}" for name in STATIC_FILES} <= keys
+    assert f"sources/{job_id}.tar.zst" in keys
+    manifest = json.loads(
+        s3_client.get_object(Bucket=bucket, Key=f"manifests/{job_id}.json")["Body"].read()
+    )
+    assert set(manifest["files"]) == set(STATIC_FILES)
+    assert {f"blobs/{f['sha256']}" for f in manifest["files"].values()} <= keys
     saved = json.loads(
         s3_client.get_object(Bucket=bucket, Key=f"deployments/{job_id}.json")["Body"].read()
     )

@@ -168,15 +168,15 @@ def test_serving_never_leaves_the_deployment_prefix(guarded: Stack, tmp_path: Pa
     for path, host in [
         ("/../../deployments", site),
         ("/..%2f..%2fdeployments", site),
-        ("/%2e%2e/%2e%2e/sources/" + job_id + ".tar.gz", site),
-        ("/%2E%2E%2F%2E%2E%2Fsources%2F" + job_id + ".tar.gz", site),
+        ("/%2e%2e/%2e%2e/sources/" + job_id + ".tar.zst", site),
+        ("/%2E%2E%2F%2E%2E%2Fsources%2F" + job_id + ".tar.zst", site),
         ("/a/%2e%2e/%2e%2e/%2e%2e/deployments/" + job_id + ".json", site),
         ("/..\\..\\deployments", site),
         ("/%5c..%5c..%5cdeployments", site),
         ("/a%00.txt", site),
         ("//etc/passwd", site),
         ("/%ff%fe", site),
-        ("/..%2f..%2fsources%2f" + job_id + ".tar.gz", preview),
+        ("/..%2f..%2fsources%2f" + job_id + ".tar.zst", preview),
         ("/deployments", site),  # no API route is reachable on a site's origin
         ("/a/b.txt", {"Host": f"{job_id}%2f..%2f.preview.localhost"}),
         ("/a/b.txt", {"Host": "served.evil.example"}),
@@ -185,7 +185,7 @@ def test_serving_never_leaves_the_deployment_prefix(guarded: Stack, tmp_path: Pa
         status, _, raw = raw_request(guarded, "GET", path, port=guarded.sites_port, **host)
         assert status in (400, 404), (path, host, status)
         assert b'"status"' not in raw  # never the saved record
-        assert not raw.startswith(b"\x1f\x8b")  # never the source archive
+        assert not raw.startswith((b"\x1f\x8b", b"\x28\xb5\x2f\xfd"))  # never a source archive
         assert b"root:" not in raw
     # The API origin serves no site bytes: it redirects to the site's own origin.
     moved = raw_request(guarded, "GET", "/sites/served/a/b.txt")

@@ -3,6 +3,7 @@ connects, nothing from the host is published."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -132,8 +133,8 @@ def test_symlinks_and_host_files_are_never_published(repos: Stack, tmp_path: Pat
     record = repos.wait(job_id)
     assert record["status"] == "live", record
     objects = all_objects(repos, s3)
-    published = sorted(k for k in objects if k.startswith(f"sites/{job_id}/"))
-    assert published == [f"sites/{job_id}/dist/x.txt", f"sites/{job_id}/index.html"]
+    published = sorted(json.loads(objects[f"manifests/{job_id}.json"])["files"])
+    assert published == ["dist/x.txt", "index.html"]
     for key, data in objects.items():
         assert b"host-secret-value" not in data, key
         assert b"root:x:0:0" not in data, key
@@ -155,7 +156,7 @@ def test_a_non_utf8_file_name_fails_the_job_clearly(repos: Stack, tmp_path: Path
     record = repos.wait(job_id)
     assert record["status"] == "failed"
     assert "not valid UTF-8" in record["error"]
-    assert not [k for k in all_objects(repos, s3) if job_id in k and k.startswith("sites/")]
+    assert f"manifests/{job_id}.json" not in all_objects(repos, s3)
 
 
 @pytest.mark.slow

@@ -53,7 +53,7 @@ def test_buildq_toml_gives_command_output_and_env(tmp_path: Path) -> None:
 
     config = detect(tmp_path)
 
-    assert config.source == "buildq.toml"
+    assert config.origin == "buildq.toml"
     assert config.command == "python3 build.py"
     assert config.outputs == ("dist",)
     assert dict(config.env) == {"SITE_TITLE": "hello", "DEBUG": "true", "WORKERS": "4"}
@@ -154,7 +154,7 @@ def test_package_json_with_build_script_uses_npm_install(tmp_path: Path) -> None
 
     config = detect(tmp_path)
 
-    assert config.source == "package.json"
+    assert config.origin == "package.json"
     assert config.command == "npm install && npm run build"
     assert config.outputs == NODE_OUTPUTS == ("dist", "build", "out", "public")
 
@@ -193,7 +193,7 @@ def test_no_configuration_is_a_static_site(tmp_path: Path) -> None:
 
     config = detect(tmp_path)
 
-    assert config.source == "static"
+    assert config.origin == "static"
     assert config.command is None
     assert config.outputs == (".",)
 
@@ -201,7 +201,7 @@ def test_no_configuration_is_a_static_site(tmp_path: Path) -> None:
 def test_empty_request_build_falls_through_to_the_repository(tmp_path: Path) -> None:
     write(tmp_path / "buildq.toml", TOML)
 
-    assert detect(tmp_path, {}).source == "buildq.toml"
+    assert detect(tmp_path, {}).origin == "buildq.toml"
 
 
 # --- resolve_output -------------------------------------------------------
@@ -463,7 +463,7 @@ def test_scripts_that_are_not_a_table_of_strings_mean_static(
         tmp_path / "package.json", json.dumps({"scripts": scripts, "dependencies": {"vite": "5"}})
     )
 
-    assert detect(tmp_path).source == "static"
+    assert detect(tmp_path).origin == "static"
 
 
 def test_oversized_package_json_is_refused(tmp_path: Path) -> None:
@@ -488,7 +488,7 @@ def test_mkdocs_yml_installs_mkdocs_and_builds_into_site(tmp_path: Path) -> None
     )
     assert config.outputs == ("site",)
     assert config.detected == "MkDocs"
-    assert config.source == "mkdocs.yml"
+    assert config.origin == "mkdocs.yml"
 
 
 def test_mkdocs_installs_requirements_txt_when_present(tmp_path: Path) -> None:
@@ -564,7 +564,7 @@ def test_package_json_build_wins_over_mkdocs(tmp_path: Path) -> None:
     node_project(tmp_path)
     write(tmp_path / "mkdocs.yml", "site_name: Docs\n")
 
-    assert detect(tmp_path).source == "package.json"
+    assert detect(tmp_path).origin == "package.json"
 
 
 def test_mkdocs_applies_when_package_json_has_no_build_script(tmp_path: Path) -> None:
@@ -578,7 +578,7 @@ def test_buildq_toml_build_wins_over_mkdocs(tmp_path: Path) -> None:
     write(tmp_path / "buildq.toml", TOML)
     write(tmp_path / "mkdocs.yml", "site_name: Docs\n")
 
-    assert detect(tmp_path).source == "buildq.toml"
+    assert detect(tmp_path).origin == "buildq.toml"
 
 
 # --- detected and [serve] -------------------------------------------------
@@ -633,7 +633,7 @@ def test_serve_without_build_still_detects_package_json(tmp_path: Path) -> None:
 
     config = detect(tmp_path)
 
-    assert config.source == "package.json"
+    assert config.origin == "package.json"
     assert config.detected == "Vite (pnpm)"
     assert config.command == PNPM_CMD
     assert config.spa is True

@@ -1,11 +1,11 @@
 """Hostile repositories against the real git: remote helpers, leaked environment,
-git bombs, stalled servers, submodules, and what gets archived from a checkout."""
+git bombs, stalled servers, submodules, and what gets archived from a clone (straight
+from ``git archive``, never a checkout) or packed from a tree."""
 
 from __future__ import annotations
 
 import os
 import subprocess
-import tarfile
 import time
 from pathlib import Path
 
@@ -14,8 +14,9 @@ import pytest
 from shared.core.errors import ValidationError
 from shared.storage.archive import extract, pack
 from tests.integration.helpers import make_repo
+from tests.unit.test_archive import read_archive
 from tests.unit.test_hostile_urls import Listener
-from uploader.clone import CloneError, CloneSettings, clone, parse_tokens
+from uploader.clone import CloneError, CloneSettings, clone, export, parse_tokens
 from uploader.netcheck import Resolution
 
 GIT_ENV = {
@@ -47,6 +48,21 @@ def git(repo: Path, *args: str, stdin: bytes | None = None) -> str:
         env={**os.environ, **GIT_ENV},
     )
     return done.stdout.decode().strip()
+
+
+def exported(
+    tmp_path: Path, url: str, **overrides: object
+) -> tuple[int, dict[str, bytes], list[tuple[str, str]]]:
+    """Clone ``url`` and export its source archive: (file count, files, skips)."""
+    dest = tmp_path / "dest"
+    clone(url, dest, ref=None, settings=settings())
+    assert [p.name for p in dest.iterdir()] == [".git"]  # never checked out
+    skipped: list[tuple[str, str]] = []
+    archive = tmp_path / "src.tar.zst"
+    count = export(
+        dest, archive, settings=settings(**overrides), on_skip=lambda r, k: skipped.append((r, k))
+    )
+    return count, read_archive(archive), skipped
 
 
 def git_processes() -> list[str]:
@@ -180,13 +196,15 @@ def test_submodules_are_never_fetched(tmp_path: Path) -> None:
     outer = make_repo(tmp_path / "outer", {"index.html": "hi"})
     git(outer, "-c", "protocol.file.allow=always", "submodule", "add", f"file://{inner}", "sub")
     git(outer, "commit", "--quiet", "-m", "submodule")
-    dest = tmp_path / "dest"
-    clone(f"file://{outer}", dest, ref=None, settings=settings())
-    assert (dest / "index.html").read_text() == "hi"
-    assert not (dest / "sub" / "secret.txt").exists()
+
+    count, files, skipped = exported(tmp_path, f"file://{outer}")
+
+    assert sorted(files) == [".gitmodules", "index.html"]
+    assert files["index.html"] == b"hi"
+    assert (count, skipped) == (2, [])
 
 
-def test_checkout_symlinks_and_hard_links_are_never_archived(tmp_path: Path) -> None:
+def test_repository_symlinks_are_never_archived_and_each_is_reported(tmp_path: Path) -> None:
     secret = tmp_path / "secret.env"
     secret.write_text("AWS_SECRET_ACCESS_KEY=host-secret\n")
     repo = make_repo(tmp_path / "repo", {"index.html": "hi", "sub/page.html": "p"})
@@ -197,36 +215,107 @@ def test_checkout_symlinks_and_hard_links_are_never_archived(tmp_path: Path) -> 
         ("secret", str(secret)),
         ("up", "../../.."),
         ("inside", "index.html"),
+        ("sub/deeper", "../sub"),
     ]:
         (repo / name).symlink_to(target)
     git(repo, "add", "--all")
     git(repo, "commit", "--quiet", "-m", "links")
-    dest = tmp_path / "dest"
-    clone(f"file://{repo}", dest, ref=None, settings=settings())
-    os.link(secret, dest / "hardlinked.env")
-    skipped: list[tuple[str, str]] = []
-    archive = tmp_path / "src.tar.gz"
-    count = pack(
-        dest, archive, max_files=100, max_bytes=1 << 20, on_skip=lambda r, k: skipped.append((r, k))
-    )
+
+    count, files, skipped = exported(tmp_path, f"file://{repo}")
+
     assert count == 2
-    with tarfile.open(archive) as tar:
-        names = sorted(tar.getnames())
-        payload = b"".join(tar.extractfile(m).read() for m in tar if m.isfile())  # type: ignore[union-attr]
-    assert names == ["index.html", "sub/page.html"]
+    assert sorted(files) == ["index.html", "sub/page.html"]
+    payload = b"".join(files.values())
     assert b"host-secret" not in payload
     assert b"root:" not in payload
-    assert ("hardlinked.env", "hard link") in skipped
-    assert {r for r, k in skipped if k == "symlink"} == {
-        "passwd",
-        "environ",
-        "aws",
-        "secret",
-        "up",
-        "inside",
-    }
+    assert sorted(skipped) == sorted(
+        (name, "symlink")
+        for name in ("passwd", "environ", "aws", "secret", "up", "inside", "sub/deeper")
+    )
     out = tmp_path / "out"
-    assert extract(archive, out, max_files=100, max_bytes=1 << 20) == 2
+    assert extract(tmp_path / "src.tar.zst", out, max_files=100, max_bytes=1 << 20) == 2
+    assert not any(p.is_symlink() for p in out.rglob("*"))
+
+
+def test_tree_symlinks_and_hard_links_are_never_packed(tmp_path: Path) -> None:
+    """A tree on disk (the way a build's output is walked): links are never followed."""
+    secret = tmp_path / "secret.env"
+    secret.write_text("AWS_SECRET_ACCESS_KEY=host-secret\n")
+    tree = tmp_path / "tree"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "index.html").write_text("hi")
+    (tree / "sub" / "page.html").write_text("p")
+    (tree / "passwd").symlink_to("/etc/passwd")
+    (tree / "secret").symlink_to(secret)
+    os.link(secret, tree / "hardlinked.env")
+    skipped: list[tuple[str, str]] = []
+    archive = tmp_path / "src.tar.zst"
+
+    count = pack(
+        tree, archive, max_files=100, max_bytes=1 << 20, on_skip=lambda r, k: skipped.append((r, k))
+    )
+
+    assert count == 2
+    files = read_archive(archive)
+    assert sorted(files) == ["index.html", "sub/page.html"]
+    assert b"host-secret" not in b"".join(files.values())
+    assert sorted(skipped) == [
+        ("hardlinked.env", "hard link"),
+        ("passwd", "symlink"),
+        ("secret", "symlink"),
+    ]
+
+
+def test_a_repositorys_export_attributes_are_ignored_like_a_checkout(tmp_path: Path) -> None:
+    """.gitattributes may not hide files from the archive or expand placeholders in it;
+    the conversions a checkout applies (eol) still apply."""
+    repo = make_repo(
+        tmp_path / "repo",
+        {
+            ".gitattributes": "hidden.txt export-ignore\nver.txt export-subst\n"
+            "*.bat text eol=crlf\n",
+            "hidden.txt": "still shipped",
+            "ver.txt": "$Format:%H$",
+            "run.bat": "a\nb\n",
+        },
+    )
+
+    _, files, _ = exported(tmp_path, f"file://{repo}")
+
+    assert files["hidden.txt"] == b"still shipped"
+    assert files["ver.txt"] == b"$Format:%H$"
+    assert files["run.bat"] == b"a\r\nb\r\n"
+
+
+def test_export_enforces_the_caps_on_what_it_writes(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo", {f"f{i}.txt": "x" * 100 for i in range(5)})
+
+    with pytest.raises(ValidationError, match="more than 4 files"):
+        exported(tmp_path, f"file://{repo}", max_files=4)
+
+
+def test_export_past_its_deadline_is_killed_and_reported(tmp_path: Path) -> None:
+    """32 MiB through a pipe cannot finish within a millisecond: git is killed."""
+    repo = make_repo(tmp_path / "repo", {"big.bin": b"\0" * (32 << 20)})
+    dest = tmp_path / "dest"
+    clone(f"file://{repo}", dest, ref=None, settings=settings())
+
+    with pytest.raises(CloneError, match=r"git archive timed out after 0\.001s"):
+        export(dest, tmp_path / "src.tar.zst", settings=settings(timeout_s=0.001))
+    assert not [p for p in git_processes() if str(dest) in p]
+
+
+def test_export_of_a_broken_clone_is_a_clone_error(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo", {"index.html": "hi"})
+    dest = tmp_path / "dest"
+    clone(f"file://{repo}", dest, ref=None, settings=settings())
+    for pack_file in (dest / ".git" / "objects" / "pack").glob("*.pack"):
+        pack_file.chmod(0o644)
+        pack_file.write_bytes(b"")  # the objects are gone
+
+    with pytest.raises(CloneError, match="git archive failed"):
+        export(dest, tmp_path / "src.tar.zst", settings=settings())
+    assert not [p for p in git_processes() if str(dest) in p]
 
 
 @pytest.mark.parametrize(
@@ -248,4 +337,9 @@ def test_bad_file_names_fail_with_a_clear_message(
     with open(path, "wb") as fh:
         fh.write(b"x")
     with pytest.raises(ValidationError, match=message):
-        pack(root, tmp_path / "a.tar.gz", max_files=10, max_bytes=1 << 20)
+        pack(root, tmp_path / "a.tar.zst", max_files=10, max_bytes=1 << 20)
+    git(root, "init", "--quiet", "--initial-branch=main")
+    git(root, "add", "--all")
+    git(root, "commit", "--quiet", "-m", "bad name")
+    with pytest.raises(ValidationError, match=message):
+        exported(tmp_path, f"file://{root}")

@@ -5,7 +5,6 @@ a repository that cannot be cloned fails the job."""
 from __future__ import annotations
 
 import subprocess
-import tarfile
 from pathlib import Path
 
 import anyio
@@ -18,6 +17,7 @@ from shared.engine.logs import LogWriter, read_log
 from shared.engine.outcome import Outcome
 from shared.redis.keys import Keys
 from shared.storage.s3 import Storage, make_s3_client, source_key
+from tests.unit.test_archive import read_archive
 from uploader.ingest import Ingest
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
@@ -102,10 +102,9 @@ async def run(
 
 
 async def archived(storage: Storage, tmp_path: Path, job_id: str) -> dict[str, bytes]:
-    path = tmp_path / "source.tar.gz"
+    path = tmp_path / "source.tar.zst"
     await storage.get_to_file(source_key(job_id), path)
-    with tarfile.open(path) as tar:
-        return {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}  # type: ignore[union-attr]
+    return read_archive(path)
 
 
 # --- tests ------------------------------------------------------------------------
@@ -134,6 +133,49 @@ async def test_a_local_repository_is_cloned_archived_and_queued_for_build(
     assert (after.status, after.commit) == (Status.UPLOADING, head)
     assert f"buildq: cloned commit {head}" in lines
     assert any(line.startswith("buildq: uploaded source (2 files") for line in lines)
+
+
+async def test_symlinks_are_left_out_with_a_log_line_and_the_source_is_zstd(
+    ingest: Ingest,
+    redis: fakeredis.FakeAsyncRedis,
+    store: JobStore,
+    storage: Storage,
+    repo: Path,
+) -> None:
+    (repo / "passwd").symlink_to("/etc/passwd")
+    git(repo, "add", "passwd")
+    git(repo, "commit", "-q", "-m", "link")
+    record = await started(store, "job-a", str(repo))
+
+    outcome, lines = await run(ingest, redis, store.keys, record)
+
+    assert outcome.status is Status.QUEUED
+    assert "buildq: skipped symlink 'passwd' (only regular files are archived)" in lines
+    assert source_key("job-a").endswith(".tar.zst")
+    blob = await storage.read(source_key("job-a"))
+    assert blob.body[:4] == b"\x28\xb5\x2f\xfd"
+    assert blob.content_type == "application/zstd"
+    assert not await storage.exists(source_key("job-a", legacy=True))
+    assert set(await archived(storage, repo.parent, "job-a")) == {"index.html", "docs/about.md"}
+
+
+async def test_a_bad_file_name_fails_the_job_and_uploads_nothing(
+    ingest: Ingest,
+    redis: fakeredis.FakeAsyncRedis,
+    store: JobStore,
+    storage: Storage,
+    repo: Path,
+) -> None:
+    (repo / "bad\nname.html").write_text("x")
+    git(repo, "add", "--all")
+    git(repo, "commit", "-q", "-m", "bad name")
+    record = await started(store, "job-a", str(repo))
+
+    outcome, _ = await run(ingest, redis, store.keys, record)
+
+    assert outcome.status is Status.FAILED
+    assert "control character" in outcome.fields["error"]
+    assert not await storage.exists(source_key("job-a"))
 
 
 async def test_the_requested_ref_is_the_one_archived(

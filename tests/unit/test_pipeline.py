@@ -21,12 +21,12 @@ from shared.engine.logs import LogWriter, read_log
 from shared.engine.outcome import Outcome
 from shared.redis.keys import Keys
 from shared.storage.archive import pack
+from shared.storage.manifest import Manifest, blob_key, manifest_key
 from shared.storage.s3 import (
     ObjectNotFound,
     Storage,
     alias_key,
     make_s3_client,
-    site_prefix,
     source_key,
 )
 
@@ -143,6 +143,12 @@ async def text(env: Env, key: str) -> str:
     return data.decode()
 
 
+async def published(env: Env, job_id: str, rel: str) -> str:
+    """A published file's text, through the deployment's manifest."""
+    manifest = Manifest.decode((await env.storage.get(manifest_key(job_id)))[0])
+    return await text(env, blob_key(manifest.files[rel].sha256))
+
+
 # --- tests ------------------------------------------------------------------------
 
 
@@ -155,7 +161,7 @@ async def test_a_job_is_fetched_built_published_and_promoted(env: Env) -> None:
 
     assert outcome.status is Status.LIVE
     assert outcome.fields["url"].startswith("http://site.")
-    assert await text(env, site_prefix("job-a") + "index.html") == "built site"
+    assert await published(env, "job-a", "index.html") == "built site"
     assert json.loads(await text(env, alias_key("site")))["id"] == "job-a"
     assert await env.redis.hget(env.keys.site("site"), "id") == "job-a"
     record = await env.store.get("job-a")
@@ -176,7 +182,7 @@ async def test_a_repository_without_a_build_is_published_as_is(env: Env) -> None
     outcome, lines = await run(env, "job-a")
 
     assert outcome.status is Status.LIVE
-    assert await text(env, site_prefix("job-a") + "index.html") == "<h1>static</h1>"
+    assert await published(env, "job-a", "index.html") == "<h1>static</h1>"
     assert "buildq: no build configured; publishing the repository as is" in lines
 
 
@@ -191,7 +197,7 @@ async def test_a_failing_build_fails_the_job_and_publishes_nothing(env: Env) -> 
     assert outcome.status is Status.FAILED
     assert outcome.fields["error"] == "build exited with status 3"
     assert "compiling" in lines
-    assert not await env.storage.exists(site_prefix("job-a") + "index.html")
+    assert not await env.storage.exists(manifest_key("job-a"))
     with pytest.raises(ObjectNotFound):
         await env.storage.get(alias_key("site"))
     assert await env.redis.hget(env.keys.site("site"), "id") is None
@@ -224,7 +230,7 @@ async def test_a_build_override_from_the_request_runs_with_its_command_hidden(en
     outcome, lines = await run(env, "job-a")
 
     assert outcome.status is Status.LIVE
-    assert await text(env, site_prefix("job-a") + "index.html") == "from the request"
+    assert await published(env, "job-a", "index.html") == "from the request"
     assert "buildq: build from request (command hidden)" in lines
     assert not any("GREETING" in line or "printf" in line for line in lines)
 

@@ -1,20 +1,23 @@
 """Publishing reads only files inside the output tree: a file swapped for a symlink
 (or a FIFO, a hard link, another size) between the listing and the upload is
-refused, never followed to a host file."""
+refused, never followed to a host file. Files become content-addressed blobs, known
+blobs are not uploaded again, and the manifest is written last."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import pytest
 
 import deployer.publish
-from deployer.publish import publish_dir
+from deployer.publish import Published, Target, human_bytes, known_blobs, publish_site
 from shared.core.errors import ValidationError
 from shared.storage.archive import Entry, open_entry, open_root, walk_tree
+from shared.storage.manifest import FileRef, Manifest, ManifestError, blob_key, manifest_key
 
 LIMITS = {"max_files": 1000, "max_bytes": 10 * 1024 * 1024}
 HOST_SECRET = "host-only-secret"
@@ -102,11 +105,38 @@ def test_a_file_changed_after_the_listing_is_refused(
 
 
 class RecordingStorage:
+    """The Storage calls a publish makes, kept in memory."""
+
     def __init__(self) -> None:
         self.objects: dict[str, bytes] = {}
+        self.puts: list[str] = []
 
-    async def put_fileobj(self, key: str, fileobj: BinaryIO, *, mime: str | None = None) -> None:
+    async def put_bytes(self, key: str, data: bytes, *, mime: str) -> None:
+        self.puts.append(key)
+        self.objects[key] = data
+
+    async def put_fileobj(self, key: str, fileobj: Any, *, mime: str | None = None) -> None:
+        self.puts.append(key)
         self.objects[key] = fileobj.read()
+
+    async def delete_keys(self, keys: list[str]) -> None:
+        for key in keys:
+            self.objects.pop(key, None)
+
+
+TARGET = Target("job-1", "web", 1, spa=False)
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+async def publish(storage: RecordingStorage, root: Path, **kwargs: Any) -> Published:
+    return await publish_site(storage, root, TARGET, concurrency=2, **LIMITS, **kwargs)  # type: ignore[arg-type]
+
+
+def manifest_of(storage: RecordingStorage, job_id: str = "job-1") -> Manifest:
+    return Manifest.decode(storage.objects[manifest_key(job_id)])
 
 
 @pytest.mark.anyio
@@ -121,16 +151,93 @@ async def test_publish_refuses_a_symlink_swapped_in_after_the_walk(
     monkeypatch.setattr(deployer.publish, "walk_tree", walk_then_swap)
     storage = RecordingStorage()
     with pytest.raises(ValidationError, match=r"index\.html"):
-        await publish_dir(storage, tree, "sites/j/", concurrency=2, **LIMITS)  # type: ignore[arg-type]
+        await publish(storage, tree)
     assert all(HOST_SECRET.encode() not in data for data in storage.objects.values())
+    assert manifest_key("job-1") not in storage.objects
 
 
 @pytest.mark.anyio
-async def test_publish_uploads_every_file_from_its_fd(tree: Path) -> None:
+async def test_publish_stores_each_file_as_a_blob_and_the_manifest_last(tree: Path) -> None:
     storage = RecordingStorage()
-    count, size = await publish_dir(storage, tree, "sites/j/", concurrency=2, **LIMITS)  # type: ignore[arg-type]
-    assert (count, size) == (2, len("<h1>hi</h1>") + len("console.log(1)"))
-    assert storage.objects == {
-        "sites/j/index.html": b"<h1>hi</h1>",
-        "sites/j/assets/app.js": b"console.log(1)",
-    }
+
+    result = await publish(storage, tree, parent="job-0")
+
+    home, app = b"<h1>hi</h1>", b"console.log(1)"
+    assert (result.files, result.bytes, result.uploaded) == (2, len(home) + len(app), 2)
+    assert storage.objects[blob_key(sha(home))] == home
+    assert storage.objects[blob_key(sha(app))] == app
+    assert storage.puts[-1] == manifest_key("job-1")
+    manifest = manifest_of(storage)
+    assert (manifest.service, manifest.seq, manifest.parent, manifest.spa) == (
+        "web",
+        1,
+        "job-0",
+        False,
+    )
+    assert manifest.files["index.html"] == FileRef(sha(home), len(home), "text/html; charset=utf-8")
+    assert manifest.files["assets/app.js"].sha256 == sha(app)
+
+
+@pytest.mark.anyio
+async def test_known_blobs_are_not_uploaded_and_duplicates_go_once(tree: Path) -> None:
+    (tree / "copy.html").write_text("<h1>hi</h1>")  # the same bytes as index.html
+    storage = RecordingStorage()
+
+    result = await publish(storage, tree, known={sha(b"console.log(1)")})
+
+    assert storage.puts == [blob_key(sha(b"<h1>hi</h1>")), manifest_key("job-1")]
+    assert (result.files, result.uploaded) == (3, 1)
+    assert result.summary() == "3 files (36 bytes): 1 uploaded, 2 already stored"
+    assert len(manifest_of(storage).files) == 3
+
+
+@pytest.mark.anyio
+async def test_a_large_file_streams_and_is_hashed_on_the_way(
+    tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(deployer.publish, "INLINE_UPLOAD_BYTES", 4)
+    storage = RecordingStorage()
+
+    await publish(storage, tree)
+
+    assert storage.objects[blob_key(sha(b"console.log(1)"))] == b"console.log(1)"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("inline", [True, False])
+async def test_a_file_rewritten_after_it_was_hashed_is_refused(
+    tree: Path, monkeypatch: pytest.MonkeyPatch, inline: bool
+) -> None:
+    if not inline:
+        monkeypatch.setattr(deployer.publish, "INLINE_UPLOAD_BYTES", 4)
+    hash_all = deployer.publish._hash_all
+
+    async def hash_then_rewrite(root_fd: int, entries: list[Entry]) -> list[str]:
+        hashes = await hash_all(root_fd, entries)
+        (tree / "assets" / "app.js").write_text("console.log(2)")  # same size
+        return hashes
+
+    monkeypatch.setattr(deployer.publish, "_hash_all", hash_then_rewrite)
+    storage = RecordingStorage()
+
+    with pytest.raises(ValidationError, match="changed while it was published"):
+        await publish(storage, tree)
+    assert b"console.log(2)" not in storage.objects.values()
+    assert manifest_key("job-1") not in storage.objects
+
+
+def test_sizes_read_as_people_write_them() -> None:
+    assert human_bytes(999) == "999 bytes"
+    assert human_bytes(17_200_000) == "17.2 MB"
+    assert human_bytes(1_500) == "1.5 kB"
+    summary = Published(files=1758, bytes=17_200_000, uploaded=3, uploaded_bytes=10).summary()
+    assert summary == "1758 files (17.2 MB): 3 uploaded, 1755 already stored"
+
+
+@pytest.mark.anyio
+async def test_an_unreadable_live_manifest_means_uploading_everything() -> None:
+    class BadManifests:
+        async def chain(self, job_id: str | None) -> list[Manifest]:
+            raise ManifestError("bad hash")
+
+    assert await known_blobs(BadManifests(), "job-0") == (None, set())  # type: ignore[arg-type]

@@ -3,18 +3,23 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
 
 import fakeredis
 import httpx
 import pytest
 from fastapi import FastAPI
 
+from deployer.publish import Target, publish_site
 from shared.core.settings import Settings, load_settings
 from shared.core.siteaddr import SiteHost, SiteKind, parse_host, preview_url, site_url
 from shared.engine.jobs import JobStore
 from shared.redis.keys import Keys
+from shared.storage.manifest import blob_key, manifest_key
 from shared.storage.s3 import Storage, content_type, make_s3_client, serve_key, site_prefix
 from uploader import serving
 from uploader.sites import SitesOrigin
@@ -321,3 +326,165 @@ async def test_html_on_the_api_origin_is_sandboxed(settings: Settings) -> None:
 
     assert index.headers["content-type"].startswith("text/html")
     assert index.headers["content-security-policy"] == "sandbox"
+
+
+# --- deployments published as blobs and a manifest ----------------------------------
+
+BLOBS = "cccccccccccccccccccc"
+BLOBS_SPA = "dddddddddddddddddddd"
+
+
+@pytest.fixture
+async def blob_app(app: SitesOrigin, tmp_path: Path) -> SitesOrigin:
+    """The same files as LIVE and SPA, published through manifests (``blob``, ``spa2``)."""
+    svc: Services = app.app.state.services
+    out = tmp_path / "out"
+    for rel, text in FILES.items():
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        (out / rel).write_text(text)
+    for job_id, service, spa in ((BLOBS, "blob", False), (BLOBS_SPA, "spa2", True)):
+        target = Target(job_id, service, 1, spa)
+        await publish_site(svc.storage, out, target, max_files=100, max_bytes=10**6, concurrency=4)
+        await svc.redis.hset(svc.keys.site(service), mapping={"id": job_id})
+    return app
+
+
+@pytest.fixture
+async def blob(blob_app: SitesOrigin) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=blob_app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://blob.localhost:8001") as c:
+        yield c
+
+
+def no_heads(app: SitesOrigin, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record every S3 HEAD and GET the sites origin makes from now on."""
+    storage: Storage = app.app.state.services.storage
+    calls: list[str] = []
+    head, read = storage.head, storage.read
+
+    async def counted_head(key: str) -> Any:
+        calls.append(f"HEAD {key}")
+        return await head(key)
+
+    async def counted_read(key: str, **kwargs: Any) -> Any:
+        calls.append(f"GET {key}")
+        return await read(key, **kwargs)
+
+    monkeypatch.setattr(storage, "head", counted_head)
+    monkeypatch.setattr(storage, "read", counted_read)
+    return calls
+
+
+async def test_a_manifest_site_follows_the_static_host_conventions(
+    blob: httpx.AsyncClient, blob_app: SitesOrigin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await get(blob, "/")  # the manifest is read once, then cached
+    calls = no_heads(blob_app, monkeypatch)
+
+    about = await get(blob, "/about")
+    docs = await get(blob, "/docs?x=1")
+    page = await get(blob, "/blog/")
+    missing = await get(blob, "/nowhere")
+    traversal = await get(blob, "/../../etc/passwd")
+    asset = await get(blob, "/assets/index-DiwrgTda.js")
+
+    assert (about.status_code, about.text) == (200, FILES["about.html"])
+    assert about.headers["content-type"] == "text/html; charset=utf-8"
+    assert (docs.status_code, docs.headers["location"]) == (308, "/docs/?x=1")
+    assert (page.status_code, page.headers["location"]) == (308, "/blog")
+    assert (missing.status_code, missing.text) == (404, FILES["404.html"])
+    assert (traversal.status_code, traversal.text) == (404, FILES["404.html"])
+    assert asset.headers["cache-control"] == "public, max-age=31536000, immutable"
+    assert not [c for c in calls if c.startswith("HEAD") or "manifests/" in c]
+    assert all(c.startswith("GET blobs/") for c in calls)
+
+
+async def test_a_manifest_sites_etag_is_the_content_hash(
+    blob: httpx.AsyncClient, blob_app: SitesOrigin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = await get(blob, "/")
+    calls = no_heads(blob_app, monkeypatch)
+    again = await get(blob, "/", **{"If-None-Match": home.headers["etag"]})
+    head = await blob.head("/data.txt")
+
+    digest = hashlib.sha256(FILES["index.html"].encode()).hexdigest()
+    assert home.headers["etag"] == f'"{digest}"'
+    assert home.headers["last-modified"].endswith(" GMT")
+    assert (again.status_code, again.content) == (304, b"")
+    assert (head.status_code, head.content, head.headers["content-length"]) == (200, b"", "10")
+    assert calls == []  # both answered from the manifest alone
+
+
+async def test_a_manifest_site_serves_byte_ranges(blob: httpx.AsyncClient) -> None:
+    first = await get(blob, "/data.txt", Range="bytes=0-3")
+    tail = await get(blob, "/data.txt", Range="bytes=-3")
+    rest = await get(blob, "/data.txt", Range="bytes=7-")
+    past = await get(blob, "/data.txt", Range="bytes=50-")
+
+    assert (first.status_code, first.text, first.headers["content-range"]) == (
+        206,
+        "0123",
+        "bytes 0-3/10",
+    )
+    assert (tail.text, tail.headers["content-range"]) == ("789", "bytes 7-9/10")
+    assert (rest.text, rest.headers["content-range"]) == ("789", "bytes 7-9/10")
+    assert (past.status_code, past.headers["content-range"]) == (416, "bytes */10")
+
+
+async def test_a_manifest_spa_gets_index_for_routes(blob_app: SitesOrigin) -> None:
+    transport = httpx.ASGITransport(app=blob_app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://spa2.localhost:8001") as c:
+        route = await c.get("/dashboard/settings")
+        asset = await c.get("/assets/missing-AbCdEfGh.js")
+    async with httpx.AsyncClient(
+        transport=transport, base_url=f"http://{BLOBS_SPA}.preview.localhost:8001"
+    ) as c:
+        preview = await c.get("/")
+
+    assert (route.status_code, route.text) == (200, FILES["index.html"])
+    assert asset.status_code == 404
+    assert preview.text == FILES["index.html"]
+
+
+async def test_legacy_and_manifest_deployments_are_served_side_by_side(
+    blob_app: SitesOrigin,
+) -> None:
+    transport = httpx.ASGITransport(app=blob_app)
+    async with httpx.AsyncClient(transport=transport) as c:
+        legacy = await c.get("http://shop.localhost:8001/about")
+        blobbed = await c.get("http://blob.localhost:8001/about")
+
+    assert legacy.text == blobbed.text == FILES["about.html"]
+    assert legacy.headers["etag"] != blobbed.headers["etag"]  # S3's ETag vs the hash
+
+
+async def test_a_hostile_manifest_is_refused_not_served(app: SitesOrigin) -> None:
+    svc: Services = app.app.state.services
+    hostile = {
+        "version": 1,
+        "service": "evil",
+        "seq": 1,
+        "parent": None,
+        "spa": False,
+        "files": {"../../sources/x": {"sha256": "0" * 64, "size": 1, "type": "text/plain"}},
+    }
+    await svc.storage.put_json(manifest_key(BLOBS), hostile)
+    await svc.redis.hset(svc.keys.site("evil"), mapping={"id": BLOBS})
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://evil.localhost:8001") as c:
+        page = await c.get("/")
+
+    assert page.status_code == 502
+    assert "manifest is invalid" in page.text
+
+
+async def test_a_missing_blob_is_a_storage_fault_not_a_404(
+    blob_app: SitesOrigin, blob: httpx.AsyncClient
+) -> None:
+    svc: Services = blob_app.app.state.services
+    digest = hashlib.sha256(FILES["about.html"].encode()).hexdigest()
+    await svc.storage.delete_keys([blob_key(digest)])
+
+    about = await get(blob, "/about.html")
+
+    assert about.status_code == 503

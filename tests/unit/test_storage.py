@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pytest
+from botocore.awsrequest import AWSRequest
 
 from shared.core.errors import StorageError
 from shared.core.settings import Settings
-from shared.storage.s3 import ObjectNotFound, Storage, content_type, make_s3_client
+from shared.storage.s3 import (
+    ObjectNotFound,
+    Storage,
+    content_type,
+    drop_expect_for_small_bodies,
+    make_s3_client,
+)
 
 
 @pytest.mark.parametrize(
@@ -123,3 +131,55 @@ async def test_get_to_file_of_a_missing_object_raises_object_not_found(
 async def test_missing_bucket_reads_as_object_not_found(storage: Storage) -> None:
     with pytest.raises(ObjectNotFound):
         await storage.get("anything")
+
+
+@pytest.mark.anyio
+async def test_list_objects_reads_every_page_and_delete_keys_removes_them(
+    storage: Storage,
+) -> None:
+    await storage.ensure_bucket()
+    for name in ("a", "b", "c"):
+        await storage.put_bytes(f"blobs/{name}", b"1", mime="text/plain")
+    await storage.put_bytes("other/x", b"1", mime="text/plain")
+    real = storage.client.list_objects_v2
+    storage.client.list_objects_v2 = lambda **kw: real(**kw, MaxKeys=1)  # type: ignore[method-assign]
+
+    listed = await storage.list_objects("blobs/")
+    await storage.delete_keys(["blobs/a", "blobs/b"])
+
+    storage.client.list_objects_v2 = real  # type: ignore[method-assign]
+    assert [(o.key, o.size) for o in listed] == [("blobs/a", 1), ("blobs/b", 1), ("blobs/c", 1)]
+    assert [o.key for o in await storage.list_objects("")] == ["blobs/c", "other/x"]
+
+
+@pytest.mark.parametrize(("size", "expect"), [(0, False), (1024 * 1024, False), (2**20 + 1, True)])
+def test_small_puts_go_without_expect_100_continue(size: int, expect: bool) -> None:
+    request = AWSRequest(
+        method="PUT",
+        url="http://s3.test/b/k",
+        data=io.BytesIO(b"x" * size),
+        headers={"Expect": "100-continue"},
+    )
+
+    drop_expect_for_small_bodies(request)
+
+    assert ("Expect" in request.headers) is expect
+
+
+def test_the_client_drops_expect_on_put_object(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "unit")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "unit")
+    client = make_s3_client(settings)
+    sent: dict[str, str] = {}
+
+    def capture(request: AWSRequest, **_: object) -> None:
+        sent.update(request.headers)
+        raise RuntimeError("captured")  # stop before any network
+
+    client.meta.events.register("before-send.s3.PutObject", capture)
+    with pytest.raises(RuntimeError, match="captured"):
+        client.put_object(Bucket="b", Key="k", Body=b"small")
+
+    assert "Expect" not in sent
