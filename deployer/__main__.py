@@ -14,6 +14,7 @@ from shared.core.settings import Settings, get_settings
 from shared.engine.daemon import run_until_signalled
 from shared.engine.stages import BUILD
 from shared.redis.client import make_redis
+from shared.redis.eviction import check_at_start
 from shared.storage.s3 import Storage, make_s3_client
 
 
@@ -43,6 +44,11 @@ def main() -> None:
         print(f"buildq deployer: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     configure_logging(settings.log_level, json=settings.log_json, secrets=secret_values(settings))
+    try:
+        check_at_start(settings, process="deployer")  # before anything else touches Redis or S3
+    except ConfigError as exc:
+        print(f"buildq deployer: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     sandbox.announce(settings)  # logs the build isolation level; warns when it is the weakest
     limits.announce(settings)  # logs how build limits are enforced; warns for rlimits
     anyio.run(serve, settings)

@@ -11,6 +11,7 @@ import uvicorn
 from shared.core.errors import ConfigError
 from shared.core.logsetup import configure_logging, secret_values
 from shared.core.settings import Settings, get_settings
+from shared.redis.eviction import check_at_start
 from uploader.app import create_app
 from uploader.auth import check_local_bind, parse_tokens
 
@@ -44,6 +45,11 @@ def main() -> None:
         print(f"buildq uploader: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     configure_logging(settings.log_level, json=settings.log_json, secrets=secret_values(settings))
+    try:
+        check_at_start(settings, process="uploader")  # before the app touches Redis or S3
+    except ConfigError as exc:
+        print(f"buildq uploader: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     config = uvicorn.Config(
         app,
         log_config=None,

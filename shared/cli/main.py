@@ -232,24 +232,33 @@ def doctor(fix: bool) -> None:
 
     from shared.cli.doctor import Doctor, build_limits
     from shared.redis.client import make_redis
+    from shared.redis.eviction import SAFE_POLICY, eviction_policy, refusal
     from shared.redis.keys import Keys
 
     settings = _settings_or_exit()
     click.echo(build_limits(settings))
 
-    async def run() -> list[Any]:
+    async def run() -> tuple[str | None, list[Any]]:
         redis = make_redis(settings)
         try:
-            return await Doctor(redis, Keys(settings.namespace), settings).check(fix=fix)
+            policy = await eviction_policy(redis)
+            return policy, await Doctor(redis, Keys(settings.namespace), settings).check(fix=fix)
         finally:
             await redis.aclose()
 
-    findings = anyio.run(run)
+    policy, findings = anyio.run(run)
+    if policy is None:
+        click.echo("redis maxmemory-policy: unknown (the server did not say)")
+    elif policy == SAFE_POLICY:
+        click.echo(f"redis maxmemory-policy: {policy}")
+    else:
+        click.echo(f"redis maxmemory-policy: {policy} - WARNING: {refusal(policy)}")
     out = Output.for_stdout()
     out.listing(views.findings_listing(findings))
     unfixed = [f for f in findings if not f.fixed]
     out.line(f"{len(findings)} problem(s), {len(unfixed)} left")
-    sys.exit(1 if unfixed else 0)
+    evicting = policy is not None and policy != SAFE_POLICY
+    sys.exit(1 if unfixed or evicting else 0)
 
 
 def _exec_module(module: str, overrides: dict[str, str]) -> None:

@@ -53,6 +53,7 @@ class Settings(BaseSettings):
     claim_default_ttl_s: int = Field(0, ge=0, le=365 * 24 * 3600)  # 0: claims do not expire
 
     allow_local_repos: bool = False
+    allow_eviction: bool = False  # run on a Redis whose maxmemory-policy may evict keys
     repo_host_allowlist: str = ""  # comma-separated host globs (*.example.com); empty: any
     repo_host_denylist: str = ""
     git_tokens: SecretStr | None = None  # host=token[,host=user:token]: private repositories
