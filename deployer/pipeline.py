@@ -112,19 +112,33 @@ class JobRunner:
         finally:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(shutil.rmtree, workdir, True)
-        return Outcome(status, {**fields, "holder": ""})
+        return Outcome(status, {**fields, "holder": "", "waiting_since": ""})
 
     async def _wait_for_lock(
         self, record: JobRecord, writer: LogWriter, holder: LockRecord | None
     ) -> Outcome:
         """Defer the job (freeing the slot) until the lock may be free; waiting does
-        not use up an attempt."""
+        not use up an attempt, but a job that has waited ``lock_max_wait_s`` fails
+        naming the holder rather than wait forever."""
         who = "someone" if holder is None else holder.owner
         why = f" ({holder.reason})" if holder is not None and holder.reason else ""
-        await writer.line(f"buildq: {record.service} is locked by {who}{why}; waiting")
+        now = now_ms(self.store.clock)
+        since = record.waiting_since or now
+        waited_s = (now - since) / 1000
+        if waited_s >= self.settings.lock_max_wait_s:
+            return Outcome(
+                Status.FAILED,
+                {
+                    "error": f"gave up after waiting {waited_s:.0f}s for the deploy lock of "
+                    f"{record.service}, held by {who}{why}",
+                    "holder": f"{who}{why}",
+                },
+            )
+        if since == now:  # once, not on every recheck
+            await writer.line(f"buildq: {record.service} is locked by {who}{why}; waiting")
         return Outcome(
             Status.WAITING,
-            {"holder": f"{who}{why}"},
+            {"holder": f"{who}{why}", "waiting_since": str(since)},
             delay_s=self.settings.lock_recheck_s,
             resume=BUILD,
             refund_attempt=True,

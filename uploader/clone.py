@@ -28,7 +28,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shared.core.errors import ValidationError
+from shared.core.errors import TransientError, ValidationError
 from shared.core.settings import Settings
 from shared.storage.archive import Skipped, repack
 from shared.storage.tarstream import TarFormatError
@@ -62,7 +62,12 @@ POLL_S = 0.2
 
 
 class CloneError(ValidationError):
-    """git could not clone the repository (not found, no such ref, timed out, too big)."""
+    """git could not clone the repository (not found, no such ref, too big)."""
+
+
+class CloneTimedOut(TransientError):
+    """git did not finish within the clone timeout: a slow or hanging remote, retried
+    with backoff as an attempt of the ingest stage (dead-lettered when they run out)."""
 
 
 @dataclass(frozen=True)
@@ -211,7 +216,9 @@ class _Git:
             try:
                 while not _exited(proc, POLL_S):
                     if time.monotonic() > self.deadline:
-                        raise CloneError(f"git clone timed out after {self.settings.timeout_s:g}s")
+                        raise CloneTimedOut(
+                            f"git clone timed out after {self.settings.timeout_s:g}s"
+                        )
                     if watch is not None and _tree_bytes(watch) > self.settings.max_bytes:
                         raise CloneError(
                             f"repository download exceeds {self.settings.max_bytes} bytes"
@@ -268,7 +275,7 @@ class _Git:
             if proc.stdout is not None:
                 proc.stdout.close()
         if time.monotonic() > self.deadline:
-            raise CloneError(f"git clone timed out after {self.settings.timeout_s:g}s")
+            raise CloneTimedOut(f"git clone timed out after {self.settings.timeout_s:g}s")
         if proc.returncode != 0:
             raise CloneError(f"git ls-tree failed with status {proc.returncode}")
 
@@ -358,7 +365,7 @@ def export(
             stdout.close()
         if proc.returncode != 0:
             if time.monotonic() > deadline:
-                raise CloneError(f"git archive timed out after {settings.timeout_s:g}s")
+                raise CloneTimedOut(f"git archive timed out after {settings.timeout_s:g}s")
             err.seek(0)
             message = err.read(STDERR_CAP).decode("utf-8", "replace").strip().replace("\n", " ")
             raise CloneError(f"git archive failed: {message or proc.returncode}")

@@ -92,6 +92,7 @@ class Settings(BaseSettings):
     deploy_lock_ttl_s: float = Field(30.0, ge=1)
     lock_wait_s: float = Field(2.0, ge=0)
     lock_recheck_s: float = Field(1.0, gt=0)
+    lock_max_wait_s: float = Field(3600.0, gt=0)  # a job waiting longer for a lock fails
     worker_stale_s: float = Field(15.0, gt=0)
     max_attempts: int = Field(3, ge=1, le=100)
     retry_base_s: float = Field(1.0, gt=0)

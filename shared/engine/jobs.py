@@ -101,6 +101,7 @@ class JobRecord(BaseModel):
     retry_stage: str | None = None
     dead: bool = False
     holder: str | None = None
+    waiting_since: int | None = None  # when it first found its service locked
     phases: dict[str, Phase] = {}
 
     @classmethod

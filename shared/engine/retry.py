@@ -9,7 +9,7 @@ TRANSIENT_GIT_MARKERS = (
     "could not resolve host",
     "connection refused",
     "connection timed out",
-    "timed out",
+    "operation timed out",
     "failed to connect",
     "rpc failed",
     "early eof",

@@ -16,7 +16,7 @@ from shared.storage.archive import extract, pack
 from tests.integration.helpers import make_repo
 from tests.unit.test_archive import read_archive
 from tests.unit.test_hostile_urls import Listener
-from uploader.clone import CloneError, CloneSettings, clone, export, parse_tokens
+from uploader.clone import CloneError, CloneSettings, CloneTimedOut, clone, export, parse_tokens
 from uploader.netcheck import Resolution
 
 GIT_ENV = {
@@ -177,7 +177,7 @@ def test_a_stalled_server_is_killed_at_the_timeout(tmp_path: Path) -> None:
             resolution=Resolution(resolver=lambda h, p: ["127.0.0.1"], allowed=lambda a: True),
         )
         started = time.monotonic()
-        with pytest.raises(CloneError, match=r"timed out after 1\.5s"):
+        with pytest.raises(CloneTimedOut, match=r"timed out after 1\.5s"):
             clone(
                 f"https://stall.invalid:{server.port}/a/b.git",
                 tmp_path / "d",
@@ -300,7 +300,7 @@ def test_export_past_its_deadline_is_killed_and_reported(tmp_path: Path) -> None
     dest = tmp_path / "dest"
     clone(f"file://{repo}", dest, ref=None, settings=settings())
 
-    with pytest.raises(CloneError, match=r"git archive timed out after 0\.001s"):
+    with pytest.raises(CloneTimedOut, match=r"git archive timed out after 0\.001s"):
         export(dest, tmp_path / "src.tar.zst", settings=settings(timeout_s=0.001))
     assert not [p for p in git_processes() if str(dest) in p]
 

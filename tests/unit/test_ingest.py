@@ -11,6 +11,7 @@ import anyio
 import fakeredis
 import pytest
 
+from shared.core.errors import TransientError
 from shared.core.settings import Settings, load_settings
 from shared.engine.jobs import JobRecord, JobStore, Status
 from shared.engine.logs import LogWriter, read_log
@@ -18,6 +19,7 @@ from shared.engine.outcome import Outcome
 from shared.redis.keys import Keys
 from shared.storage.s3 import Storage, make_s3_client, source_key
 from tests.unit.test_archive import read_archive
+from uploader.clone import CloneTimedOut
 from uploader.ingest import Ingest
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
@@ -209,6 +211,28 @@ async def test_an_unknown_ref_fails_the_job_without_a_retry(
     assert outcome.status is Status.FAILED
     assert outcome.fields["error"]
     assert outcome.push is None
+    assert not await storage.exists(source_key("job-a"))
+
+
+async def test_a_clone_that_outlives_its_timeout_is_transient_and_counts_an_attempt(
+    settings: Settings,
+    redis: fakeredis.FakeAsyncRedis,
+    store: JobStore,
+    storage: Storage,
+    repo: Path,
+) -> None:
+    # A slow or hanging remote is retried with backoff by the consumer (its class
+    # says so), using up ingest attempts until the job is dead-lettered.
+    slow = load_settings(
+        {"BUILDQ_ALLOW_LOCAL_REPOS": "1", "BUILDQ_S3_BUCKET": settings.s3_bucket},
+        clone_timeout_s=0.001,
+    )
+    record = await started(store, "job-a", str(repo))
+
+    with pytest.raises(CloneTimedOut, match=r"timed out after 0\.001s") as raised:
+        await run(make_ingest(slow, store, storage), redis, store.keys, record)
+
+    assert isinstance(raised.value, TransientError)
     assert not await storage.exists(source_key("job-a"))
 
 

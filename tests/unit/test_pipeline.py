@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import fakeredis
 import pytest
@@ -29,6 +29,9 @@ from shared.storage.s3 import (
     make_s3_client,
     source_key,
 )
+
+if TYPE_CHECKING:
+    from conftest import FakeClock
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
 
@@ -284,3 +287,33 @@ async def test_a_service_locked_by_someone_else_defers_the_job_as_waiting(
     assert outcome.fields["holder"] == "alice (migrating the database)"
     assert "buildq: site is locked by alice (migrating the database); waiting" in lines
     assert await env.redis.hget(env.keys.site("site"), "id") is None
+
+
+async def test_a_job_that_waits_past_the_lock_max_wait_fails_naming_the_holder(
+    env: Env, settings: Settings, clock: FakeClock
+) -> None:
+    source = repository(env.tmp / "repo", {"index.html": "v"})
+    await submit(env, "job-a")
+    await ingested(env, "job-a", source)
+    record = await started(env, "job-a")
+    writer = LogWriter(env.redis, env.keys, "job-a", max_bytes=1 << 20, max_entries=1000)
+    alice = DeployLock(env.redis, env.keys, events_max=100, owner="alice", ttl_ms=60_000)
+    async with alice.holding("site", reason="migrating the database"):
+        first = await env.runner.run(record, writer)
+        since = int(first.fields["waiting_since"])
+        clock.now_s += 60  # a recheck a minute later keeps the first time, says nothing new
+        again = await env.runner.run(record.model_copy(update={"waiting_since": since}), writer)
+        clock.now_s += settings.lock_max_wait_s
+        last = await env.runner.run(record.model_copy(update={"waiting_since": since}), writer)
+    await writer.close()
+    lines = [entry.text for entry in await read_log(env.redis, env.keys, "job-a")]
+
+    assert since == int(clock.now_s * 1000) - int((60 + settings.lock_max_wait_s) * 1000)
+    assert again.status is Status.WAITING
+    assert again.fields["waiting_since"] == str(since)
+    assert sum("is locked by alice" in line for line in lines) == 1
+    assert last.status is Status.FAILED
+    assert last.fields["error"] == (
+        f"gave up after waiting {60 + settings.lock_max_wait_s:.0f}s for the deploy lock "
+        "of site, held by alice (migrating the database)"
+    )
