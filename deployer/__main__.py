@@ -4,18 +4,49 @@ from __future__ import annotations
 
 import sys
 
-import anyio
+# structlog imports rich (and pygments) when they are installed, only to render
+# console tracebacks; a deployer never does: without them it starts ~5 MiB smaller.
+sys.modules.setdefault("rich", None)  # type: ignore[arg-type]
 
-from deployer import limits, sandbox
-from deployer.worker import Deployer
-from shared.core.errors import ConfigError
-from shared.core.logsetup import configure_logging, secret_values
-from shared.core.settings import Settings, get_settings
-from shared.engine.daemon import run_until_signalled
-from shared.engine.stages import BUILD
-from shared.redis.client import make_redis
-from shared.redis.eviction import check_at_start
-from shared.storage.s3 import Storage, make_s3_client
+import ctypes  # noqa: E402 - after the line above, which must precede every import
+import ctypes.util  # noqa: E402
+
+import anyio  # noqa: E402
+
+from deployer import limits, sandbox  # noqa: E402
+from deployer.worker import Deployer  # noqa: E402
+from shared.core.errors import ConfigError  # noqa: E402
+from shared.core.logsetup import configure_logging, secret_values  # noqa: E402
+from shared.core.settings import Settings, get_settings  # noqa: E402
+from shared.engine.daemon import run_until_signalled  # noqa: E402
+from shared.engine.stages import BUILD  # noqa: E402
+from shared.redis.client import make_redis  # noqa: E402
+from shared.redis.eviction import check_at_start  # noqa: E402
+from shared.storage.s3 import Storage, make_s3_client  # noqa: E402
+
+M_ARENA_MAX = -8  # glibc mallopt(3)
+MALLOC_ARENAS = 2
+
+
+def _libc() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c")
+    return ctypes.CDLL(name) if name else None
+
+
+def limit_malloc_arenas() -> None:
+    """Two glibc malloc arenas instead of up to 8 per core: the worker threads that
+    run S3 calls and file work otherwise each grow an arena of their own, and the
+    process's RSS with them, for no measurable speed here."""
+    libc = _libc()
+    if libc is not None and hasattr(libc, "mallopt"):
+        libc.mallopt(M_ARENA_MAX, MALLOC_ARENAS)
+
+
+def release_free_memory() -> None:
+    """Give the heap that start-up freed (botocore's parsed JSON) back to the system."""
+    libc = _libc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
 
 
 async def serve(settings: Settings) -> None:
@@ -31,6 +62,7 @@ async def serve(settings: Settings) -> None:
         slots=settings.deployer_slots,
         blocking_redis=lambda: make_redis(settings, blocking=True),
     )
+    release_free_memory()
     try:
         await run_until_signalled(deployer.run, name="deployer")
     finally:
@@ -38,6 +70,7 @@ async def serve(settings: Settings) -> None:
 
 
 def main() -> None:
+    limit_malloc_arenas()  # first: before any thread starts
     try:
         settings = get_settings()
     except ConfigError as exc:

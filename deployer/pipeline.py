@@ -17,22 +17,23 @@ from deployer.build import BuildOutOfMemory, BuildTimeout, Limits, build_env, ru
 from deployer.buildconfig import BuildConfig, detect, resolve_output
 from deployer.publish import Target, known_blobs, publish_site
 from deployer.sandbox import sandbox_for
+from deployer.source import fetch_source
 from shared.coord.lockbook import LockLostError, LockRecord, LockTimeoutError
 from shared.coord.locks import DeployLock
 from shared.coord.sites import Sites, Verdict
 from shared.core.clock import now_ms
-from shared.core.errors import BuildError, StorageError, TransientError, ValidationError
+from shared.core.errors import BuildError, TransientError, ValidationError
 from shared.core.redaction import HIDDEN
 from shared.core.settings import Settings
 from shared.core.siteaddr import preview_url, site_url
+from shared.engine.history import keep_ended
 from shared.engine.jobs import JobRecord, JobStore, Status
 from shared.engine.logs import LogWriter
 from shared.engine.outcome import Outcome
 from shared.engine.stages import BUILD
 from shared.redis.keys import Keys
-from shared.storage.archive import extract
 from shared.storage.manifest import ManifestCache
-from shared.storage.s3 import ObjectNotFound, Storage, alias_key, record_key, source_key
+from shared.storage.s3 import Storage, alias_key
 
 log = structlog.get_logger("deployer")
 
@@ -149,21 +150,13 @@ class JobRunner:
     ) -> tuple[Status, dict[str, str]]:
         s = self.settings
         await anyio.to_thread.run_sync(shutil.rmtree, workdir, True)
-        (workdir / "src").mkdir(parents=True)
-        archive = workdir / "source.tar"
-        try:
-            await self.storage.get_to_file(source_key(record.id), archive)
-        except ObjectNotFound:  # ingested before sources were zstd: its tar.gz
-            await self.storage.get_to_file(source_key(record.id, legacy=True), archive)
-        files = await anyio.to_thread.run_sync(
-            lambda: extract(
-                archive,
-                workdir / "src",
-                max_files=s.max_source_files,
-                max_bytes=s.max_source_bytes,
-            )
+        files = await fetch_source(
+            self.storage,
+            record.id,
+            workdir / "src",
+            max_files=s.max_source_files,
+            max_bytes=s.max_source_bytes,
         )
-        archive.unlink()
         await writer.line(f"buildq: fetched source ({files} files, commit {record.commit})")
         checkout = workdir / "src" / (record.root_dir or "")
         if not checkout.is_dir():
@@ -280,9 +273,5 @@ class JobRunner:
         raise PromotionRefused(f"not promoted: the deployment has {result.detail}")
 
     async def save_record(self, raw: dict[str, str]) -> None:
-        """Keep the final record in S3 (``deployments/<id>.json``), beyond Redis TTLs."""
-        try:
-            record = JobRecord.from_hash(raw)
-            await self.storage.put_json(record_key(record.id), record.model_dump(mode="json"))
-        except StorageError as exc:
-            log.warning("job.record_not_saved", error=str(exc))
+        """Keep the final record and the log in S3, beyond Redis TTLs."""
+        await keep_ended(self.redis, self.keys, self.storage, raw)

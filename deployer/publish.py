@@ -6,7 +6,7 @@ Content-Type; :mod:`shared.storage.manifest`), written last, after every blob it
 names is stored. An unchanged redeploy uploads nothing but its manifest; a
 one-file change uploads one blob.
 
-Which blobs exist, without a HEAD per file: those named by the service's live
+Which contents are stored, without a HEAD per file: those named by the service's live
 manifest and its ancestors (``REUSE_DEPTH`` manifests, the ``parent`` chain). A
 manifest is only ever written after its blobs, and garbage collection
 (:mod:`shared.storage.gc`) keeps every blob of a live deployment's chain, of a
@@ -25,9 +25,12 @@ beneath a directory fd with ``O_NOFOLLOW`` and checked
 symlink after the listing is refused, never followed to a host file. A file whose
 bytes no longer match the hash taken on the first read is refused the same way.
 
-Transfer: a small file is read into memory and sent with one ``PutObject`` of
-bytes (no transfer manager, no ``Expect: 100-continue`` round trip); a file over
-INLINE_UPLOAD_BYTES streams through the transfer manager, hashed as it goes.
+Transfer: when many small files have to be uploaded, they go in packs of a few MB
+(:mod:`deployer.packs`: one PUT per pack instead of one per file; the manifest
+records each file's pack and offset). Otherwise a small file is read into memory
+and sent with one ``PutObject`` of bytes (no transfer manager, no
+``Expect: 100-continue`` round trip); a file over INLINE_UPLOAD_BYTES streams
+through the transfer manager, hashed as it goes.
 """
 
 from __future__ import annotations
@@ -35,15 +38,16 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO, cast
 
 import anyio
 import anyio.to_thread
 import structlog
 
+from deployer.packs import Member, build_pack, packable, plan_packs
 from shared.core.errors import ValidationError
 from shared.storage.archive import Entry, open_entry, open_root, walk_tree
 from shared.storage.manifest import (
@@ -52,6 +56,7 @@ from shared.storage.manifest import (
     Manifest,
     ManifestCache,
     ManifestError,
+    Stored,
     blob_key,
     manifest_key,
 )
@@ -60,6 +65,8 @@ from shared.storage.s3 import Storage, content_type
 INLINE_UPLOAD_BYTES = 1024 * 1024  # read whole and PUT as bytes; larger files stream
 HASH_BATCH = 128  # files hashed per worker-thread call
 HASH_THREADS = 4  # hashlib and file reads release the GIL
+PACK_UPLOADS = 4  # packs built and sent at once: bounds the memory they take
+PACK_MIME = "application/octet-stream"
 
 log = structlog.get_logger("deployer")
 
@@ -82,11 +89,14 @@ class Published:
     bytes: int
     uploaded: int
     uploaded_bytes: int
+    packs: int = 0  # blobs holding several of the uploaded files
 
     def summary(self) -> str:
-        """``1758 files (17.2 MB): 3 uploaded, 1755 already stored``."""
+        """``1758 files (17.2 MB): 3 uploaded, 1755 already stored`` (``… uploaded in
+        2 packs, …`` when packed)."""
+        packed = f" in {self.packs} pack{'s' if self.packs != 1 else ''}" if self.packs else ""
         return (
-            f"{self.files} files ({human_bytes(self.bytes)}): {self.uploaded} uploaded, "
+            f"{self.files} files ({human_bytes(self.bytes)}): {self.uploaded} uploaded{packed}, "
             f"{self.files - self.uploaded} already stored"
         )
 
@@ -101,18 +111,21 @@ def human_bytes(size: int) -> str:
     raise AssertionError("unreachable")
 
 
-async def known_blobs(manifests: ManifestCache, live_id: str | None) -> tuple[str | None, set[str]]:
-    """The live deployment (the new manifest's ``parent``) and the blob hashes its
-    manifest chain names: the blobs this publish may skip. A chain with an unreadable
-    manifest is no knowledge: everything is uploaded (and this deploy heals it)."""
+async def known_blobs(
+    manifests: ManifestCache, live_id: str | None
+) -> tuple[str | None, dict[str, Stored]]:
+    """The live deployment (the new manifest's ``parent``) and where each content its
+    manifest chain names is stored: what this publish may skip. A chain with an
+    unreadable manifest is no knowledge: everything is uploaded (and this deploy
+    heals it)."""
     try:
         chain = await manifests.chain(live_id)
     except ManifestError as exc:
         log.warning("publish.base_manifest_unreadable", live_id=live_id, error=str(exc))
-        return None, set()
-    known: set[str] = set()
-    for manifest in chain:
-        known |= manifest.hashes()
+        return None, {}
+    known: dict[str, Stored] = {}
+    for manifest in reversed(chain):  # the newest placement wins
+        known |= manifest.stored()
     return (live_id if chain else None), known
 
 
@@ -121,7 +134,7 @@ async def publish_site(
     root: Path,
     target: Target,
     *,
-    known: Iterable[str] = (),
+    known: Mapping[str, Stored] | None = None,
     parent: str | None = None,
     max_files: int,
     max_bytes: int,
@@ -129,31 +142,31 @@ async def publish_site(
     on_skip: Callable[[str, str], None] | None = None,
     manifests: ManifestCache | None = None,
 ) -> Published:
-    """Store every regular file under ``root`` as a blob (skipping ``known`` hashes)
-    and then the deployment's manifest."""
+    """Store every regular file under ``root`` as a blob or in a pack (skipping
+    ``known`` contents, reused where they are stored) and then the deployment's
+    manifest."""
     root_fd = await anyio.to_thread.run_sync(open_root, root)
     try:
         entries: list[Entry] = await anyio.to_thread.run_sync(
             lambda: list(walk_tree(root, max_files=max_files, max_bytes=max_bytes, on_skip=on_skip))
         )
         hashes = await _hash_all(root_fd, entries)
-        skip = set(known)
+        stored = dict(known or {})
         missing: dict[str, Entry] = {}
         for entry, digest in zip(entries, hashes, strict=True):
-            if digest not in skip:
+            if digest not in stored:
                 missing.setdefault(digest, entry)
-        await _upload_all(storage, root_fd, missing, concurrency)
+        stored |= await _upload_all(storage, root_fd, missing, concurrency)
     finally:
         os.close(root_fd)
+    files: dict[str, FileRef] = {}
+    for entry, digest in zip(entries, hashes, strict=True):
+        where = stored[digest]
+        files[entry.rel] = FileRef(
+            digest, entry.size, content_type(entry.rel), where.pack, where.offset
+        )
     manifest = Manifest(
-        service=target.service,
-        seq=target.seq,
-        parent=parent,
-        spa=target.spa,
-        files={
-            e.rel: FileRef(digest, e.size, content_type(e.rel))
-            for e, digest in zip(entries, hashes, strict=True)
-        },
+        service=target.service, seq=target.seq, parent=parent, spa=target.spa, files=files
     )
     await storage.put_bytes(manifest_key(target.job_id), manifest.encode(), mime="application/json")
     if manifests is not None:  # the next publish of this service starts from it
@@ -163,6 +176,7 @@ async def publish_site(
         bytes=sum(e.size for e in entries),
         uploaded=len(missing),
         uploaded_bytes=sum(e.size for e in missing.values()),
+        packs=len({where.pack for digest, where in stored.items() if digest in missing} - {None}),
     )
 
 
@@ -173,9 +187,13 @@ async def _hash_all(root_fd: int, entries: list[Entry]) -> list[str]:
 
     def hash_batch(start: int) -> None:
         for index in range(start, min(start + HASH_BATCH, len(entries))):
-            fd = open_entry(root_fd, entries[index])
-            with os.fdopen(fd, "rb") as fh:
-                hashes[index] = hashlib.file_digest(fh, "sha256").hexdigest()
+            entry = entries[index]
+            with os.fdopen(open_entry(root_fd, entry), "rb", buffering=0) as fh:
+                if entry.size <= INLINE_UPLOAD_BYTES:  # one read; file_digest's 256 KiB
+                    digest = hashlib.sha256(fh.readall())  # buffer per file costs more
+                else:
+                    digest = hashlib.file_digest(fh, "sha256")
+            hashes[index] = digest.hexdigest()
 
     async def run(start: int) -> None:
         await anyio.to_thread.run_sync(hash_batch, start, limiter=limiter)
@@ -186,19 +204,46 @@ async def _hash_all(root_fd: int, entries: list[Entry]) -> list[str]:
 
 async def _upload_all(
     storage: Storage, root_fd: int, missing: dict[str, Entry], concurrency: int
-) -> None:
-    pending = iter(missing.items())
+) -> dict[str, Stored]:
+    """Upload every missing content: packed if there are many small ones, otherwise
+    one blob each; where each one is now stored."""
+    small = [Member(d, e) for d, e in missing.items() if packable(e)]
+    packs = plan_packs(small)
+    placed: dict[str, Stored] = {}
+    if packs:
+        missing = {d: e for d, e in missing.items() if not packable(e)}
+    singles = iter(missing.items())
+    pending_packs = iter(packs)
 
     async def uploader() -> None:
-        for digest, entry in pending:
+        for digest, entry in singles:
             await _upload(storage, root_fd, digest, entry)
+            placed[digest] = Stored()
 
-    await _gather([uploader] * (min(concurrency, len(missing)) or 1))
+    async def packer() -> None:
+        for members in pending_packs:
+            placed.update(await _upload_pack(storage, root_fd, members))
+
+    calls: list[Callable[[], Coroutine[Any, Any, None]]]
+    calls = [uploader] * (min(concurrency, len(missing)) or 1)
+    calls += [packer] * min(PACK_UPLOADS, concurrency, len(packs))
+    await _gather(calls)
+    return placed
+
+
+def _changed(entry: Entry) -> ValidationError:
+    return ValidationError(f"output file {entry.rel!r} changed while it was published")
+
+
+async def _upload_pack(storage: Storage, root_fd: int, members: list[Member]) -> dict[str, Stored]:
+    """One pack, built from its files (each checked against its hash) and stored."""
+    pack = await anyio.to_thread.run_sync(build_pack, root_fd, members, _changed)
+    await storage.put_bytes(blob_key(pack.sha256), pack.data, mime=PACK_MIME)
+    return {digest: Stored(pack.sha256, offset) for digest, offset in pack.offsets.items()}
 
 
 async def _upload(storage: Storage, root_fd: int, digest: str, entry: Entry) -> None:
     """One blob from its file, refused if its bytes are not the ones hashed."""
-    changed = f"output file {entry.rel!r} changed while it was published"
     mime = content_type(entry.rel)
     if entry.size <= INLINE_UPLOAD_BYTES:
 
@@ -206,7 +251,7 @@ async def _upload(storage: Storage, root_fd: int, digest: str, entry: Entry) -> 
             with os.fdopen(open_entry(root_fd, entry), "rb") as fh:
                 data = fh.read(entry.size + 1)
             if len(data) != entry.size or hashlib.sha256(data).hexdigest() != digest:
-                raise ValidationError(changed)
+                raise _changed(entry)
             return data
 
         data = await anyio.to_thread.run_sync(read)
@@ -215,10 +260,10 @@ async def _upload(storage: Storage, root_fd: int, digest: str, entry: Entry) -> 
     fd = await anyio.to_thread.run_sync(open_entry, root_fd, entry)
     with os.fdopen(fd, "rb") as fh:
         reader = HashingReader(fh)
-        await storage.put_fileobj(blob_key(digest), reader, mime=mime)
+        await storage.put_fileobj(blob_key(digest), cast(BinaryIO, reader), mime=mime)
     if reader.digest.hexdigest() != digest or reader.read_bytes != entry.size:
         await storage.delete_keys([blob_key(digest)])  # not the content its name says
-        raise ValidationError(changed)
+        raise _changed(entry)
 
 
 class HashingReader:
@@ -236,7 +281,7 @@ class HashingReader:
         return data
 
 
-async def _gather(calls: list[Callable[[], Awaitable[None]]]) -> None:
+async def _gather(calls: Sequence[Callable[[], Coroutine[Any, Any, None]]]) -> None:
     """Run ``calls`` together; in an outage they fail together: raise the first."""
     try:
         async with anyio.create_task_group() as tg:

@@ -22,6 +22,7 @@ import contextlib
 import dataclasses
 import fcntl
 import json
+import marshal
 import os
 import shutil
 import stat
@@ -234,14 +235,15 @@ def launcher_argv(spec_fd: int) -> list[str]:
 
 def launch_pipe(spec: str, command: str, env: Mapping[str, str]) -> int:
     """A pipe's read end holding the whole launch spec (the sandbox ``spec``, the
-    build ``command`` and its ``env``); pass it to the launcher and close it after.
+    build ``command`` and its ``env``, in marshal format); pass it to the launcher
+    and close it after.
 
     The payload is written before the launcher starts, so the pipe is grown to
     hold it; the write end is closed here.
     """
-    payload = json.dumps(
-        {"spec": json.loads(spec), "command": command, "env": dict(env)}, separators=(",", ":")
-    ).encode("utf-8", "surrogatepass")
+    # marshal: the launcher runs on this same interpreter (``sys.executable``) and
+    # reads it without importing anything (see ``deployer/_launch.py``).
+    payload = marshal.dumps({"spec": json.loads(spec), "command": command, "env": dict(env)})
     read_fd, write_fd = os.pipe()
     try:
         if len(payload) > PIPE_DEFAULT_BYTES:
@@ -348,9 +350,16 @@ def choose(settings: Settings) -> Sandbox:
     return dataclasses.replace(_choose(settings), limiter=probe_limits(settings))
 
 
+_CHOSEN: dict[Settings, Sandbox] = {}
+
+
 async def sandbox_for(settings: Settings) -> Sandbox:
-    """:func:`choose` from async code."""
-    return await anyio.to_thread.run_sync(choose, settings)
+    """:func:`choose` from async code: probed in a worker thread the first time, then
+    answered from memory (every job asks; a thread hop each costs CPU for nothing)."""
+    sandbox = _CHOSEN.get(settings)
+    if sandbox is None:
+        sandbox = _CHOSEN[settings] = await anyio.to_thread.run_sync(choose, settings)
+    return sandbox
 
 
 def announce(settings: Settings) -> Sandbox:

@@ -60,6 +60,7 @@ class Deployer:
     async def run(self, stopping: anyio.Event) -> None:
         self.work_root.mkdir(parents=True, exist_ok=True)
         try:
-            await self.consumer.run(stopping)
+            async with self.runner.locks.running():  # one watchdog for every deploy lock
+                await self.consumer.run(stopping)
         finally:
             shutil.rmtree(self.work_root, ignore_errors=True)

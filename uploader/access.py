@@ -2,9 +2,11 @@
 asks before routing, and :data:`Caller` for the routes that act as the caller.
 
 With ``BUILDQ_API_TOKENS`` set, every request needs ``Authorization: Bearer <token>``
-(401 otherwise) except the open paths (``/healthz``, ``/readyz``, the API docs, ``/``,
-the ``/sites`` and ``/preview`` redirects) and ``POST /chatops``, which carries its own
-Slack/Mattermost signature (``uploader/chatops.py``). Without tokens (local mode)
+(401 otherwise) except the open paths (``/healthz``, ``/readyz``, the API docs,
+the ``/sites`` and ``/preview`` redirects), ``POST /chatops``, which carries its own
+Slack/Mattermost signature (``uploader/chatops.py``), and the git webhooks
+``POST /hooks/{github,gitlab,gitea}``, signed with a service's webhook secret
+(``uploader/hooks.py``). Without tokens (local mode)
 every caller is the local admin. A ``viewer`` gets 403 on anything but
 GET/HEAD/OPTIONS. Identities and role decisions are ``uploader/auth.py``.
 """
@@ -21,10 +23,13 @@ from uploader.refused import Refused
 
 SCOPE_KEY = "buildq.identity"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-OPEN_PATHS = frozenset({"/", "/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/redoc"})
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/redoc"})
 OPEN_PATHS |= {"/openapi.json"}
 OPEN_PREFIXES = ("/sites/", "/preview/")  # redirects to the public sites origin
 UNAUTHORIZED = "a valid API token is required"
+
+
+HOOK_PATHS = frozenset({"/hooks/github", "/hooks/gitlab", "/hooks/gitea"})
 
 
 def is_chatops(method: str, path: str) -> bool:
@@ -32,9 +37,15 @@ def is_chatops(method: str, path: str) -> bool:
     return method == "POST" and path == "/chatops"
 
 
+def is_self_signed(method: str, path: str) -> bool:
+    """``POST /chatops`` and the git webhooks (``uploader/hooks.py``): each verified by
+    its own signature or token, never by a bearer token."""
+    return is_chatops(method, path) or (method == "POST" and path in HOOK_PATHS)
+
+
 def is_open(method: str, path: str) -> bool:
     """Whether anyone may call ``method path`` without a token."""
-    if is_chatops(method, path):
+    if is_self_signed(method, path):
         return True
     if method not in SAFE_METHODS:
         return False
@@ -58,8 +69,8 @@ class Gatekeeper:
         """The caller; None on an open path without a token; Refused otherwise."""
         if self.auth.local_mode:
             return self.local
-        if is_chatops(method, path):
-            return None  # the chat identity comes from the signed request, never a token
+        if is_self_signed(method, path):
+            return None  # the chat or forge identity comes from the signed request
         if authorization is None and is_open(method, path):
             return None
         scheme, _, token = (authorization or b"").partition(b" ")

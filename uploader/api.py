@@ -17,13 +17,15 @@ from shared.core.buildenv import MAX_ENTRIES, validate_build_env
 from shared.core.errors import ValidationError
 from shared.core.names import validate_name
 from shared.core.siteaddr import JOB_ID_RE, preview_url, site_url
+from shared.engine.history import archived_log
 from shared.engine.jobs import TERMINAL, JobRecord, Status
-from shared.engine.logs import read_log
+from shared.engine.logs import LogEntry, read_log
 from shared.engine.queue import pending, read_counts
 from shared.engine.workers import list_workers
 from uploader.access import Caller
 from uploader.jsonbody import ParsedJSONRoute
 from uploader.loghub import HubFull, Subscription, entry_key
+from uploader.position import place_of, positions
 from uploader.refused import Refused
 from uploader.state import Services, services
 from uploader.submit import Forbidden, KeyExpired, RateLimited, Submission, submit
@@ -58,7 +60,7 @@ class DeploymentRequest(BaseModel):
     """``POST /deployments`` body."""
 
     model_config = ConfigDict(extra="forbid")
-    repo_url: str = Field(min_length=1, max_length=2048)
+    repo_url: str | None = Field(None, min_length=1, max_length=2048)  # None: a known service
     ref: str | None = Field(None, max_length=255)
     service: str | None = Field(None, max_length=63)
     root_dir: str | None = Field(None, max_length=255)
@@ -143,10 +145,20 @@ async def job_or_404(svc: Services, job_id: str) -> JobRecord:
     return record
 
 
-@router.get("/deployments/{job_id}", response_model=JobRecord)
-async def get_deployment(job_id: str, svc: Svc) -> JobRecord:
-    """One job record with per-phase timings."""
-    return await job_or_404(svc, job_id)
+class Deployment(JobRecord):
+    """A job record; a waiting job also has its place in line (1 = next) and, in the
+    build queue, the estimated seconds until it is live (``uploader/position.py``)."""
+
+    position: int | None = None
+    eta_s: float | None = None
+
+
+@router.get("/deployments/{job_id}", response_model=Deployment)
+async def get_deployment(job_id: str, svc: Svc) -> Deployment:
+    """One job record with per-phase timings; ``position`` and ``eta_s`` while queued."""
+    record = await job_or_404(svc, job_id)
+    place = await place_of(svc.redis, svc.keys, record)
+    return Deployment(**record.model_dump(), position=place.position, eta_s=place.eta_s)
 
 
 @router.get("/deployments/{job_id}/logs", response_model=None)
@@ -156,12 +168,30 @@ async def get_logs(
     svc: Svc,
     last_event_id: Annotated[str | None, Header(max_length=64)] = None,
 ) -> Response:
-    """The build log: text, or ``text/event-stream`` that follows until the job ends."""
-    await job_or_404(svc, job_id)
+    """The build log: text, or ``text/event-stream`` that follows until the job ends.
+    Once an ended job's stream (or its whole record) has expired from Redis, the log
+    comes from its S3 copy (``shared/engine/history.py``), the same either way."""
+    after = (
+        last_event_id
+        if last_event_id and re.fullmatch(r"[0-9]{1,20}-[0-9]{1,20}", last_event_id)
+        else "0"
+    )
+    record = await svc.store.get(job_id) if JOB_ID_RE.fullmatch(job_id) else None
+    archived = None
+    if record is None or (record.ended and not await svc.redis.exists(svc.keys.logs(job_id))):
+        if JOB_ID_RE.fullmatch(job_id):
+            archived = await archived_log(svc.storage, job_id, after=after)
+        if archived is None and record is None:
+            raise HTTPException(404, f"no deployment {job_id[:40]!r}")
     if "text/event-stream" not in request.headers.get("accept", ""):
-        entries = await read_log(svc.redis, svc.keys, job_id)
+        entries = archived if archived is not None else await read_log(svc.redis, svc.keys, job_id)
         return PlainTextResponse("".join(e.render() + "\n" for e in entries))
-    after = last_event_id if last_event_id and re.fullmatch(r"\d+-\d+", last_event_id) else "0"
+    if archived is not None:
+        return StreamingResponse(
+            iter([_sse_event(entry) for entry in archived]),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache"},
+        )
     hub = svc.logs
     if hub is None:
         raise HTTPException(503, "log streaming is not running in this process")
@@ -216,10 +246,14 @@ async def _sse(
             if entry_key(entry.id) <= last:
                 continue
             last, after = entry_key(entry.id), entry.id
-            data = json.dumps({"kind": entry.kind, "text": entry.text, "status": entry.status})
-            yield f"id: {entry.id}\nevent: {entry.kind}\ndata: {data}\n\n"
+            yield _sse_event(entry)
             if entry.kind == "end":
                 return
+
+
+def _sse_event(entry: LogEntry) -> str:
+    data = json.dumps({"kind": entry.kind, "text": entry.text, "status": entry.status})
+    return f"id: {entry.id}\nevent: {entry.kind}\ndata: {data}\n\n"
 
 
 async def _ended(svc: Services, job_id: str) -> bool:
@@ -241,6 +275,7 @@ async def queue_status(svc: Svc) -> dict[str, Any]:
     return {
         "length": counts.build,
         "pending": await pending(svc.redis, k.queue, 100),
+        "positions": await positions(svc.redis, k.queue, 100),
         "ingest": counts.ingest,
         "delayed": counts.delayed,
         "dead": counts.dead,

@@ -4,22 +4,35 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 
 import anyio
 import structlog
 from fastapi import FastAPI
-from fastapi.responses import HTMLResponse
 
 from shared import __version__
 from shared.core.errors import StorageError
 from shared.core.settings import Settings
 from shared.engine.consumer import Consumer
+from shared.engine.history import keep_ended
 from shared.engine.jobs import JobStore
 from shared.engine.stages import INGEST
 from shared.redis.client import make_redis
 from shared.redis.keys import Keys
 from shared.storage.s3 import Storage, make_s3_client
-from uploader import api, chatops, control_api, metrics, serving, team_api
+from uploader import (
+    api,
+    chatops,
+    control_api,
+    dashboard,
+    events,
+    hooks,
+    metrics,
+    services_api,
+    serving,
+    team_api,
+)
+from uploader.durations import record_durations
 from uploader.errors import install_error_handlers
 from uploader.ingest import Ingest
 from uploader.loghub import LogHub
@@ -28,10 +41,6 @@ from uploader.sites import SitesOrigin
 from uploader.state import Services
 
 log = structlog.get_logger("uploader")
-
-INDEX_HTML = """<!doctype html><meta charset="utf-8"><title>buildq</title>
-<h1>buildq</h1><ul><li><a href="/queue">queue status</a></li>
-<li><a href="/deployments">recent deployments</a></li><li><a href="/docs">API</a></li></ul>"""
 
 
 def create_app(settings: Settings, *, run_ingest: bool = True) -> SitesOrigin:
@@ -62,7 +71,11 @@ def create_app(settings: Settings, *, run_ingest: bool = True) -> SitesOrigin:
 
         async def run_hub() -> None:
             with hub_scope:
-                await hub.run()
+                async with anyio.create_task_group() as hub_tasks:
+                    hub_tasks.start_soon(hub.run)
+                    hub_tasks.start_soon(
+                        partial(record_durations, hub, store, ttl_s=settings.job_ttl_s)
+                    )
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(run_hub)
@@ -84,6 +97,9 @@ def create_app(settings: Settings, *, run_ingest: bool = True) -> SitesOrigin:
                     slots=settings.ingest_slots,
                     handler=ingest.run,
                     blocking_redis=lambda: make_redis(settings, blocking=True),
+                    # A job that ends here (its clone failed, or it was cancelled)
+                    # keeps its record and log in S3 like one that ends in a deployer.
+                    on_end=partial(keep_ended, redis, keys, storage),
                 )
                 tg.start_soon(consumer.run, stopping)
             try:
@@ -101,11 +117,10 @@ def create_app(settings: Settings, *, run_ingest: bool = True) -> SitesOrigin:
     app.include_router(metrics.router)
     app.include_router(team_api.router)
     app.include_router(chatops.router)
+    app.include_router(services_api.router)
+    app.include_router(hooks.router)
     app.include_router(serving.router)
-
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    async def index() -> HTMLResponse:
-        # HTML on the API's origin runs sandboxed (an opaque origin, no scripts).
-        return HTMLResponse(INDEX_HTML, headers={"Content-Security-Policy": "sandbox"})
+    app.include_router(events.router)
+    app.include_router(dashboard.router)
 
     return SitesOrigin(app, settings.sites_port)

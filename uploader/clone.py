@@ -33,7 +33,7 @@ from shared.core.settings import Settings
 from shared.storage.archive import Skipped, repack
 from shared.storage.tarstream import TarFormatError
 from uploader.netcheck import HostPolicy, Pin, Resolution
-from uploader.repourl import url_host_port, validate_repo_url
+from uploader.repourl import is_commit_id, url_host_port, validate_repo_url
 
 BASE_CONFIG = (
     ("protocol.allow", "never"),
@@ -50,6 +50,8 @@ BASE_CONFIG = (
     ("gc.auto", "0"),
     ("credential.helper", ""),
 )
+FETCH_OPTIONS = ("--no-tags", "--no-recurse-submodules", "--quiet")
+SHA_FALLBACK_DEPTH = 200  # how far back a commit may be when a server refuses want-by-id
 CLONE_OPTIONS = ("--depth", "1", "--single-branch", "--no-tags", "--no-checkout", "--quiet")
 # ``git archive`` writes what a checkout would (eol and encoding conversions), but
 # not what a repository's own .gitattributes asks of an export: files left out
@@ -294,21 +296,46 @@ def clone(url: str, dest: Path, *, ref: str | None, settings: CloneSettings) -> 
         pin = settings.resolution.pin(*where)
     if url.startswith("/"):
         url = "file://" + url  # --depth is ignored for plain local paths
-    args = ["clone", *CLONE_OPTIONS]
-    if ref:
-        args += ["--branch", ref]
-    args += ["--", url, str(dest)]
     deadline = time.monotonic() + settings.timeout_s
     with tempfile.TemporaryDirectory(prefix="buildq-git-") as scratch:
         home = Path(scratch) / "home"
         home.mkdir()
         git = _Git(git_env(home, clone_config(url, settings, pin)), settings, deadline, home)
-        git.run(args, watch=dest)
+        if ref and is_commit_id(ref):
+            _fetch_commit(git, url, dest, ref)
+        else:
+            args = ["clone", *CLONE_OPTIONS, *(["--branch", ref] if ref else []), "--", url]
+            git.run([*args, str(dest)], watch=dest)
         git.measure(dest)
         commit = git.run(["-C", str(dest), "rev-parse", "--verify", "HEAD^{commit}"]).strip()
     if len(commit) != 40 or any(c not in "0123456789abcdef" for c in commit):
         raise CloneError(f"unexpected commit id {commit[:80]!r}")
     return commit
+
+
+def _fetch_commit(git: _Git, url: str, dest: Path, commit: str) -> None:
+    """Fetch exactly ``commit`` into a new repository at ``dest`` and point HEAD at it.
+
+    ``git fetch --depth 1 <url> <sha>`` works where the server lets a client want any
+    reachable commit (GitHub, GitLab, ``uploadpack.allowReachableSHA1InWant``);
+    elsewhere the branches' last :data:`SHA_FALLBACK_DEPTH` commits are fetched and
+    must contain it. Same isolation, caps and timeout as a clone.
+    """
+    git.run(["init", "--quiet", "--template=", "--", str(dest)])
+    fetch = ["-C", str(dest), "fetch", *FETCH_OPTIONS]
+    try:
+        git.run([*fetch, "--depth", "1", "--", url, commit], watch=dest)
+    except CloneError:  # not a timeout (CloneTimedOut): the server refused the id
+        heads = "+refs/heads/*:refs/remotes/origin/*"
+        git.run([*fetch, "--depth", str(SHA_FALLBACK_DEPTH), "--", url, heads], watch=dest)
+    try:
+        git.run(["-C", str(dest), "cat-file", "-e", f"{commit}^{{commit}}"])
+    except CloneError:
+        raise CloneError(
+            f"commit {commit} not found: the server does not serve commits by id and it "
+            f"is not among the last {SHA_FALLBACK_DEPTH} commits of any branch"
+        ) from None
+    git.run(["-C", str(dest), "update-ref", "--no-deref", "HEAD", commit])
 
 
 def export(

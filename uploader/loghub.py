@@ -1,11 +1,14 @@
-"""One Redis reader for every followed build log in this process.
+"""One Redis reader for every followed stream in this process: build logs and events.
 
 ``GET /deployments/{id}/logs`` with ``Accept: text/event-stream`` used to hold a
 blocking Redis connection per open stream: 300 idle browsers meant 300 Redis clients.
-:class:`LogHub` runs a single ``XREAD BLOCK`` over the log streams of every job some
-client follows and hands new entries to each follower through a bounded in-memory
-channel. A new follower wakes the blocked read (``CLIENT UNBLOCK``) so its stream
-joins at once. A follower that does not keep up is dropped (its client reconnects
+:class:`LogHub` runs a single ``XREAD BLOCK`` over every stream some client follows
+(the log streams of followed jobs, and ``{ns}:events`` for the dashboard's
+``GET /events`` and the build-duration recorder) and hands new entries to each
+follower through a bounded in-memory channel. A new follower wakes the blocked read
+(``CLIENT UNBLOCK``) so its stream joins at once; a batch read from a cursor past a
+follower's (it joined during that read) is left to the next read, so no follower
+ever skips an entry. A follower that does not keep up is dropped (its client reconnects
 with ``Last-Event-ID``); past ``BUILDQ_MAX_LOG_STREAMS`` followers, new ones are
 refused (503).
 """
@@ -15,7 +18,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import anyio
 import structlog
@@ -28,14 +31,26 @@ from shared.engine.logs import LogEntry, decode_entry
 from shared.redis.keys import Keys
 
 log = structlog.get_logger("loghub")
+CLUSTER_BLOCK_MS = 200  # on a Redis Cluster: how soon a new follower is read
 BLOCK_MS = 5000
 BATCH = 1000
 FOLLOWER_BUFFER = 64  # batches a follower may lag behind before it is dropped
 RETRY_S = 1.0
 
 
+T = TypeVar("T")
+
+
 class HubFull(Exception):
     """Too many followers in this process."""
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEntry:
+    """One stream entry as read: its id and its fields."""
+
+    id: str
+    fields: dict[str, str]
 
 
 def entry_key(entry_id: str) -> tuple[int, int]:
@@ -46,22 +61,24 @@ def entry_key(entry_id: str) -> tuple[int, int]:
 
 @dataclass(eq=False)
 class _Follower:
-    job_id: str
+    key: str  # the stream followed
     after: tuple[int, int]
-    send: MemoryObjectSendStream[list[LogEntry]]
+    send: MemoryObjectSendStream[list[StreamEntry]]
+    internal: bool = False  # this process's own: not counted against the cap
 
 
 @dataclass(eq=False)
-class Subscription:
+class Subscription(Generic[T]):
     """One follower's end of the hub: ``receive()`` batches, then ``close()``."""
 
     hub: LogHub
     follower: _Follower
-    updates: MemoryObjectReceiveStream[list[LogEntry]]
+    updates: MemoryObjectReceiveStream[list[StreamEntry]]
+    decode: Callable[[StreamEntry], T]
 
-    async def receive(self) -> list[LogEntry]:
+    async def receive(self) -> list[T]:
         """The next batch; EndOfStream once the hub dropped this follower."""
-        return await self.updates.receive()
+        return [self.decode(entry) for entry in await self.updates.receive()]
 
     def close(self) -> None:
         self.hub._leave(self.follower)
@@ -70,7 +87,7 @@ class Subscription:
 
 @dataclass
 class LogHub:
-    """Fans one blocking reader out to every follower of every job log."""
+    """Fans one blocking reader out to every follower of every followed stream."""
 
     make_reader: Callable[[], Redis]  # a dedicated (single-connection) client
     redis: Redis  # the pooled client, for CLIENT UNBLOCK
@@ -83,24 +100,43 @@ class LogHub:
 
     @property
     def count(self) -> int:
-        return sum(len(group) for group in self.followers.values())
+        """Clients following a stream (this process's own followers not counted)."""
+        return sum(not f.internal for group in self.followers.values() for f in group)
 
-    async def follow(self, job_id: str, after: str) -> Subscription:
+    async def follow(self, job_id: str, after: str) -> Subscription[LogEntry]:
         """Entries of ``job_id``'s log after ``after`` as they arrive; HubFull if full.
         The caller closes the subscription."""
-        if self.count >= self.max_followers:
-            raise HubFull(f"{self.max_followers} log streams are open in this process")
-        send, receive = anyio.create_memory_object_stream[list[LogEntry]](FOLLOWER_BUFFER)
-        follower = _Follower(job_id, entry_key(after), send)
-        self.followers.setdefault(job_id, set()).add(follower)
+        return await self.subscribe(self.keys.logs(job_id), after, _log_entry)
+
+    async def follow_events(
+        self, after: str, *, internal: bool = False
+    ) -> Subscription[StreamEntry]:
+        """Entries of ``{ns}:events`` after ``after``; ``internal`` followers (this
+        process's own, not a client's) do not count against the cap."""
+        return await self.subscribe(self.keys.events, after, _as_is, internal=internal)
+
+    async def subscribe(
+        self,
+        key: str,
+        after: str,
+        decode: Callable[[StreamEntry], T],
+        *,
+        internal: bool = False,
+    ) -> Subscription[T]:
+        """Entries of stream ``key`` after ``after``, each through ``decode``."""
+        if not internal and self.count >= self.max_followers:
+            raise HubFull(f"{self.max_followers} streams are followed in this process")
+        send, receive = anyio.create_memory_object_stream[list[StreamEntry]](FOLLOWER_BUFFER)
+        follower = _Follower(key, entry_key(after), send, internal)
+        self.followers.setdefault(key, set()).add(follower)
         await self._wake()
-        return Subscription(self, follower, receive)
+        return Subscription(self, follower, receive, decode)
 
     def _leave(self, follower: _Follower) -> None:
-        group = self.followers.get(follower.job_id, set())
+        group = self.followers.get(follower.key, set())
         group.discard(follower)
         if not group:
-            self.followers.pop(follower.job_id, None)
+            self.followers.pop(follower.key, None)
         follower.send.close()
 
     async def _wake(self) -> None:
@@ -112,13 +148,16 @@ class LogHub:
 
     def _cursors(self) -> dict[str, str]:
         cursors = {}
-        for job_id, group in self.followers.items():
+        for key, group in self.followers.items():
             ms, seq = min(f.after for f in group)
-            cursors[self.keys.logs(job_id)] = f"{ms}-{seq}"
+            cursors[key] = f"{ms}-{seq}"
         return cursors
 
-    def _dispatch(self, job_id: str, entries: list[LogEntry]) -> None:
-        for follower in list(self.followers.get(job_id, ())):
+    def _dispatch(self, key: str, entries: list[StreamEntry], since: str) -> None:
+        read_from = entry_key(since)
+        for follower in list(self.followers.get(key, ())):
+            if follower.after < read_from:
+                continue  # joined behind this read: the next read starts at its cursor
             fresh = [e for e in entries if entry_key(e.id) > follower.after]
             if not fresh:
                 continue
@@ -134,7 +173,12 @@ class LogHub:
         while True:
             reader = self.make_reader()
             try:
-                self.reader_id = int(await reader.client_id())
+                if isinstance(reader, Redis):
+                    self.reader_id = int(await reader.client_id())
+                else:
+                    # A cluster client has no one connection to unblock: poll the
+                    # follower set every CLUSTER_BLOCK_MS instead.
+                    self.block_ms = min(self.block_ms, CLUSTER_BLOCK_MS)
                 await self._read(reader)
             except RedisError as exc:
                 log.warning("loghub.redis_error", error=str(exc))
@@ -154,6 +198,18 @@ class LogHub:
             if not cursors:
                 continue
             reply: Any = await reader.xread(cursors, count=BATCH, block=self.block_ms)
-            prefix_len = len(self.keys.logs(""))
             for key, rows in reply or []:
-                self._dispatch(key[prefix_len:], [decode_entry(i, f) for i, f in rows])
+                name = str(key)
+                self._dispatch(name, [_entry(i, f) for i, f in rows], cursors.get(name, "0"))
+
+
+def _entry(entry_id: Any, fields: dict[Any, Any]) -> StreamEntry:
+    return StreamEntry(str(entry_id), {str(k): str(v) for k, v in fields.items()})
+
+
+def _log_entry(entry: StreamEntry) -> LogEntry:
+    return decode_entry(entry.id, entry.fields)
+
+
+def _as_is(entry: StreamEntry) -> StreamEntry:
+    return entry

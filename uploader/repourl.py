@@ -17,6 +17,7 @@ from shared.core.errors import ValidationError
 from uploader.netcheck import HostPolicy, check_host_name
 
 MAX_URL_CHARS = 2048
+COMMIT_RE = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
 REF_RE = re.compile(r"^(?!-)(?!.*\.\.)(?!.*//)[A-Za-z0-9._/+-]{1,255}(?<![./])$")
 # Path characters git, curl and a shell all read the same way: no `$`, `~`, quotes,
 # backslashes or spaces; percent-escapes are passed on verbatim.
@@ -100,10 +101,22 @@ def _local_path(path: str) -> str:
 
 
 def validate_ref(ref: str) -> str:
-    """A branch or tag name safe to hand to ``git clone --branch``."""
+    """A branch or tag name safe to hand to ``git clone --branch``, or a full commit
+    id (:func:`is_commit_id`, lower-cased), which :func:`uploader.clone.clone` fetches."""
+    if COMMIT_RE.fullmatch(ref.lower()):
+        return ref.lower()
     if not REF_RE.fullmatch(ref) or "@{" in ref or ref.endswith(".lock"):
-        raise ValidationError(f"invalid ref {ref[:80]!r}: use a branch or tag name")
+        raise ValidationError(
+            f"invalid ref {ref[:80]!r}: use a branch or tag name, or a full commit id"
+        )
     return ref
+
+
+def is_commit_id(ref: str) -> bool:
+    """Whether ``ref`` is a full commit id (40 hex digits, or 64 for SHA-256 repositories).
+
+    Shorter hex strings stay branch or tag names: an abbreviation is ambiguous."""
+    return COMMIT_RE.fullmatch(ref) is not None
 
 
 def url_host_port(url: str) -> tuple[str, int] | None:

@@ -8,9 +8,10 @@
   year as immutable; everything else revalidates (``ETag``, ``304``).
 - ``HEAD`` and single ``Range`` requests (``206``, ``416``).
 
-Files come from a :class:`FileSource`: the deployment's manifest (path -> blob; the
-ETag is the content hash, and existence checks cost no S3 request), or, for
-deployments published before manifests, the objects under ``sites/<id>/``.
+Files come from a :class:`FileSource`: the deployment's manifest (path -> blob, or
+a byte range of a pack blob; the ETag is the content hash, and existence checks
+cost no S3 request), or, for deployments published before manifests, the objects
+under ``sites/<id>/``.
 """
 
 from __future__ import annotations
@@ -172,18 +173,38 @@ class ManifestFiles:
         ref = self._ref(rel)
         if byte_range is not None and byte_range[0] >= ref.size:
             raise RangeNotSatisfiable(rel)
+        wanted = byte_range
+        if ref.pack is not None:  # a range of the pack, the file's bytes only
+            start, end = byte_range or (0, None)
+            last = ref.size - 1 if end is None else min(end, ref.size - 1)
+            wanted = (ref.offset + start, ref.offset + last)
         try:
-            stored = await self.storage.read(blob_key(ref.sha256), byte_range=byte_range)
+            stored = await self.storage.read(blob_key(ref.blob), byte_range=wanted)
         except ObjectNotFound as exc:  # the manifest names it: a storage fault, not a 404
-            log.warning("sites.blob_missing", path=rel, sha256=ref.sha256)
+            log.warning("sites.blob_missing", path=rel, sha256=ref.sha256, blob=ref.blob)
             raise StorageError(f"blob of {rel!r} is missing") from exc
+        except RangeNotSatisfiable as exc:
+            if ref.pack is None:
+                raise
+            log.warning("sites.pack_short", path=rel, pack=ref.pack)
+            raise StorageError(
+                f"the pack holding {rel!r} is shorter than its manifest says"
+            ) from exc
+        if ref.pack is not None and wanted is not None and stored.length != _span(wanted):
+            log.warning("sites.pack_short", path=rel, pack=ref.pack, length=stored.length)
+            raise StorageError(f"the pack holding {rel!r} is shorter than its manifest says")
         return self._meta(
             ref,
             body=stored.body,
-            partial=stored.partial,
+            partial=byte_range is not None,
             length=stored.length,
             rest=stored.rest,
         )
+
+
+def _span(byte_range: tuple[int, int | None]) -> int:
+    start, end = byte_range
+    return -1 if end is None else end - start + 1
 
 
 class SiteFiles:

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any
 
-from shared.core.errors import PermanentError, TransientError
+from shared.coord.services import ServiceBook
+from shared.core.errors import PermanentError, TransientError, ValidationError
 from shared.core.names import service_from_repo_url, validate_name, validate_relative_dir
 from shared.core.settings import Settings
 from shared.engine.jobs import Status, new_job_id
@@ -49,9 +50,12 @@ class KeyExpired(PermanentError):
 
 @dataclass(frozen=True, slots=True)
 class Submission:
-    """What a caller asks to deploy (``service`` defaults to the repository's name)."""
+    """What a caller asks to deploy (``service`` defaults to the repository's name).
 
-    repo_url: str
+    Without ``repo_url`` it names a known service (``shared/coord/services.py``):
+    its repository, production branch and build settings fill what is not given."""
+
+    repo_url: str | None
     service: str | None = None
     ref: str | None = None
     root_dir: str | None = None
@@ -77,10 +81,37 @@ def repo_hosts(settings: Settings) -> HostPolicy:
     )
 
 
+async def from_service(svc: Services, submission: Submission) -> Submission:
+    """``submission`` with what its service's record supplies: the repository, and
+    (unless given) the production branch, root directory and build settings.
+    A submission with its own ``repo_url`` is returned as it is."""
+    if submission.repo_url is not None:
+        return submission
+    if not submission.service:
+        raise ValidationError("name a repo_url, or the service of a registered repository")
+    name = validate_name(submission.service)
+    record = await ServiceBook(svc.redis, svc.keys).get(name)
+    if record is None:
+        raise ValidationError(
+            f"no service {name!r}: register it (PUT /services/{name}) or name a repo_url"
+        )
+    defaults = record.build.model_dump(exclude_none=True)
+    build = {k: v for k, v in defaults.items() if k in ("command", "output")}
+    return replace(
+        submission,
+        repo_url=record.repo_url,
+        ref=submission.ref or record.production_branch,
+        root_dir=submission.root_dir or defaults.get("root_dir"),
+        build=submission.build if submission.build is not None else build or None,
+    )
+
+
 def _record_fields(svc: Services, who: Identity, submission: Submission) -> dict[str, Any]:
     """The checked record fields; ValidationError or :class:`Forbidden` otherwise."""
     settings = svc.settings
     url = submission.repo_url
+    if url is None:
+        raise ValidationError("repo_url is required")  # from_service fills it
     validate_repo_url(url, allow_local=settings.allow_local_repos, hosts=repo_hosts(settings))
     name = submission.service
     service = validate_name(name) if name else service_from_repo_url(url)
@@ -104,7 +135,11 @@ async def submit(
     (``created=False``). Raises ValidationError, :class:`Forbidden`,
     :class:`RateLimited` or :class:`KeyExpired`; Redis errors propagate.
     """
-    fields = _record_fields(svc, who, submission)
+    if submission.repo_url is None and submission.service:
+        reason = decide(who, Action.DEPLOY, validate_name(submission.service))
+        if reason is not None:  # before the lookup: a stranger learns nothing of the record
+            raise Forbidden(reason)
+    fields = _record_fields(svc, who, await from_service(svc, submission))
     clock = svc.store.clock
     wait_s = await submission_wait_s(svc, who.name, now_s=clock())
     if wait_s:

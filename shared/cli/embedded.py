@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
 
@@ -74,9 +75,15 @@ def wait_for_port(
 
 
 def start_valkey(
-    data_dir: Path, port: int, *, log: IO[bytes] | None = None, appendonly: bool = True
+    data_dir: Path,
+    port: int,
+    *,
+    log: IO[bytes] | None = None,
+    appendonly: bool = True,
+    extra: Sequence[str] = (),
 ) -> subprocess.Popen[bytes]:
-    """Start valkey-server on loopback with its append-only file in ``data_dir``."""
+    """Start valkey-server on loopback with its append-only file in ``data_dir``;
+    ``extra`` arguments follow (``--cluster-enabled yes``, ``--replicaof …``)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     argv = [
         valkey_binary(),
@@ -94,6 +101,7 @@ def start_valkey(
         "no",
         "--protected-mode",
         "yes",
+        *extra,
     ]
     proc = subprocess.Popen(
         argv, stdout=log or subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True

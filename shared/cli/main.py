@@ -141,7 +141,8 @@ def status(job_id: str | None, as_json: bool, api_url: str) -> None:
     """Show the 20 most recent jobs, or one job's fields and phase timings.
 
     Columns: id, status, service, created, repository; for one job, field and value
-    rows, then phase rows (phase, started, duration ms)."""
+    rows (a queued job's position, 1 = next, and eta_s after its status), then phase
+    rows (phase, started, duration ms)."""
     if job_id:
         job = call_api(api_url, "job", job_id)
         if as_json:
@@ -289,6 +290,10 @@ _register_team(main)
 from shared.cli.gc import gc as _gc  # noqa: E402 - after main
 
 main.add_command(_gc)
+
+from shared.cli.services import register as _register_services  # noqa: E402 - after main
+
+_register_services(main)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,9 @@ JOB_FIELDS = (
     "dead",
 )
 JOB_TIMES = ("created_at", "updated_at", "ended_at")
+# Shown after ``status`` while the job waits in a queue: place in line (1 = next) and
+# the estimated seconds until it is live.
+WAITING_FIELDS = ("position", "eta_s")
 
 
 def jobs_listing(jobs: Iterable[Mapping[str, Any]]) -> Listing:
@@ -43,6 +46,8 @@ def jobs_listing(jobs: Iterable[Mapping[str, Any]]) -> Listing:
 def job_listings(job: Mapping[str, Any]) -> list[Listing]:
     """``buildq status ID``: one job's fields, then its phases with their durations."""
     fields = [(name, job.get(name)) for name in JOB_FIELDS]
+    waiting = [(name, job[name]) for name in WAITING_FIELDS if job.get(name) is not None]
+    fields[2:2] = waiting
     fields += [(name, format_ms(job[name], never="-")) for name in JOB_TIMES if job.get(name)]
     phases = [
         (name, format_ms(p["start"]), p.get("duration_ms"))

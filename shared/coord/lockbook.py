@@ -39,6 +39,7 @@ from shared.redis.scripts import source
 
 OWNER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@:+-]{0,63}$")
 MAX_REASON_CHARS = 200
+KEY_CACHE_SIZE = 1024  # sets of services whose KEYS are kept (cleared when full)
 MANUAL_TASK = "manual"  # the task of every lock a person took (API, CLI, ChatOps)
 
 
@@ -158,6 +159,7 @@ class LockBook:
         self.events_max = events_max
         self.clock = clock
         self.host = socket.gethostname()
+        self._key_cache: dict[tuple[str, ...], tuple[list[str], list[str]]] = {}
         self._acquire: AsyncScript = redis.register_script(source("lock_acquire"))
         self._release: AsyncScript = redis.register_script(source("lock_release"))
         self._extend: AsyncScript = redis.register_script(source("lock_extend"))
@@ -180,21 +182,22 @@ class LockBook:
 
         With ``queue_until_ms`` (one service) a refused caller waits in line until
         then: a release hands the lock straight to the oldest live waiter."""
-        now = now_ms(self.clock)
+        now, pid = now_ms(self.clock), os.getpid()
+        reason = clean_reason(reason)
         record = {
             "token": token,
             "owner": owner,
             "host": self.host,
-            "pid": os.getpid(),
+            "pid": pid,
             "task": task,
             "acquired_at": now,
             "expires_at": now + ttl_ms,
-            "reason": clean_reason(reason),
+            "reason": reason,
             "user_id": user_id,
         }
-        args: list[str | int] = [len(names), ttl_ms, now, self.events_max, owner]
-        args += [int(refresh), queue_until_ms, token, json.dumps(record, separators=(",", ":"))]
-        reply = await self._acquire(keys=self._keys(names), args=[*args, *names])
+        body = json.dumps(record, separators=(",", ":"))
+        args = (len(names), ttl_ms, now, self.events_max, owner, int(refresh), queue_until_ms)
+        reply = await self._acquire(keys=self._keys(names), args=[*args, token, body, *names])
         what = LOCK_ACQUIRE(reply[0])
         if what is AcquireReply.HELD:
             holder = LockRecord.parse(names[int(reply[1]) - 1], reply[2])
@@ -202,7 +205,19 @@ class LockBook:
         if what is AcquireReply.RENEWED:
             return Acquisition(what, LockRecord.parse(names[0], reply[1]))
         fences = tuple(int(f) for f in reply[1:])
-        mine = LockRecord.parse(names[0], json.dumps({**record, "fence": fences[0]}))
+        mine = LockRecord(
+            service=names[0],
+            token=token,
+            owner=owner,
+            host=self.host,
+            pid=pid,
+            task=task,
+            fence=fences[0],
+            acquired_at=now,
+            expires_at=now + ttl_ms,
+            reason=reason,
+            user_id=user_id,
+        )
         return Acquisition(what, mine, fences)
 
     async def extend(self, names: Sequence[str], *, token: str, ttl_ms: int) -> bool:
@@ -223,11 +238,10 @@ class LockBook:
         self, names: Sequence[str], *, mode: str, value: str, actor: str
     ) -> Any:
         """One ``lock_release.lua`` call (mode ``token``, ``owner`` or ``force``)."""
-        args: list[str | int] = [len(names), mode, value, now_ms(self.clock)]
-        args += [self.events_max, actor]
-        for s in names:
-            args += [s, self.keys.lock_channel(s)]
-        return await self._release(keys=self._keys(names), args=args)
+        keys, channels = self._keys_and_channels(names)
+        args: list[str | int] = [len(names), mode, value, now_ms(self.clock), self.events_max]
+        args += [actor, *channels]
+        return await self._release(keys=keys, args=args)
 
     async def withdraw(self, service: str, *, token: str) -> int | None:
         """Leave the line for ``service``; the fence if it was handed to ``token``."""
@@ -238,11 +252,23 @@ class LockBook:
         return None
 
     def _keys(self, names: Sequence[str]) -> list[str]:
-        k = self.keys
-        keys = [k.events, k.locks]
-        for s in names:
-            keys += [k.lock(s), k.fence(s), k.lock_history(s), k.lock_waiters(s)]
-        return keys
+        return self._keys_and_channels(names)[0]
+
+    def _keys_and_channels(self, names: Sequence[str]) -> tuple[list[str], list[str]]:
+        """The scripts' KEYS for ``names``, and each name followed by its channel; built
+        once per set of names (a deployer locks the same few services again and again)."""
+        spec = tuple(names)
+        cached = self._key_cache.get(spec)
+        if cached is None:
+            k = self.keys
+            keys, channels = [k.events, k.locks], []
+            for s in spec:
+                keys += [k.lock(s), k.fence(s), k.lock_history(s), k.lock_waiters(s)]
+                channels += [s, k.lock_channel(s)]
+            if len(self._key_cache) >= KEY_CACHE_SIZE:
+                self._key_cache.clear()
+            cached = self._key_cache[spec] = (keys, channels)
+        return cached
 
     # -- reading -----------------------------------------------------------------------
 

@@ -15,9 +15,7 @@ from contextlib import asynccontextmanager
 from contextvars import ContextVar
 
 import anyio
-import structlog
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from shared.coord.lockbook import (
     Lease,
@@ -28,12 +26,11 @@ from shared.coord.lockbook import (
     LockTimeoutError,
     validate_owner,
 )
-from shared.coord.replies import AcquireReply
-from shared.core.clock import Clock, now_ms
+from shared.coord.waiting import Attempt, Subscriptions, next_wakeup
+from shared.coord.watchdog import Watchdog
+from shared.core.clock import Clock
 from shared.core.names import validate_name
 from shared.redis.keys import Keys
-
-log = structlog.get_logger("locks")
 
 __all__ = ["DeployLock", "Lease", "LockError", "LockLostError", "LockRecord", "LockTimeoutError"]
 
@@ -47,69 +44,6 @@ _HELD: ContextVar[Mapping[tuple[str, str], Lease] | None] = ContextVar("buildq_l
 
 def _task_id() -> int:
     return anyio.get_current_task().id
-
-
-class _Attempt:
-    """The tries of one lock call: one token, a place in line, and the hand-over."""
-
-    def __init__(
-        self, locks: DeployLock, names: tuple[str, ...], ttl_ms: int, task: str, reason: str
-    ) -> None:
-        self.locks = locks
-        self.names = names
-        self.ttl_ms = ttl_ms
-        self.task = task
-        self.reason = reason
-        self.token = secrets.token_hex(16)
-        self.granted = f"g:{self.token}:"
-        self.queued = False
-        self.done = False
-        self.queued_at: float | None = None  # monotonic send time of the latest place in line
-
-    async def run(self, queue_for_s: float = 0.0) -> tuple[Lease | None, LockRecord | None, int]:
-        """One acquire call; with ``queue_for_s`` (one service) also keep a place in line."""
-        locks = self.locks
-        queue = queue_for_s > 0 and len(self.names) == 1
-        sent = locks.monotonic()
-        until_ms = now_ms(locks.book.clock) + int(queue_for_s * 1000) if queue else 0
-        got = await locks.book.acquire(
-            self.names,
-            token=self.token,
-            owner=locks.owner,
-            ttl_ms=self.ttl_ms,
-            task=self.task,
-            reason=self.reason,
-            queue_until_ms=until_ms,
-        )
-        if got.reply is AcquireReply.TAKEN:
-            return self._lease(list(got.fences), sent), None, 0
-        if got.reply is AcquireReply.HANDED_OVER:
-            # Handed over before this call, after our previous place in line was kept.
-            return self._lease(list(got.fences), self.queued_at or sent), None, 0
-        self.queued = self.queued or queue
-        if queue:
-            self.queued_at = sent
-        return None, got.record, got.holder_ttl_ms
-
-    def handed_over(self, data: str) -> Lease | None:
-        """The lease if a release message hands the lock to us."""
-        text = str(data)
-        if not text.startswith(self.granted) or self.queued_at is None:
-            return None
-        return self._lease([int(text[len(self.granted) :])], self.queued_at)
-
-    def _lease(self, fences: list[int], valid_from: float) -> Lease:
-        self.done = True
-        return Lease(
-            services=self.names,
-            token=self.token,
-            fences=dict(zip(self.names, fences, strict=True)),
-            owner=self.locks.owner,
-            task=self.task,
-            ttl_ms=self.ttl_ms,
-            valid_until=valid_from + self.ttl_ms / 1000,
-            monotonic=self.locks.monotonic,
-        )
 
 
 class DeployLock:
@@ -135,6 +69,8 @@ class DeployLock:
         self.monotonic = monotonic
         self.book = LockBook(redis, keys, events_max=events_max, clock=clock)
         self._uid = secrets.token_hex(8)  # reentrancy is per instance and task
+        self._watchdog = self._new_watchdog()  # runs inside ``running()``
+        self._subscriptions = Subscriptions(redis)
 
     # -- taking --------------------------------------------------------------------
 
@@ -216,7 +152,9 @@ class DeployLock:
         return lease
 
     def _reenter(self, names: tuple[str, ...]) -> Lease | None:
-        held = _HELD.get() or {}
+        held = _HELD.get()
+        if not held:
+            return None
         task_id = _task_id()
         mine = {
             held[(self._uid, s)]
@@ -239,48 +177,46 @@ class DeployLock:
     async def _wait_for(
         self, names: tuple[str, ...], ttl_ms: int, task: str, reason: str, deadline: float | None
     ) -> tuple[Lease | None, LockRecord | None]:
-        attempt = _Attempt(self, names, ttl_ms, task, reason)
+        attempt = Attempt(
+            self.book,
+            names,
+            owner=self.owner,
+            ttl_ms=ttl_ms,
+            task=task,
+            reason=reason,
+            monotonic=self.monotonic,
+        )
         lease, holder, pttl_ms = await attempt.run()
         if lease is not None or (deadline is not None and self.monotonic() >= deadline):
             return lease, holder
         # Subscribe, wait for the confirmation, then try again: a release between our
         # failed attempt and the subscription can then never be missed.
-        pubsub = self.redis.pubsub()
+        channels = [self.keys.lock_channel(s) for s in names]
         try:
-            channels = [self.keys.lock_channel(s) for s in names]
-            await pubsub.subscribe(*channels)
-            confirmed = 0
-            with anyio.fail_after(10):
-                while confirmed < len(channels):
-                    msg = await pubsub.get_message(timeout=10)
-                    confirmed += msg is not None and msg["type"] == "subscribe"
-            while True:
-                # No busy polling: sleep until a release is published (or the lock is
-                # handed to us), the holder's TTL runs out (a crashed holder publishes
-                # nothing), or the poll bound; a waiter in line renews its place
-                # within ttl/3 so that a handed-over lease is known valid from then.
-                wait_s = self.poll_max_s if pttl_ms < 0 else pttl_ms / 1000 + 0.002
-                wait_s = min(wait_s, self.poll_max_s, ttl_ms / 3000)
-                if deadline is not None:
-                    wait_s = min(wait_s, deadline - self.monotonic())
-                    if wait_s <= 0:
-                        return None, holder
-                lease, holder, pttl_ms = await attempt.run(queue_for_s=wait_s + 1.0)
-                if lease is not None:
-                    return lease, None
-                msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=wait_s)
-                if msg is not None and (lease := attempt.handed_over(msg["data"])) is not None:
-                    return lease, None
+            async with self._subscriptions.listening(channels) as pubsub:
+                while True:
+                    # No busy polling: sleep until a release is published (or the lock
+                    # is handed to us), the holder's TTL runs out (a crashed holder
+                    # publishes nothing), or the poll bound; a waiter in line renews
+                    # its place within ttl/3 so that a handed-over lease is known
+                    # valid from then.
+                    wait_s = self.poll_max_s if pttl_ms < 0 else pttl_ms / 1000 + 0.002
+                    wait_s = min(wait_s, self.poll_max_s, ttl_ms / 3000)
+                    if deadline is not None:
+                        wait_s = min(wait_s, deadline - self.monotonic())
+                        if wait_s <= 0:
+                            return None, holder
+                    lease, holder, pttl_ms = await attempt.run(queue_for_s=wait_s + 1.0)
+                    if lease is None:
+                        lease = await next_wakeup(pubsub, attempt, channels, wait_s)
+                    if lease is not None:
+                        return lease, None
         finally:
-            with anyio.CancelScope(shield=True):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]  # untyped in redis-py
-                # Out of line; a lock handed over meanwhile is given back at once.
-                if (
-                    attempt.queued
-                    and not attempt.done
-                    and await self.book.withdraw(names[0], token=attempt.token)
-                ):
-                    await self.book.release(names, token=attempt.token, actor=self.owner)
+            # Out of line; a lock handed over meanwhile is given back at once.
+            if attempt.queued and not attempt.done:
+                with anyio.CancelScope(shield=True):
+                    if await self.book.withdraw(names[0], token=attempt.token):
+                        await self.book.release(names, token=attempt.token, actor=self.owner)
 
     # -- holding and letting go ----------------------------------------------------
 
@@ -311,23 +247,25 @@ class DeployLock:
         released = await self.book.release(lease.services, token=lease.token, actor=lease.owner)
         return released == len(lease.services)
 
-    async def watchdog(self, lease: Lease) -> None:
-        """Renew ``lease`` every ttl/3 until cancelled, released or lost."""
-        while not lease.released:
-            await anyio.sleep(lease.ttl_ms / 3000)
-            if lease.released:
-                return
-            if self.monotonic() >= lease.valid_until:
-                lease.lost.set()  # paused past the TTL: someone else may hold it now
-            else:
-                try:
-                    await self.extend(lease)
-                except RedisError as exc:
-                    log.warning("lock.extend_failed", services=lease.services, error=str(exc))
-                    continue
-            if lease.lost.is_set():
-                log.warning("lock.lost", services=lease.services, fence=lease.fences)
-                return
+    @property
+    def serving(self) -> bool:
+        """True inside :meth:`running`."""
+        return self._watchdog.running
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        """Serve this instance's lock calls while inside: one shared watchdog renews
+        every ``holding`` block entered meanwhile (instead of a task per block), and
+        waiters keep their pub/sub connection between waits."""
+        if self.serving:
+            raise LockError("this DeployLock is already running")
+        async with anyio.create_task_group() as tg:
+            await tg.start(self._watchdog.run)
+            await tg.start(self._subscriptions.keep)
+            try:
+                yield
+            finally:
+                tg.cancel_scope.cancel()
 
     @asynccontextmanager
     async def holding(
@@ -343,24 +281,26 @@ class DeployLock:
         """Hold the lock(s) for the block, renewed by a watchdog, released at the end.
 
         With ``cancel_on_loss`` the block is cancelled and LockLostError raised if
-        the lock is lost; otherwise check ``lease.still_held()`` before acting.
+        the lock is lost; otherwise check ``lease.still_held()`` before acting. The
+        watchdog is the shared one inside :meth:`running`, else a task of the block's.
         """
         names = [services] if isinstance(services, str) else list(services)
         lease = await self.lock_many(
             names, timeout_s=timeout_s, task=task, reason=reason, ttl_ms=ttl_ms
         )
         try:
-            async with anyio.create_task_group() as tg:
-
-                async def guard() -> None:
-                    await self.watchdog(lease)
-                    if cancel_on_loss and lease.lost.is_set():
-                        tg.cancel_scope.cancel()
-
-                if lease.depth == 1:
-                    tg.start_soon(guard)
+            if lease.depth > 1:  # the outer hold's watchdog renews it
                 yield lease
-                tg.cancel_scope.cancel()
+            elif self._watchdog.running:
+                async with self._watched(lease, self._watchdog, cancel_on_loss):
+                    yield lease
+            else:
+                async with anyio.create_task_group() as tg:
+                    watchdog = self._new_watchdog()
+                    tg.start_soon(watchdog.run)
+                    async with self._watched(lease, watchdog, cancel_on_loss):
+                        yield lease
+                    tg.cancel_scope.cancel()
         except BaseExceptionGroup as group:
             # The block's own error surfaces through the watchdog's task group;
             # callers expect that error itself, not a group around it.
@@ -372,6 +312,21 @@ class DeployLock:
                 await self.release(lease)
         if cancel_on_loss and lease.lost.is_set():
             raise LockLostError(f"lost the lock on {', '.join(lease.services)}")
+
+    @staticmethod
+    @asynccontextmanager
+    async def _watched(
+        lease: Lease, watchdog: Watchdog, cancel_on_loss: bool
+    ) -> AsyncIterator[None]:
+        with anyio.CancelScope() as scope:
+            watchdog.watch(lease, scope if cancel_on_loss else None)
+            try:
+                yield
+            finally:
+                watchdog.unwatch(lease)
+
+    def _new_watchdog(self) -> Watchdog:
+        return Watchdog(self.extend, idle_period_s=self.ttl_ms / 3000, monotonic=self.monotonic)
 
     # -- reading ---------------------------------------------------------------------
 

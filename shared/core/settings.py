@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import os
 import re
@@ -25,6 +27,9 @@ class Settings(BaseSettings):
 
     namespace: str = Field("buildq", pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$")
     redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_cluster: bool = False  # BUILDQ_REDIS_URL is a seed node of a Redis Cluster
+    redis_sentinels: str = ""  # host:port,host:port: find the primary through Sentinel
+    redis_sentinel_service: str = Field("buildq", min_length=1, max_length=200)
     s3_endpoint_url: str | None = None
     s3_bucket: str = "buildq"
     s3_region: str = "us-east-1"
@@ -48,6 +53,9 @@ class Settings(BaseSettings):
     submit_rate_per_min: int = Field(60, ge=0)  # per identity; 0 turns the limit off
     slack_signing_secret: SecretStr | None = None
     mattermost_token: SecretStr | None = None
+    # A Fernet key (shared/coord/secrets.py): service secrets and webhook secrets are
+    # stored encrypted with it; without it buildq refuses to store either.
+    secrets_key: SecretStr | None = None
     chat_users: str = Field("", max_length=65536)  # team:user=name,... (chat identities)
     lock_default_ttl_s: int = Field(3600, ge=1, le=30 * 24 * 3600)
     claim_default_ttl_s: int = Field(0, ge=0, le=365 * 24 * 3600)  # 0: claims do not expire
@@ -122,6 +130,21 @@ class Settings(BaseSettings):
         if value.lower() not in {"debug", "info", "warning", "error"}:
             raise ValueError("must be one of debug, info, warning, error")
         return value.lower()
+
+    @field_validator("secrets_key")
+    @classmethod
+    def _fernet_key(cls, value: SecretStr | None) -> SecretStr | None:
+        """A key Fernet accepts: 32 url-safe base64-encoded bytes (never echoed)."""
+        if value is None or not value.get_secret_value():
+            return None
+        raw = value.get_secret_value().strip().encode("ascii", "replace")
+        with contextlib.suppress(ValueError, binascii.Error):
+            if len(base64.urlsafe_b64decode(raw)) == 32 and len(raw) == 44:
+                return SecretStr(raw.decode())
+        raise ValueError(
+            "must be a Fernet key (32 url-safe base64-encoded bytes), e.g. from python -c "
+            "'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'"
+        )
 
     @field_validator("sites_domain")
     @classmethod

@@ -1,9 +1,11 @@
 """A pool of slots consuming one reliable queue: take, run, retry, drain, recover.
 
 Both stages use it: the uploader's ingest stage (``{ns}:ingest``) and the deployer
-(``{ns}:queue``). Each slot owns one connection: while the queue has work a take is
-one Lua call that also starts the job; when it is empty the slot blocks in BLMOVE,
-which returns the moment an id is pushed. Nothing polls.
+(``{ns}:queue``). Each slot owns one connection, and a job costs it one round trip
+for its queue bookkeeping while the queue has work: the call that ends a job also
+takes and starts the next (``take.lua``). A slot with nothing in hand blocks in
+BLMOVE with the start pipelined behind it, so the handler starts the moment an id is
+pushed, with the record in hand (see :mod:`shared.engine.queue`). Nothing polls.
 
 The consumer owns a job's lifecycle around the handler: the start transition
 (counting attempts), the final transition (acking the id from the active list),
@@ -22,18 +24,19 @@ import structlog
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from shared.core.clock import Clock, now_ms
+from shared.core.clock import Clock
 from shared.core.settings import Settings
 from shared.engine.control import follow_control
+from shared.engine.ending import end_run, write_last_lines
 from shared.engine.fleet import FleetGate
 from shared.engine.jobs import TERMINAL, JobRecord, JobStore, Status
 from shared.engine.logs import LogWriter
 from shared.engine.outcome import Outcome, after_fault, dead_letter, transient_cause
-from shared.engine.queue import Queue
-from shared.engine.recovery import recover_stale_workers, requeue, requeue_all
-from shared.engine.replies import Transition
-from shared.engine.scheduler import release_due
+from shared.engine.queue import Queue, Taken
+from shared.engine.recovery import recover_stale_workers, requeue_all
+from shared.engine.replies import Claimed
 from shared.engine.stages import Stage
+from shared.engine.upkeep import ended_among, release_due_forever, requeue_orphans
 from shared.engine.workers import Registry
 from shared.redis.keys import Keys
 
@@ -41,7 +44,6 @@ log = structlog.get_logger("consumer")
 
 TAKE_TIMEOUT_S = 5.0
 ERROR_BACKOFF_S = 1.0
-FINISH_DEADLINE_S = 120.0
 
 
 Handler = Callable[[JobRecord, LogWriter], Awaitable[Outcome]]
@@ -114,7 +116,7 @@ class Consumer:
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._housekeeping)
-                tg.start_soon(self._scheduler)
+                tg.start_soon(release_due_forever, self.redis, self.store, self.log)
                 tg.start_soon(
                     follow_control,
                     self.blocking_redis,
@@ -169,70 +171,76 @@ class Consumer:
     async def _slot(self, index: int, stopping: anyio.Event) -> None:
         conn = self.blocking_redis()
         store = JobStore(conn, self.keys, self.settings, self.clock)
-        queue = Queue(conn, self.queue_key, self.active_key)
+        queue = Queue(store, self.stage, self.active_key, fields={"worker": self.worker_id})
         slot = f"{self.worker_id}:{index}"
+        held: Claimed | None = None  # taken by the call that ended the slot's last job
         try:
             while not stopping.is_set():
-                try:
-                    if not await self.gate.wait_turn(
-                        slot, stopping, self.settings.heartbeat_interval_s
-                    ):
-                        break
-                except RedisError as exc:
-                    self.log.warning("consumer.gate_failed", error=str(exc))
-                    await anyio.sleep(ERROR_BACKOFF_S)
-                    continue
-                taken: tuple[str, Transition] | None = None
-                with anyio.CancelScope() as scope:
-                    self._taking.add(scope)
-                    try:
-                        taken = await self._take(store, queue)
-                    except RedisError as exc:
-                        self.log.warning("consumer.take_failed", slot=index, error=str(exc))
-                        await anyio.sleep(ERROR_BACKOFF_S)
-                    finally:
-                        self._taking.discard(scope)
-                if taken is not None:
-                    await self._run_one(store, *taken)
+                if held is None:
+                    held = await self._take(queue, slot, stopping)
+                if held is not None:
+                    held = await self._run_one(queue, held, stopping)
                     if self.gate.state.max_concurrency is not None:
                         await self.gate.release(slot)
         finally:
+            # A job taken as the stop began stays in the active list: ``_leave``
+            # puts it back at the head of the queue.
             with anyio.CancelScope(shield=True):
                 await conn.aclose()
 
-    async def _take(self, store: JobStore, queue: Queue) -> tuple[str, Transition] | None:
-        status, attempt = self.stage.started_status, {self.stage.attempts_field: 1}
-        fast = await store.take(
-            self.queue_key, self.active_key, status, incr=attempt, worker=self.worker_id
-        )
-        if fast is not None:
-            self.taken.add(fast.job_id)
-            return fast.job_id, fast.started
-        job_id = await queue.take(TAKE_TIMEOUT_S)
-        if job_id is None:
-            return None
-        self.taken.add(job_id)
+    async def _take(self, queue: Queue, slot: str, stopping: anyio.Event) -> Claimed | None:
+        """Wait for this slot's turn, then for a job: taken and started, or None."""
         try:
-            started = await store.transition(
-                job_id, status, incr=attempt, fetch=True, worker=self.worker_id
-            )
-            if not started.changed:
-                await queue.ack(job_id)
-        except BaseException:
-            # The id stays in our active list; letting go of it here lets the orphan
-            # check requeue it (kept in ``held``, it would sit there until shutdown).
-            self.taken.discard(job_id)
-            raise
-        return job_id, started
+            if not await self.gate.wait_turn(slot, stopping, self.settings.heartbeat_interval_s):
+                return None
+        except RedisError as exc:
+            self.log.warning("consumer.gate_failed", error=str(exc))
+            await anyio.sleep(ERROR_BACKOFF_S)
+            return None
+        with anyio.CancelScope() as scope:
+            self._taking.add(scope)
+            try:
+                return self._claimed(await queue.wait(TAKE_TIMEOUT_S))
+            except RedisError as exc:
+                # An id BLMOVE moved before the error waits in the active list: the
+                # next take of any slot starts it (or the orphan check requeues it).
+                self.log.warning("consumer.take_failed", slot=slot, error=str(exc))
+                await anyio.sleep(ERROR_BACKOFF_S)
+            finally:
+                self._taking.discard(scope)
+        return None
+
+    def _claimed(self, taken: Taken) -> Claimed | None:
+        """The job a take started, now held by this process; None if there is none."""
+        for job_id, status in taken.dropped:
+            if job_id not in self.taken:  # not one of ours that was cancelled while running
+                self.log.info("job.skipped", job_id=job_id, status=status or "missing")
+        claimed = taken.claimed
+        if claimed is None:
+            return None
+        if not claimed.started.changed:
+            # Ended (cancelled) or gone while queued: the take dropped it, unrun.
+            status = claimed.started.status or "missing"
+            self.log.info("job.skipped", job_id=claimed.job_id, status=status)
+            return None
+        self.taken.add(claimed.job_id)
+        return claimed
+
+    def _may_take_next(self, stopping: anyio.Event) -> bool:
+        """Whether ending a job may take the next in the same call: not when stopping,
+        paused, or when each job needs a fleet permit."""
+        gate = self.gate
+        if stopping.is_set():
+            return False
+        return not gate.enabled or (not gate.state.paused and gate.state.max_concurrency is None)
 
     # -- one job ------------------------------------------------------------------
 
-    async def _run_one(self, store: JobStore, job_id: str, started: Transition) -> None:
-        """Run one started job; ``store`` is on the slot's own connection."""
-        if not started.changed:
-            self.taken.discard(job_id)
-            self.log.info("job.skipped", job_id=job_id, status=started.status or "missing")
-            return
+    async def _run_one(
+        self, queue: Queue, claimed: Claimed, stopping: anyio.Event
+    ) -> Claimed | None:
+        """Run one started job; returns the next job if ending this one took it."""
+        job_id, started = claimed.job_id, claimed.started
         record = JobRecord.from_hash(started.record)
         structlog.contextvars.bind_contextvars(job_id=job_id, service=record.service)
         writer = LogWriter(
@@ -245,6 +253,7 @@ class Consumer:
         attempts = int(started.record.get(self.stage.attempts_field, "1"))
         self.busy += 1
         began = time.monotonic()
+        after: Claimed | None = None
         try:
             if attempts > self.settings.max_attempts:
                 outcome: Outcome | None = dead_letter(
@@ -253,13 +262,21 @@ class Consumer:
                     max_attempts=self.settings.max_attempts,
                     dead_list=self.keys.dead,
                 )
+            elif job_id in self._cancel_requested:  # cancelled after its take, before now
+                outcome = Outcome(Status.CANCELLED, {"error": "cancelled"})
             else:
                 outcome = await self._execute(record, writer, attempts)
             if outcome is not None:
-                await self._finish(store, job_id, writer, outcome, began)
+                take_next = self._may_take_next(stopping)
+                after = await self._finish(
+                    queue, job_id, writer, outcome, began, take_next=take_next
+                )
+            return after
         finally:
             self.busy -= 1
-            self.taken.discard(job_id)
+            if after is None or after.job_id != job_id:
+                self.taken.discard(job_id)
+            self._cancel_requested.discard(job_id)
             structlog.contextvars.unbind_contextvars("job_id", "service")
 
     async def _execute(self, record: JobRecord, writer: LogWriter, attempts: int) -> Outcome | None:
@@ -297,53 +314,45 @@ class Consumer:
         )
 
     async def _finish(
-        self, store: JobStore, job_id: str, writer: LogWriter, outcome: Outcome, began: float
-    ) -> None:
-        error = outcome.fields.get("error")
-        try:
-            if outcome.status is Status.FAILED:
-                await writer.line(f"buildq: deployment failed: {error}")
-            elif outcome.status is Status.RETRYING:
-                await writer.line(f"buildq: {error}; retrying in {outcome.delay_s:.1f}s")
-            await writer.close()
-        except RedisError as exc:
-            self.log.warning("job.log_lost", error=str(exc))
+        self,
+        queue: Queue,
+        job_id: str,
+        writer: LogWriter,
+        outcome: Outcome,
+        began: float,
+        *,
+        take_next: bool,
+    ) -> Claimed | None:
+        """End the run; returns the next job if the final transition also took one."""
+        await write_last_lines(writer, outcome, self.log)
         terminal = outcome.status in TERMINAL
-        fields: dict[str, Any] = outcome.record_fields()
-        refund = {self.stage.attempts_field: -1} if outcome.refund_attempt else None
-        due = None if outcome.delay_s is None else now_ms(self.clock) + int(outcome.delay_s * 1000)
-        deadline = time.monotonic() + FINISH_DEADLINE_S
-        pause = 0.1
-        while True:
-            try:
-                result = await store.transition(
-                    job_id,
-                    outcome.status,
-                    ack=self.active_key,
-                    push=outcome.push,
-                    delay_until_ms=due,
-                    incr=refund,
-                    fetch=terminal and self.on_end is not None,
-                    **fields,
-                )
-                break
-            except RedisError as exc:
-                if time.monotonic() > deadline:
-                    # Left in the active list: requeued when Redis is back.
-                    self.log.error("job.finish_failed", error=str(exc))
-                    return
-                self.log.warning("job.finish_retry", error=str(exc))
-                await anyio.sleep(pause)
-                pause = min(pause * 2, 5.0)
+        ended = await end_run(
+            queue,
+            job_id,
+            outcome,
+            fetch=terminal and self.on_end is not None,
+            take_next=take_next,
+            clock=self.clock,
+            log=self.log,
+        )
+        if ended is None:
+            return None
+        claimed = None if ended.taken is None else self._claimed(ended.taken)
+        result = ended.result
         if result.changed and terminal and self.on_end is not None:
-            await self.on_end(result.record)
+            try:
+                await self.on_end(result.record)
+            except Exception:
+                # The job has ended; a failing end hook must not take the daemon down.
+                self.log.exception("job.end_hook_failed")
         self.log.info(
             "job.finished" if terminal else "job.moved",
             status=outcome.status.value,
             duration_ms=int((time.monotonic() - began) * 1000),
-            error=error,
+            error=outcome.fields.get("error"),
             applied=result.changed,
         )
+        return claimed
 
     # -- background duties -------------------------------------------------------
 
@@ -378,31 +387,18 @@ class Consumer:
 
     async def _check_cancelled(self) -> None:
         """Fallback for a missed cancel notice: ended jobs still running are stopped."""
-        running = list(self._running)
-        if not running:
-            return
-        pipe = self.redis.pipeline(transaction=False)
-        for job_id in running:
-            pipe.hget(self.keys.job(job_id), "ended_at")
-        for job_id, ended in zip(running, await pipe.execute(), strict=True):
-            if ended:
-                self._cancel_job(job_id)
+        for job_id in await ended_among(self.store, list(self._running)):
+            self._cancel_job(job_id)
 
     async def _check_orphans(self) -> None:
-        """Ids in our active list that no slot holds (a lost reply, a failed final
-        write) are requeued once seen on two heartbeats in a row."""
-        ids: Any = await self.redis.lrange(self.active_key, 0, -1)
-        suspects = {i for i in ids if i not in self.taken}
-        for job_id in suspects & self._orphan_suspects:
-            if job_id not in self.taken and await requeue(
-                self.store,
-                job_id,
-                active=self.active_key,
-                stage=self.stage,
-                reason="taken but not running in its worker",
-            ):
-                self.log.warning("consumer.orphan_requeued", job_id=job_id)
-        self._orphan_suspects = suspects
+        self._orphan_suspects = await requeue_orphans(
+            self.store,
+            active=self.active_key,
+            stage=self.stage,
+            held=self.taken,
+            suspects=self._orphan_suspects,
+            log=self.log,
+        )
 
     def _cancel_job(self, job_id: str) -> None:
         scope = self._running.get(job_id)
@@ -410,18 +406,9 @@ class Consumer:
             self._cancel_requested.add(job_id)
             scope.cancel()
             self.log.info("job.cancel_requested", job_id=job_id)
-
-    async def _scheduler(self) -> None:
-        """Move due retries back to their queue; sleeps until the next is due (≤ 1 s)."""
-        while True:
-            wait_s = 1.0
-            try:
-                _, next_due = await release_due(self.redis, self.keys, self.store)
-                if next_due is not None:
-                    wait_s = min(1.0, max(0.01, (next_due - now_ms(self.clock)) / 1000))
-            except RedisError as exc:
-                self.log.warning("consumer.scheduler_failed", error=str(exc))
-            await anyio.sleep(wait_s)
+        elif job_id in self.taken:  # taken, its handler not started yet: it never starts
+            self._cancel_requested.add(job_id)
+            self.log.info("job.cancel_requested", job_id=job_id)
 
     async def _on_control(self, notice: dict[str, Any]) -> None:
         kind = notice.get("type")

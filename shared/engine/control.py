@@ -33,6 +33,7 @@ async def follow_control(connect: Callable[[], Redis], channel: str, on_notice: 
         conn = connect()
         pubsub: Any = conn.pubsub()
         try:
+            await conn.ping()  # connected, and on a cluster its slot map known, first
             await pubsub.subscribe(channel)
             async for message in pubsub.listen():
                 notice = (

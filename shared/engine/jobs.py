@@ -1,20 +1,29 @@
-"""Job records: the status enum, the record model and the store over Redis."""
+"""The job store over Redis: submit, move (every change one Lua call), take, read.
+
+The record types live in :mod:`shared.engine.records` and are re-exported here."""
 
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Mapping
-from enum import StrEnum
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel
 from redis.asyncio import Redis
 
 from shared.core.clock import Clock, now_ms
 from shared.core.redaction import redact_build, redact_url
 from shared.core.settings import Settings
+from shared.engine.records import (
+    ACTIVE,
+    PHASES,
+    TERMINAL,
+    JobRecord,
+    Phase,
+    Status,
+    new_job_id,
+)
 from shared.engine.replies import (
     CANCEL,
     REVIVE,
@@ -35,106 +44,37 @@ from shared.redis.scripts import Scripts
 if TYPE_CHECKING:
     from shared.engine.stages import Stage
 
-
-class Status(StrEnum):
-    """Where a job is in its lifecycle."""
-
-    ACCEPTED = "accepted"
-    CLONING = "cloning"
-    UPLOADING = "uploading"
-    QUEUED = "queued"
-    BUILDING = "building"
-    PUBLISHING = "publishing"
-    LIVE = "live"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-    SUPERSEDED = "superseded"
-    RETRYING = "retrying"
-    WAITING = "waiting"
+__all__ = [  # the record types are re-exported: most callers import them from here
+    "ACTIVE",
+    "PHASES",
+    "TERMINAL",
+    "JobRecord",
+    "JobStore",
+    "Move",
+    "Phase",
+    "Status",
+    "Transition",
+    "decode_transition",
+    "new_job_id",
+    "redact_url",
+]
 
 
-TERMINAL = frozenset({Status.LIVE, Status.FAILED, Status.CANCELLED, Status.SUPERSEDED})
-ACTIVE = frozenset({Status.CLONING, Status.UPLOADING, Status.BUILDING, Status.PUBLISHING})
-PHASES = (
-    Status.ACCEPTED,
-    Status.CLONING,
-    Status.UPLOADING,
-    Status.QUEUED,
-    Status.BUILDING,
-    Status.PUBLISHING,
-)
-
-
-def new_job_id(clock: Clock = time.time) -> str:
-    """A 20-hex-digit id that sorts by creation time."""
-    return f"{now_ms(clock):012x}{os.urandom(4).hex()}"
-
-
-class Phase(BaseModel):
-    """One phase's timing."""
-
-    start: int
-    end: int | None = None
-    duration_ms: int | None = None
-
-
-class JobRecord(BaseModel):
-    """A job as the API shows it; ``attempts`` counts build attempts by deployers."""
-
-    id: str
-    status: Status
-    service: str
-    repo_url: str
-    ref: str | None = None
-    root_dir: str | None = None
-    commit: str | None = None
-    seq: int
-    created_at: int
-    updated_at: int
-    ended_at: int | None = None
-    attempts: int = 0
-    worker: str | None = None
-    error: str | None = None
-    url: str | None = None
-    build: dict[str, Any] | None = None
-    ingest_attempts: int = 0
-    retry_stage: str | None = None
-    dead: bool = False
-    holder: str | None = None
-    waiting_since: int | None = None  # when it first found its service locked
-    phases: dict[str, Phase] = {}
-
-    @classmethod
-    def from_hash(cls, raw: Mapping[str, str]) -> JobRecord:
-        """Decode the Redis hash written by the Lua scripts."""
-        phases: dict[str, Phase] = {}
-        for status in PHASES:
-            start = raw.get(f"p:{status}:start")
-            if start is None:
-                continue
-            end = raw.get(f"p:{status}:end")
-            phases[status.value] = Phase(
-                start=int(start),
-                end=int(end) if end else None,
-                duration_ms=int(end) - int(start) if end else None,
-            )
-        plain: dict[str, Any] = {k: v for k, v in raw.items() if not k.startswith("p:") and v != ""}
-        if "build" in plain:
-            plain["build"] = json.loads(plain["build"])
-        return cls.model_validate({**plain, "phases": phases})
-
-    @property
-    def ended(self) -> bool:
-        return self.status in TERMINAL
-
-
-def _decode_transition(result: Any, table: ReplyTable[Moved] = TRANSITION) -> Transition:
+def decode_transition(result: Any, table: ReplyTable[Moved] = TRANSITION) -> Transition:
     """A ``transition()`` reply (``_transition.lua``) as a :class:`Transition`."""
     reply: Moved = table(result[0])
     detail = str(result[1]) if len(result) > 1 else None
     if reply is Moved.CHANGED:
         return Transition(reply, record=json.loads(detail) if detail else {})
     return Transition(reply, detail)
+
+
+@dataclass(frozen=True, slots=True)
+class Move:
+    """One transition's keys and arguments (``take.lua`` can end a job with one first)."""
+
+    keys: list[str]
+    args: list[str | int]
 
 
 class JobStore:
@@ -234,7 +174,7 @@ class JobStore:
         )
         return (job_id, True) if created is Submitted.CREATED else (value, False)
 
-    def _args(
+    def transition_args(
         self,
         job_id: str,
         status: Status,
@@ -244,6 +184,7 @@ class JobStore:
         *,
         incr: Mapping[str, int] | None = None,
     ) -> list[str | int]:
+        """A transition's ARGV (``_transition.lua`` explains each)."""
         args: list[str | int] = [
             job_id,
             status.value,
@@ -260,6 +201,44 @@ class JobStore:
         for name, by in (incr or {}).items():
             args += [f"+{name}", by]  # the script's HINCRBY syntax
         return args
+
+    def move(
+        self,
+        job_id: str,
+        status: Status,
+        *,
+        ack: str | None = None,
+        strict: bool = False,
+        from_delayed: bool = False,
+        push: str | None = None,
+        head: bool = False,
+        delay_until_ms: int | None = None,
+        attempt: bool = False,
+        incr: Mapping[str, int] | None = None,
+        fetch: bool = False,
+        **fields: str | int | None,
+    ) -> Move:
+        """The keys and arguments of one transition; :meth:`transition` explains them."""
+        k = self.keys
+        keys = [k.job(job_id), k.events, k.logs(job_id), k.build(job_id)]
+        flags = "r" if fetch else ""
+        source = k.delayed if from_delayed else ack
+        if source is not None:
+            flags += "z" if from_delayed else ("A" if strict else "a")
+        destination = k.delayed if delay_until_ms is not None else push
+        if destination is not None:
+            keys.append(source if source is not None else k.job(job_id))
+            keys.append(destination)
+            flags += "d" if delay_until_ms is not None else ("h" if head else "p")
+        elif source is not None:
+            keys.append(source)
+        increments = dict(incr or {})
+        if attempt:
+            increments["attempts"] = increments.get("attempts", 0) + 1
+        args = self.transition_args(
+            job_id, status, flags, delay_until_ms or 0, fields, incr=increments
+        )
+        return Move(keys, args)
 
     async def transition(
         self,
@@ -287,24 +266,44 @@ class JobStore:
         ``fields`` are set, ``incr`` fields are incremented by their value (``attempt``
         adds 1 to ``attempts``). Ended jobs never change again.
         """
+        move = self.move(
+            job_id, status, ack=ack, strict=strict, from_delayed=from_delayed, push=push,
+            head=head, delay_until_ms=delay_until_ms, attempt=attempt, incr=incr, fetch=fetch,
+            **fields,
+        )  # fmt: skip
+        return await self.apply(move)
+
+    async def apply(self, move: Move) -> Transition:
+        """Run one transition built by :meth:`move`."""
+        return decode_transition(await self.scripts.transition(keys=move.keys, args=move.args))
+
+    def take_call(
+        self,
+        source: str,
+        active: str,
+        status: Status,
+        *,
+        mode: str = "q",
+        waiting: Status | None = None,
+        end: Move | None = None,
+        incr: Mapping[str, int] | None = None,
+        fields: Mapping[str, Any] | None = None,
+    ) -> Move:
+        """The keys and arguments of one ``take.lua`` call (the script explains them):
+        start jobs of ``source`` at ``status`` in ``active``, ending ``end`` first."""
         k = self.keys
-        keys = [k.job(job_id), k.events, k.logs(job_id), k.build(job_id)]
-        flags = "r" if fetch else ""
-        source = k.delayed if from_delayed else ack
-        if source is not None:
-            flags += "z" if from_delayed else ("A" if strict else "a")
-        destination = k.delayed if delay_until_ms is not None else push
-        if destination is not None:
-            keys.append(source if source is not None else k.job(job_id))
-            keys.append(destination)
-            flags += "d" if delay_until_ms is not None else ("h" if head else "p")
-        elif source is not None:
-            keys.append(source)
-        increments = dict(incr or {})
-        if attempt:
-            increments["attempts"] = increments.get("attempts", 0) + 1
-        args = self._args(job_id, status, flags, delay_until_ms or 0, fields, incr=increments)
-        return _decode_transition(await self.scripts.transition(keys=keys, args=args))
+        start = self.transition_args("", status, "rx", 0, fields or {}, incr=incr)[1:]
+        keys = [source, active, k.events]
+        wait = "" if waiting is None else waiting.value
+        args: list[str | int] = [k.job(""), k.logs(""), k.build(""), mode, wait, len(start)]
+        args += start
+        if end is not None:
+            job, _, logs, build, ack, *destination = end.keys
+            if ack != active:
+                raise ValueError("a take can only end a job that it acks from its active list")
+            keys += [job, logs, build, *destination]
+            args += end.args
+        return Move(keys, args)
 
     async def take(
         self,
@@ -315,18 +314,12 @@ class JobStore:
         incr: Mapping[str, int] | None = None,
         **fields: str | int | None,
     ) -> Claimed | None:
-        """Move the oldest id of ``source`` into ``active`` and start it, in one call.
-
-        Returns None when ``source`` is empty (block in BLMOVE then). A claimed job
-        that has ended or vanished is dropped from ``active`` by the same call.
-        """
-        k = self.keys
-        started = self._args("", status, "rx", 0, fields, incr=incr)[1:]
-        args = [k.job(""), k.logs(""), k.build(""), *started]
-        result = await self.scripts.take(keys=[source, active, k.events], args=args)
-        if not result:
-            return None
-        return Claimed(str(result[0]), _decode_transition(result[1], TAKE))
+        """Move the oldest id of ``source`` into ``active`` and start it, in one call;
+        None when ``source`` is empty. A consumer's slots take through
+        :class:`shared.engine.queue.Queue` (blocking, or ending a job first)."""
+        call = self.take_call(source, active, status, incr=incr, fields=fields)
+        _, job_id, started, _ = await self.scripts.take(keys=call.keys, args=call.args)
+        return Claimed(str(job_id), decode_transition(started, TAKE)) if job_id else None
 
     async def cancel(self, job_id: str, reason: str) -> Cancellation:
         """End a job as cancelled wherever it is; running workers are notified."""

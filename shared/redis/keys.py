@@ -118,6 +118,24 @@ class Keys:
     def seq(self, service: str) -> str:
         return f"{self.prefix}:seq:{service}"
 
+    def durations(self, service: str) -> str:
+        """zset of ``<job id>:<build ms>`` -> ended_at (ms): the service's recent build
+        durations (capped), for queue ETAs; ZADD of the same job twice is a no-op."""
+        return f"{self.prefix}:durations:{service}"
+
+    @property
+    def services(self) -> str:
+        """hash: service name -> JSON service record (repository, branches, build)."""
+        return f"{self.prefix}:services"
+
+    def hook_secret(self, service: str) -> str:
+        """string: the service's webhook secret, Fernet-encrypted; never in its record."""
+        return f"{self.prefix}:hook-secret:{service}"
+
+    def secrets(self, service: str) -> str:
+        """hash: secret name -> JSON {token (Fernet), updated_at}: values only builds see."""
+        return f"{self.prefix}:secrets:{service}"
+
     def rate(self, identity: str, window: int) -> str:
         """Submissions by one (hashed) API token in one rate-limit window."""
         return f"{self.prefix}:ratelimit:{identity}:{window}"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import io
 import os
 import stat
 import tarfile
@@ -21,7 +22,7 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import zstandard
 
@@ -224,10 +225,11 @@ def repack(
 
 
 @contextlib.contextmanager
-def decoded(fh: BinaryIO) -> Iterator[Callable[[int], bytes]]:
-    """The ``read`` of the decompressed archive ``fh``: zstd, or gzip (older sources)."""
-    magic = fh.read(4)
-    fh.seek(0)
+def decoded(fh: io.BufferedReader[Any]) -> Iterator[Callable[[int], bytes]]:
+    """The ``read`` of the decompressed archive ``fh``: zstd, or gzip (older sources).
+
+    The format is told from a ``peek``, so ``fh`` may be a stream that cannot seek."""
+    magic = fh.peek(4)[:4]
     reader: zstandard.ZstdDecompressionReader | gzip.GzipFile
     if magic == ZSTD_MAGIC:
         reader = zstandard.ZstdDecompressor().stream_reader(fh, closefd=False)
@@ -290,7 +292,20 @@ class _Dirs:
 
 
 def extract(archive: Path, dest: Path, *, max_files: int, max_bytes: int) -> int:
-    """Extract ``archive`` into ``dest`` refusing anything unsafe; returns the file count.
+    """Extract the archive file ``archive`` into ``dest``: :func:`extract_stream`."""
+    try:
+        fh = archive.open("rb")
+    except OSError as exc:
+        raise _unreadable(exc) from exc
+    with fh:
+        return extract_stream(fh, dest, max_files=max_files, max_bytes=max_bytes)
+
+
+def extract_stream(
+    fh: io.BufferedReader[Any], dest: Path, *, max_files: int, max_bytes: int
+) -> int:
+    """Extract the archive read from ``fh`` (a file, or a download as it arrives)
+    into ``dest`` refusing anything unsafe; returns the file count.
 
     The stream is read to its end so that zstd verifies its checksum (gzip its CRC):
     a damaged archive never yields a partial, "successful" source.
@@ -298,7 +313,7 @@ def extract(archive: Path, dest: Path, *, max_files: int, max_bytes: int) -> int
     dest.mkdir(parents=True, exist_ok=True)
     files = total = entries = 0
     try:
-        with archive.open("rb") as fh, decoded(fh) as read:
+        with decoded(fh) as read:
             dirs = _Dirs(dest)
             try:
                 reader = TarReader(read)
@@ -327,9 +342,14 @@ def extract(archive: Path, dest: Path, *, max_files: int, max_bytes: int) -> int
     except TarFormatError as exc:
         raise ValidationError(f"source archive is corrupt or unreadable: {exc}") from exc
     except OSError as exc:
-        if is_disk_fault(exc):  # the disk, not the archive: worth another try
-            raise DiskError(f"cannot extract the source here: {exc.strerror}") from exc
-        raise ValidationError(f"source archive is corrupt or unreadable: {exc}") from exc
+        raise _unreadable(exc) from exc
     except (zstandard.ZstdError, EOFError, zlib.error) as exc:
         raise ValidationError(f"source archive is corrupt or unreadable: {exc}") from exc
     return files
+
+
+def _unreadable(exc: OSError) -> DiskError | ValidationError:
+    """An OSError while extracting: the disk's (worth another try) or the archive's."""
+    if is_disk_fault(exc):
+        return DiskError(f"cannot extract the source here: {exc.strerror}")
+    return ValidationError(f"source archive is corrupt or unreadable: {exc}")

@@ -11,7 +11,8 @@ Kept deployments are what the platform can still serve or roll back to:
 
 Manifests of other deployments are deleted (their previews stop being served),
 then every ``blobs/<sha256>`` that no kept manifest names and that is older than the
-grace period.
+grace period. A pack (many small files in one blob) is named by every manifest
+with a file in it, so it stays while any kept deployment reads one of its files.
 
 The race this guards against: a publish reads the live manifest chain, skips the
 blobs it names, uploads the rest and writes its manifest last, while GC lists and
@@ -99,7 +100,7 @@ async def collect(
     kept = _kept(manifests, listed, live, cutoff, keep_recent)
     referenced: set[str] = set()
     for job_id in kept:
-        referenced |= manifests[job_id].hashes()
+        referenced |= manifests[job_id].blobs()  # packs included
     result = Collection(kept_manifests=kept, dry_run=dry_run)
     result.deleted_manifests = sorted(
         job_id

@@ -8,6 +8,16 @@ is stored (its existence means the deployment is complete). Format, version 1::
      "files": {"index.html": {"sha256": "<64 hex>", "size": 11,
                               "type": "text/html; charset=utf-8"}}}
 
+Version 2 adds packs: many small files stored in one blob, back to back, each
+read with a Range request. A packed entry names its pack and where its bytes start::
+
+    "app.js": {"sha256": "<64 hex>", "size": 14, "type": "...",
+               "pack": "<64 hex: the pack blob's hash>", "offset": 11}
+
+A manifest without packed entries is written as version 1, so it reads the same
+everywhere; version 2 is written only when it needs to be, and a reader that only
+knows version 1 refuses it instead of serving files from blobs that do not exist.
+
 ``parent`` is the deployment that was live when this one was published: the
 publisher trusted the blobs of ``parent`` (and of its parent, REUSE_DEPTH manifests
 in all) to exist, so garbage collection keeps that chain of every live deployment
@@ -34,7 +44,8 @@ from shared.core.names import NAME_RE
 from shared.storage.archive import check_name
 from shared.storage.s3 import ObjectNotFound, Storage
 
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 1  # no packed entries
+PACKED_VERSION = 2  # some entries are ranges of a pack
 REUSE_DEPTH = 3  # the live manifest and two ancestors: what a publish trusts to exist
 MAX_MANIFEST_BYTES = 64 * 1024 * 1024
 MAX_MANIFEST_FILES = 1_000_000
@@ -79,12 +90,33 @@ def manifest_id(key: str) -> str | None:
 
 
 @dataclass(frozen=True, slots=True)
+class Stored:
+    """Where a content's bytes are: its own blob (``pack`` None), or ``offset``
+    bytes into the pack blob ``pack``."""
+
+    pack: str | None = None
+    offset: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class FileRef:
-    """One published path: its blob, its size and the Content-Type to serve it with."""
+    """One published path: its content hash, its size, the Content-Type to serve it
+    with, and where its bytes are stored (its own blob unless ``pack`` is set)."""
 
     sha256: str
     size: int
     content_type: str
+    pack: str | None = None
+    offset: int = 0
+
+    @property
+    def blob(self) -> str:
+        """The hash of the blob holding the bytes: the content's own, or its pack's."""
+        return self.pack or self.sha256
+
+    @property
+    def stored(self) -> Stored:
+        return Stored(self.pack, self.offset)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,20 +130,29 @@ class Manifest:
     files: Mapping[str, FileRef]
 
     def hashes(self) -> set[str]:
+        """The content hashes of every file."""
         return {ref.sha256 for ref in self.files.values()}
+
+    def blobs(self) -> set[str]:
+        """The hashes of every blob this deployment reads (packs included): what
+        garbage collection must keep for it."""
+        return {ref.blob for ref in self.files.values()}
+
+    def stored(self) -> dict[str, Stored]:
+        """Where each content of this deployment is stored, by content hash: what a
+        later publish may reuse instead of uploading."""
+        return {ref.sha256: ref.stored for ref in self.files.values()}
 
     def encode(self) -> bytes:
         """Compact, key-sorted JSON: a re-run of the same publish writes the same bytes."""
+        packed = any(ref.pack is not None for ref in self.files.values())
         document = {
-            "version": MANIFEST_VERSION,
+            "version": PACKED_VERSION if packed else MANIFEST_VERSION,
             "service": self.service,
             "seq": self.seq,
             "parent": self.parent,
             "spa": self.spa,
-            "files": {
-                rel: {"sha256": ref.sha256, "size": ref.size, "type": ref.content_type}
-                for rel, ref in self.files.items()
-            },
+            "files": {rel: _entry(ref) for rel, ref in self.files.items()},
         }
         return json.dumps(document, separators=(",", ":"), sort_keys=True).encode()
 
@@ -127,8 +168,10 @@ class Manifest:
         if not isinstance(document, dict):
             raise ManifestError("manifest is not a JSON object")
         version = document.get("version")
-        if version != MANIFEST_VERSION:
-            raise ManifestError(f"manifest version {version!r} is not {MANIFEST_VERSION}")
+        if type(version) is not int or version not in (MANIFEST_VERSION, PACKED_VERSION):
+            raise ManifestError(
+                f"manifest version {version!r} is not {MANIFEST_VERSION} or {PACKED_VERSION}"
+            )
         service, seq, parent = document.get("service"), document.get("seq"), document.get("parent")
         if not isinstance(service, str) or not NAME_RE.fullmatch(service):
             raise ManifestError(f"manifest service {service!r} is not a service name")
@@ -144,10 +187,21 @@ class Manifest:
         files = document.get("files")
         if not isinstance(files, dict) or len(files) > MAX_MANIFEST_FILES:
             raise ManifestError("manifest files is not an object of at most 1,000,000 paths")
-        return cls(service, seq, parent, spa, {rel: _file_ref(rel, v) for rel, v in files.items()})
+        packs = version == PACKED_VERSION
+        return cls(
+            service, seq, parent, spa, {rel: _file_ref(rel, v, packs) for rel, v in files.items()}
+        )
 
 
-def _file_ref(rel: str, value: Any) -> FileRef:
+def _entry(ref: FileRef) -> dict[str, Any]:
+    entry: dict[str, Any] = {"sha256": ref.sha256, "size": ref.size, "type": ref.content_type}
+    if ref.pack is not None:
+        entry["pack"] = ref.pack
+        entry["offset"] = ref.offset
+    return entry
+
+
+def _file_ref(rel: str, value: Any, packs: bool) -> FileRef:
     try:
         check_name(rel)
     except ValidationError as exc:
@@ -165,8 +219,19 @@ def _file_ref(rel: str, value: Any) -> FileRef:
         or not CONTENT_TYPE_RE.fullmatch(kind)
     ):
         raise ManifestError(f"manifest Content-Type of {rel!r} is not a media type")
+    pack, offset = value.get("pack"), value.get("offset", 0)
+    if pack is not None or "offset" in value:
+        if not packs:
+            raise ManifestError(f"manifest entry of {rel!r} is packed in a version 1 manifest")
+        if not isinstance(pack, str) or not HASH_RE.fullmatch(pack):
+            raise ManifestError(f"manifest pack of {rel!r} is not 64 lowercase hex digits")
+        if type(offset) is not int or offset < 0:
+            raise ManifestError(f"manifest offset of {rel!r} is not a non-negative integer")
+        if size == 0:
+            raise ManifestError(f"manifest entry of {rel!r} is empty and packed")
+        pack = sys.intern(pack)
     # One string object per hash and type, however many manifests share them.
-    return FileRef(sys.intern(sha256), size, sys.intern(kind))
+    return FileRef(sys.intern(sha256), size, sys.intern(kind), pack, offset)
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,6 +35,7 @@ from redis.asyncio.connection import AbstractConnection
 
 from shared.cli.embedded import free_port, start_valkey, stop_process
 from shared.core.logsetup import configure_logging
+from shared.redis import client
 
 if __package__ in (None, ""):  # run as a file: make the `tests.bench` package importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -60,10 +61,17 @@ class ClientCounter:
     def install(cls) -> None:
         pack = AbstractConnection.pack_command
         send = AbstractConnection.send_packed_command
+        pack_fast = client.pack_command  # buildq's own packer (shared.redis.client)
 
         def counting_pack(self: AbstractConnection, *args: Any) -> list[bytes]:
             cls.commands += 1
             return pack(self, *args)
+
+        def counting_pack_fast(*args: Any) -> bytes:
+            cls.commands += 1
+            return pack_fast(*args)
+
+        client.pack_command = counting_pack_fast
 
         async def counting_send(self: AbstractConnection, *args: Any, **kwargs: Any) -> None:
             cls.writes += 1
@@ -496,7 +504,8 @@ NOTES = (
     "a drain includes worker start-up (connections, registration) and its upkeep polls; "
     "'*' marks an aborted round.",
     "pickup: the producer's enqueue call starts the clock; the clock stops where the job "
-    "function would run (buildq: after the BUILDING transition returned the record).",
+    "function would run (buildq: in the handler, after the take.lua call pipelined behind "
+    "BLMOVE started the job and returned its record).",
 )
 
 

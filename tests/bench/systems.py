@@ -114,12 +114,15 @@ class Floor(System):
 
 
 class Buildq(System):
-    """The deployer's path: shared.engine.consumer.Consumer, its claim and final transitions."""
+    """The deployer's path: shared.engine.consumer.Consumer as deployer/worker.py sets it
+    up (obeying the fleet switches, with an end hook), its take and final transitions."""
 
     label = "buildq"
     note = (
-        "Consumer slots: take.lua (LMOVE + BUILDING, record as JSON) while the queue has "
-        "work, else BLMOVE; LIVE(ack); enqueue = submit + QUEUED(push)"
+        "Consumer slots as the deployer runs them (fleet gate, end hook): the final "
+        "transition (LIVE, ack) takes and starts the next job in the same take.lua call "
+        "while the queue has work, else BLMOVE with take.lua pipelined behind it; "
+        "enqueue = submit + QUEUED(push)"
     )
 
     def __init__(self, url: str, token: str, concurrency: int) -> None:
@@ -149,12 +152,16 @@ class Buildq(System):
         worker_id = new_worker_id("bench")
 
         async def handler(record: JobRecord, writer: LogWriter) -> Outcome:
-            # The consumer has claimed and started the job (one Lua call while the
-            # queue has work, else BLMOVE + start) and decoded its record; it acks
-            # with the LIVE transition after this returns.
+            # The consumer has taken and started the job and decoded its record; it
+            # acks with the LIVE transition after this returns.
             probe.start()
             probe.finish()
             return Outcome(Status.LIVE)
+
+        async def on_end(raw: dict[str, str]) -> None:
+            # The deployer's end hook (JobRunner.save_record) decodes the final record
+            # and PUTs it to S3; the PUT is storage, not the queue, and is left out.
+            JobRecord.from_hash(raw).model_dump(mode="json")
 
         consumer = Consumer(
             self.worker_redis,
@@ -165,6 +172,8 @@ class Buildq(System):
             slots=self.concurrency,
             handler=handler,
             blocking_redis=lambda: make_redis(self.settings, blocking=True),
+            obey_fleet=True,
+            on_end=on_end,
         )
         self.stopping = anyio.Event()
         self.task = asyncio.create_task(consumer.run(self.stopping))

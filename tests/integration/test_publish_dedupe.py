@@ -1,6 +1,7 @@
 """Content-addressed publishing over HTTP on a real moto server: an unchanged
-redeploy uploads only its manifest, a one-file change one blob; through the real
-stack the job log says so and both deployments stay served."""
+redeploy uploads only its manifest, a one-file change one blob, a first publish of
+many small files a pack; through the real stack the job log says so and both
+deployments stay served."""
 
 from __future__ import annotations
 
@@ -73,11 +74,13 @@ async def test_redeploys_upload_only_what_changed(
         return sorted(counting.puts)
 
     first = await publish("job1", 1, None)
+    first_blobs = [k for k in first if k.startswith("blobs/")]
     unchanged = await publish("job2", 2, "job1")
     (out / "assets" / "app.js").write_text("console.log('v2')")
     one_file = await publish("job3", 3, "job2")
 
-    assert len(first) == len(SITE) + 1
+    assert first == sorted([*first_blobs, manifest_key("job1")])
+    assert len(first_blobs) == 1  # 42 small files: one pack, one PutObject
     assert unchanged == [manifest_key("job2")]
     assert len(one_file) == 2
     assert manifest_key("job3") in one_file

@@ -16,6 +16,7 @@ import redis as redis_sync
 from shared.core.settings import Settings
 from shared.engine.jobs import JobStore, Status, new_job_id
 from shared.engine.queue import Queue, pending, read_counts
+from shared.engine.stages import BUILD
 from shared.redis.client import make_redis
 from shared.redis.keys import Keys
 from shared.storage.archive import pack
@@ -26,33 +27,44 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.mark.anyio
-async def test_a_blocked_take_is_woken_by_the_push_and_takes_oldest_first(
+async def test_a_blocked_take_is_woken_by_the_push_and_starts_the_job_before_replying(
     bq_settings: Settings,
 ) -> None:
     keys = Keys(bq_settings.namespace)
     redis = make_redis(bq_settings, blocking=True)
     other = make_redis(bq_settings)
-    queue = Queue(redis, keys.queue, keys.active("w1"))
+    producer = JobStore(other, keys, bq_settings)
+    queue = Queue(JobStore(redis, keys, bq_settings), BUILD, keys.active("w1"))
+
+    async def push(job_id: str) -> None:
+        await producer.submit(job_id, service="site", repo_url="https://h/o/r")
+        await producer.transition(job_id, Status.QUEUED, ack=keys.ingest, push=keys.queue)
+
     try:
-        await other.lpush(keys.queue, "a")
-        await other.lpush(keys.queue, "b", "c")
+        for job_id in ("a", "b", "c"):
+            await push(job_id)
         assert await pending(other, keys.queue) == ["a", "b", "c"]
-        assert await queue.take(1) == "a"
-        assert await queue.take(1) == "b"
+        for job_id in ("a", "b"):
+            taken = await queue.wait(1)
+            assert taken.claimed is not None
+            assert (taken.claimed.job_id, taken.claimed.started.record["status"]) == (
+                job_id,
+                "building",
+            )
         assert await other.lrange(keys.active("w1"), 0, -1) == ["b", "a"]
-        assert await queue.ack("a") is True
-        assert await other.lrange(keys.active("w1"), 0, -1) == ["b"]
         assert (await read_counts(other, keys)).build == 1
 
-        # A blocked take is woken by the push itself (no polling).
+        # A blocked take is woken by the push itself (no polling), and the job is
+        # started by the script queued behind BLMOVE before the client hears back.
         got: list[str | None] = []
         blocked = anyio.Event()
 
         async def take_when_pushed() -> None:
             blocked.set()
-            got.append(await queue.take(5))
+            taken = await queue.wait(5)
+            got.append(None if taken.claimed is None else taken.claimed.job_id)
 
-        await queue.take(1)  # drain "c"
+        await queue.wait(1)  # "c"
         async with anyio.create_task_group() as tg:
             tg.start_soon(take_when_pushed)
             await blocked.wait()
@@ -60,9 +72,39 @@ async def test_a_blocked_take_is_woken_by_the_push_and_takes_oldest_first(
                 if int((await other.info("clients"))["blocked_clients"]) >= 1:
                     break
                 await anyio.sleep(0.005)
-            await other.lpush(keys.queue, "d")
+            await push("d")
         assert got == ["d"]
-        assert await queue.take(0.1) is None
+        record = await producer.get("d")
+        assert record is not None
+        assert record.status is Status.BUILDING
+        started, queued = record.phases["building"].start, record.phases["queued"].start
+        assert started >= queued  # stamped when it was started, not when the take was sent
+        assert (await queue.wait(0.1)).claimed is None
+    finally:
+        await redis.aclose()
+        await other.aclose()
+
+
+@pytest.mark.anyio
+async def test_a_take_after_the_server_lost_its_scripts_still_starts_the_job(
+    bq_settings: Settings,
+) -> None:
+    keys = Keys(bq_settings.namespace)
+    redis = make_redis(bq_settings, blocking=True)
+    other = make_redis(bq_settings)
+    producer = JobStore(other, keys, bq_settings)
+    queue = Queue(JobStore(redis, keys, bq_settings), BUILD, keys.active("w1"))
+    try:
+        await producer.submit("a", service="site", repo_url="https://h/o/r")
+        await producer.transition("a", Status.QUEUED, ack=keys.ingest, push=keys.queue)
+        await other.script_flush()  # as after a restart of the server
+
+        taken = await queue.wait(1)
+
+        assert taken.claimed is not None
+        assert taken.claimed.job_id == "a"
+        assert taken.claimed.started.changed
+        assert await other.lrange(keys.active("w1"), 0, -1) == ["a"]
     finally:
         await redis.aclose()
         await other.aclose()

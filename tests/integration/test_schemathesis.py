@@ -42,6 +42,10 @@ def test_no_generated_request_is_a_server_error(fuzz_stack: Stack) -> None:
     labels = []
     for result in schema.get_all_operations():
         operation = result.ok()
+        if operation.path == "/events":
+            # An endless event stream: a fuzzed read would only end at the test's
+            # timeout. Its inputs (Last-Event-ID, ?after=) have unit tests.
+            continue
         labels.append(operation.label)
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
 

@@ -100,6 +100,7 @@ def test_the_fake_answers_have_the_api_shapes() -> None:
         "ingest_attempts": 0,
         "retry_stage": None,
         "holder": None,
+        "waiting_since": None,
     }
     assert Claim(**CLAIMS[0]).public() == CLAIMS[0]
 

@@ -458,43 +458,154 @@ async def test_slots_run_jobs_concurrently(
         assert record.status is Status.LIVE
 
 
-async def test_a_take_whose_start_transition_fails_is_requeued_by_the_orphan_check(
+async def test_an_id_whose_start_was_lost_is_started_by_the_next_take_not_requeued(
+    redis: fakeredis.FakeAsyncRedis, keys: Keys, store: JobStore, clock: FakeClock
+) -> None:
+    # BLMOVE moved the id into the active list and the start behind it never ran (a
+    # lost connection): it waits there, and the next take of any slot starts it.
+    await submit(store, "job-a")
+    await redis.lmove(keys.ingest, keys.active(WORKER), "RIGHT", "LEFT")
+    stopping = anyio.Event()
+    seen: list[tuple[str, Status, int]] = []
+
+    async def handler(record: JobRecord, writer: LogWriter) -> Outcome:
+        seen.append((record.id, record.status, record.ingest_attempts))
+        stopping.set()
+        return Outcome(Status.LIVE)
+
+    consumer = make_consumer(redis, keys, fast_settings(), clock, handler)
+    for _ in range(2):  # the orphan check leaves it alone: a take would race it
+        await consumer._check_orphans()
+    assert await redis.lrange(keys.active(WORKER), 0, -1) == ["job-a"]
+    assert await redis.llen(keys.ingest) == 0
+
+    await run_until_stopped(consumer, stopping)
+
+    assert seen == [("job-a", Status.CLONING, 1)]
+    assert await redis.llen(keys.active(WORKER)) == 0
+
+
+async def test_a_started_job_that_no_slot_holds_is_requeued_by_the_orphan_check(
+    redis: fakeredis.FakeAsyncRedis, keys: Keys, store: JobStore, clock: FakeClock
+) -> None:
+    # The take started it but its reply was lost: no slot runs it and no take will.
+    await submit(store, "job-a")
+    await redis.lmove(keys.ingest, keys.active(WORKER), "RIGHT", "LEFT")
+    await store.transition("job-a", Status.CLONING, incr={"ingest_attempts": 1})
+
+    async def never(record: JobRecord, writer: LogWriter) -> Outcome:
+        raise AssertionError("not run")
+
+    consumer = make_consumer(redis, keys, fast_settings(), clock, never)
+    await consumer._check_orphans()  # first sighting: only suspected
+    assert await redis.lrange(keys.active(WORKER), 0, -1) == ["job-a"]
+    await consumer._check_orphans()  # second sighting: requeued
+
+    assert await redis.llen(keys.active(WORKER)) == 0
+    assert await next_ids(redis, keys.ingest) == ["job-a"]
+    record = await store.get("job-a")
+    assert record is not None
+    assert record.status is Status.ACCEPTED
+
+
+async def test_ending_a_job_takes_the_next_in_the_same_call(
     redis: fakeredis.FakeAsyncRedis,
     keys: Keys,
     store: JobStore,
     clock: FakeClock,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # BLMOVE moved the id into the active list, then Redis went away before the
-    # start transition: the slot must not keep the id as its own forever.
-    from redis.exceptions import ConnectionError as RedisConnectionError
-
     from shared.engine.queue import Queue
 
-    await submit(store, "job-a")
+    for job_id in ("job-a", "job-b", "job-c"):
+        await submit(store, job_id)
+    waits: list[float] = []
+    wait = Queue.wait
 
-    async def never(record: JobRecord, writer: LogWriter) -> Outcome:
-        raise AssertionError("not run")
+    async def counted_wait(self: Queue, timeout_s: float) -> Any:
+        waits.append(timeout_s)
+        return await wait(self, timeout_s)
 
-    consumer = make_consumer(redis, keys, fast_settings(), clock, never)
-    slot_store = JobStore(redis, keys, fast_settings(), clock)
+    monkeypatch.setattr(Queue, "wait", counted_wait)
+    stopping = anyio.Event()
+    seen: list[str] = []
 
-    async def no_fast_take(*args: Any, **kwargs: Any) -> None:
-        return None
+    async def handler(record: JobRecord, writer: LogWriter) -> Outcome:
+        seen.append(record.id)
+        if len(seen) == 3:
+            stopping.set()
+        return Outcome(Status.LIVE)
 
-    async def lost(*args: Any, **kwargs: Any) -> None:
-        raise RedisConnectionError("Connection closed by server.")
+    await run_until_stopped(make_consumer(redis, keys, fast_settings(), clock, handler), stopping)
 
-    monkeypatch.setattr(slot_store, "take", no_fast_take)
-    monkeypatch.setattr(slot_store, "transition", lost)
-    queue = Queue(redis, keys.ingest, keys.active(WORKER))
-    with pytest.raises(RedisConnectionError):
-        await consumer._take(slot_store, queue)
-
-    assert await redis.lrange(keys.active(WORKER), 0, -1) == ["job-a"]
-    assert consumer.taken == set()
-    await consumer._check_orphans()  # first sighting: only suspected
-    assert await redis.lrange(keys.active(WORKER), 0, -1) == ["job-a"]
-    await consumer._check_orphans()  # second sighting: requeued
+    assert seen == ["job-a", "job-b", "job-c"]
+    assert len(waits) == 1  # only the first take blocked; each end took the next
+    for job_id in seen:
+        assert await redis.hget(keys.job(job_id), "status") == "live"
     assert await redis.llen(keys.active(WORKER)) == 0
-    assert await next_ids(redis, keys.ingest) == ["job-a"]
+
+
+async def test_a_job_cancelled_after_its_take_and_before_its_handler_never_runs(
+    redis: fakeredis.FakeAsyncRedis, keys: Keys, store: JobStore, clock: FakeClock
+) -> None:
+    # job-b is taken by job-a's final transition; the cancel arrives while job-a's
+    # end hook runs, before job-b's handler has started.
+    await submit(store, "job-a")
+    await submit(store, "job-b")
+    await submit(store, "job-c")
+    stopping = anyio.Event()
+    seen: list[str] = []
+    consumer: Consumer | None = None
+
+    async def handler(record: JobRecord, writer: LogWriter) -> Outcome:
+        seen.append(record.id)
+        if record.id == "job-c":
+            stopping.set()
+        return Outcome(Status.LIVE)
+
+    async def on_end(raw: dict[str, str]) -> None:
+        if raw["id"] == "job-a":
+            assert consumer is not None
+            assert "job-b" in consumer.taken
+            await store.cancel("job-b", "changed my mind")
+            await consumer._on_control({"type": "cancel", "id": "job-b"})
+
+    consumer = make_consumer(redis, keys, fast_settings(), clock, handler, on_end=on_end)
+    await run_until_stopped(consumer, stopping)
+
+    assert seen == ["job-a", "job-c"]
+    record = await store.get("job-b")
+    assert record is not None
+    assert record.status is Status.CANCELLED
+    assert await redis.llen(keys.active(WORKER)) == 0
+
+
+async def test_a_job_taken_as_the_stop_begins_goes_back_to_the_head_unrun(
+    redis: fakeredis.FakeAsyncRedis, keys: Keys, store: JobStore, clock: FakeClock
+) -> None:
+    await submit(store, "job-a")
+    await submit(store, "job-b")
+    await submit(store, "job-c")
+    stopping = anyio.Event()
+    seen: list[str] = []
+
+    async def handler(record: JobRecord, writer: LogWriter) -> Outcome:
+        seen.append(record.id)
+        return Outcome(Status.LIVE)
+
+    consumer: Consumer | None = None
+
+    async def on_end(raw: dict[str, str]) -> None:
+        assert consumer is not None
+        assert "job-b" in consumer.taken  # job-a's final transition has just taken it
+        stopping.set()
+
+    consumer = make_consumer(redis, keys, fast_settings(), clock, handler, on_end=on_end)
+    await run_until_stopped(consumer, stopping)
+
+    assert seen == ["job-a"]
+    assert await next_ids(redis, keys.ingest) == ["job-b", "job-c"]
+    record = await store.get("job-b")
+    assert record is not None
+    assert record.status is Status.ACCEPTED
+    assert await redis.llen(keys.active(WORKER)) == 0

@@ -29,6 +29,7 @@ NOT_FAILURES = {
     "uploader.chatops_commands.Refusal": "a chat reply to the caller",
     "uploader.ownership.ReleaseRefused": "an HTTP status / chat reply for a release",
     "uploader.loghub.HubFull": "answered 503 by the log route",
+    "uploader.forges.UnsupportedEvent": "a webhook delivery answered 202 with the reason",
 }
 
 

@@ -196,3 +196,41 @@ async def test_live_deployments_are_read_after_the_manifests_are_listed(
 async def test_bad_arguments_are_refused(history: AgedStorage) -> None:
     with pytest.raises(ValueError, match="keep_recent"):
         await collect(history, live, grace_s=GRACE_S, keep_recent=0)
+
+
+async def packed(storage: Storage, job_id: str, seq: int, pack: bytes, names: list[str]) -> str:
+    """A deployment of ``names``, all read from the one pack blob ``pack``."""
+    pack_hash = hashlib.sha256(pack).hexdigest()
+    await storage.put_bytes(blob_key(pack_hash), pack, mime="application/octet-stream")
+    files = {
+        name: FileRef(sha(name), 1, "text/plain", pack=pack_hash, offset=i)
+        for i, name in enumerate(names)
+    }
+    manifest = Manifest("site", seq, None, False, files)
+    await storage.put_bytes(manifest_key(job_id), manifest.encode(), mime="application/json")
+    return pack_hash
+
+
+async def test_a_pack_stays_while_a_kept_deployment_reads_one_of_its_files(
+    storage: AgedStorage,
+) -> None:
+    shared = await packed(storage, "p1", 1, b"abc", ["a", "b", "c"])
+    alone = await packed(storage, "p0", 0, b"xyz", ["x", "y", "z"])
+    # p2 reads one file of p1's pack and nothing of p0's
+    await storage.put_bytes(
+        manifest_key("p2"),
+        Manifest(
+            "site", 2, None, False, {"b": FileRef(sha("b"), 1, "text/plain", shared, 1)}
+        ).encode(),
+        mime="application/json",
+    )
+
+    async def only_p2() -> list[str]:
+        return ["p2"]
+
+    result = await collect(storage, only_p2, grace_s=GRACE_S, keep_recent=1)
+
+    assert result.kept_manifests == {"p2"}
+    assert result.deleted_manifests == ["p0", "p1"]
+    assert result.deleted_blobs == [blob_key(alone)]
+    assert blob_key(shared) in await keys(storage)

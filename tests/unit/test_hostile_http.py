@@ -134,7 +134,7 @@ async def test_malformed_json_is_a_4xx_and_creates_nothing(
         ({"repo_url": REPO, "service": "Bad_Name"}, "invalid service name"),
         ({"repo_url": REPO, "service": "-x"}, "invalid service name"),
         ({"repo_url": ["x"]}, "repo_url"),
-        ({}, "repo_url: Field required"),
+        ({}, "name a repo_url, or the service of a registered repository"),
     ],
 )
 async def test_unknown_fields_and_bad_names_are_422(

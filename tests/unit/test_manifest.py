@@ -10,11 +10,14 @@ import pytest
 
 from shared.core.settings import Settings
 from shared.storage.manifest import (
+    MANIFEST_VERSION,
+    PACKED_VERSION,
     FileRef,
     Loaded,
     Manifest,
     ManifestCache,
     ManifestError,
+    Stored,
     blob_hash,
     blob_key,
     manifest_id,
@@ -77,14 +80,62 @@ def test_hostile_file_entries_refuse_the_whole_manifest(files: dict[str, Any]) -
         Manifest.decode(document(files=files))
 
 
+PACK = "b" * 64
+
+
+def test_packed_entries_round_trip_as_version_2_and_plain_ones_stay_version_1() -> None:
+    packed = manifest(
+        {
+            "index.html": FileRef(HASH, 11, "text/html", pack=PACK, offset=0),
+            "app.js": FileRef("c" * 64, 3, "text/javascript", pack=PACK, offset=11),
+            "big.bin": FileRef("d" * 64, 9, "application/octet-stream"),
+        }
+    )
+    plain = manifest()
+
+    assert json.loads(packed.encode())["version"] == PACKED_VERSION
+    assert json.loads(plain.encode())["version"] == MANIFEST_VERSION
+    assert "pack" not in plain.encode().decode()
+    assert Manifest.decode(packed.encode()) == packed
+    assert packed.hashes() == {HASH, "c" * 64, "d" * 64}
+    assert packed.blobs() == {PACK, "d" * 64}  # what GC keeps: the pack, not its files
+    assert packed.stored()["c" * 64] == Stored(PACK, 11)
+    assert packed.stored()["d" * 64] == Stored()
+    assert packed.files["app.js"].blob == PACK
+
+
+def packed_document(entry: dict[str, Any], version: int = PACKED_VERSION) -> bytes:
+    base = {"sha256": HASH, "size": 4, "type": "text/plain"}
+    return document(version=version, files={"x": {**base, **entry}})
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        packed_document({"pack": PACK, "offset": 0}, version=MANIFEST_VERSION),
+        packed_document({"offset": 3}),
+        packed_document({"pack": "../blobs/x", "offset": 0}),
+        packed_document({"pack": PACK.upper(), "offset": 0}),
+        packed_document({"pack": PACK, "offset": -1}),
+        packed_document({"pack": PACK, "offset": "7"}),
+        packed_document({"pack": PACK, "offset": False}),
+        packed_document({"pack": PACK, "offset": 0, "size": 0}),
+    ],
+)
+def test_bad_pack_entries_refuse_the_whole_manifest(data: bytes) -> None:
+    with pytest.raises(ManifestError):
+        Manifest.decode(data)
+
+
 @pytest.mark.parametrize(
     "data",
     [
         b"not json",
         b"[]",
         b"\xff\xfe",
-        document(version=2),
+        document(version=3),
         document(version=None),
+        document(version=True),
         document(service="Bad Name"),
         document(seq=-1),
         document(seq=1.5),

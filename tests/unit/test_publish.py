@@ -13,11 +13,21 @@ from typing import Any
 
 import pytest
 
+import deployer.packs
 import deployer.publish
 from deployer.publish import Published, Target, human_bytes, known_blobs, publish_site
-from shared.core.errors import ValidationError
+from shared.core.errors import StorageError, ValidationError
 from shared.storage.archive import Entry, open_entry, open_root, walk_tree
-from shared.storage.manifest import FileRef, Manifest, ManifestError, blob_key, manifest_key
+from shared.storage.manifest import (
+    FileRef,
+    Loaded,
+    Manifest,
+    ManifestCache,
+    ManifestError,
+    Stored,
+    blob_key,
+    manifest_key,
+)
 
 LIMITS = {"max_files": 1000, "max_bytes": 10 * 1024 * 1024}
 HOST_SECRET = "host-only-secret"
@@ -183,7 +193,7 @@ async def test_known_blobs_are_not_uploaded_and_duplicates_go_once(tree: Path) -
     (tree / "copy.html").write_text("<h1>hi</h1>")  # the same bytes as index.html
     storage = RecordingStorage()
 
-    result = await publish(storage, tree, known={sha(b"console.log(1)")})
+    result = await publish(storage, tree, known={sha(b"console.log(1)"): Stored()})
 
     assert storage.puts == [blob_key(sha(b"<h1>hi</h1>")), manifest_key("job-1")]
     assert (result.files, result.uploaded) == (3, 1)
@@ -203,13 +213,81 @@ async def test_a_large_file_streams_and_is_hashed_on_the_way(
     assert storage.objects[blob_key(sha(b"console.log(1)"))] == b"console.log(1)"
 
 
+@pytest.fixture
+def many(tree: Path) -> Path:
+    """The tree with 20 more small files and one large one: enough to pack."""
+    for i in range(20):
+        (tree / "icons" / f"i{i:02}.svg").parent.mkdir(exist_ok=True)
+        (tree / "icons" / f"i{i:02}.svg").write_text(f"<svg>{i}</svg>" * (i + 1))
+    (tree / "big.bin").write_bytes(b"B" * 1000)
+    return tree
+
+
+def contents(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def pack_span(storage: RecordingStorage, ref: FileRef) -> bytes:
+    if ref.pack is None:
+        return storage.objects[blob_key(ref.sha256)]
+    return storage.objects[blob_key(ref.pack)][ref.offset : ref.offset + ref.size]
+
+
 @pytest.mark.anyio
-@pytest.mark.parametrize("inline", [True, False])
-async def test_a_file_rewritten_after_it_was_hashed_is_refused(
-    tree: Path, monkeypatch: pytest.MonkeyPatch, inline: bool
+async def test_many_small_files_go_in_a_few_packs_read_back_by_offset(
+    many: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if not inline:
+    monkeypatch.setattr(deployer.packs, "PACK_TARGET_BYTES", 500)
+    monkeypatch.setattr(deployer.packs, "PACK_FILE_MAX_BYTES", 999)  # big.bin goes alone
+    storage = RecordingStorage()
+
+    result = await publish(storage, many)
+
+    manifest = manifest_of(storage)
+    packs = {ref.pack for ref in manifest.files.values() if ref.pack is not None}
+    assert (result.files, result.uploaded, result.packs) == (23, 23, len(packs))
+    assert 1 < len(packs) < 22  # several files per pack, more than one pack
+    assert len(storage.puts) == len(packs) + 2  # the packs, big.bin, the manifest
+    assert storage.puts[-1] == manifest_key("job-1")
+    assert manifest.files["big.bin"].pack is None
+    for pack in packs:  # content-addressed like any blob
+        assert sha(storage.objects[blob_key(pack)]) == pack
+    for rel, data in contents(many).items():
+        ref = manifest.files[rel]
+        assert (ref.sha256, ref.size) == (sha(data), len(data))
+        assert pack_span(storage, ref) == data
+
+
+@pytest.mark.anyio
+async def test_a_redeploy_reuses_packed_files_where_they_are(many: Path) -> None:
+    first_store = RecordingStorage()
+    await publish(first_store, many)
+    first = manifest_of(first_store)
+    cache = ManifestCache(storage=None)  # type: ignore[arg-type]
+    cache.put("job-0", Loaded(first, ""))
+    parent, known = await known_blobs(cache, "job-0")
+    (many / "icons" / "i03.svg").write_text("<svg>changed</svg>")
+    storage = RecordingStorage()
+
+    result = await publish(storage, many, known=known, parent=parent)
+
+    again = manifest_of(storage)
+    assert result.uploaded == 1
+    assert storage.puts == [blob_key(sha(b"<svg>changed</svg>")), manifest_key("job-1")]
+    assert again.files["icons/i03.svg"].pack is None  # too few to pack: a blob of its own
+    assert again.files["icons/i04.svg"] == first.files["icons/i04.svg"]  # same pack, offset
+    assert again.parent == "job-0"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("way", ["inline", "streamed", "packed"])
+async def test_a_file_rewritten_after_it_was_hashed_is_refused(
+    tree: Path, monkeypatch: pytest.MonkeyPatch, way: str
+) -> None:
+    if way == "streamed":
         monkeypatch.setattr(deployer.publish, "INLINE_UPLOAD_BYTES", 4)
+    if way == "packed":
+        monkeypatch.setattr(deployer.packs, "PACK_MIN_FILES", 2)
     hash_all = deployer.publish._hash_all
 
     async def hash_then_rewrite(root_fd: int, entries: list[Entry]) -> list[str]:
@@ -222,7 +300,7 @@ async def test_a_file_rewritten_after_it_was_hashed_is_refused(
 
     with pytest.raises(ValidationError, match="changed while it was published"):
         await publish(storage, tree)
-    assert b"console.log(2)" not in storage.objects.values()
+    assert all(b"console.log(2)" not in data for data in storage.objects.values())
     assert manifest_key("job-1") not in storage.objects
 
 
@@ -232,6 +310,8 @@ def test_sizes_read_as_people_write_them() -> None:
     assert human_bytes(1_500) == "1.5 kB"
     summary = Published(files=1758, bytes=17_200_000, uploaded=3, uploaded_bytes=10).summary()
     assert summary == "1758 files (17.2 MB): 3 uploaded, 1755 already stored"
+    packed = Published(files=1701, bytes=11_800_000, uploaded=1699, uploaded_bytes=1, packs=3)
+    assert packed.summary() == "1701 files (11.8 MB): 1699 uploaded in 3 packs, 2 already stored"
 
 
 @pytest.mark.anyio
@@ -240,4 +320,19 @@ async def test_an_unreadable_live_manifest_means_uploading_everything() -> None:
         async def chain(self, job_id: str | None) -> list[Manifest]:
             raise ManifestError("bad hash")
 
-    assert await known_blobs(BadManifests(), "job-0") == (None, set())  # type: ignore[arg-type]
+    assert await known_blobs(BadManifests(), "job-0") == (None, {})  # type: ignore[arg-type]
+
+
+@pytest.mark.anyio
+async def test_a_failed_pack_upload_writes_no_manifest(many: Path) -> None:
+    class FailingPacks(RecordingStorage):
+        async def put_bytes(self, key: str, data: bytes, *, mime: str) -> None:
+            if mime == deployer.publish.PACK_MIME:
+                raise StorageError("S3 unreachable")
+            await super().put_bytes(key, data, mime=mime)
+
+    storage = FailingPacks()
+
+    with pytest.raises(StorageError):
+        await publish(storage, many)
+    assert manifest_key("job-1") not in storage.objects

@@ -18,6 +18,7 @@ import fakeredis
 import httpx
 import pytest
 from fastapi import FastAPI
+from fastapi.routing import APIRoute
 
 from shared.coord.lockbook import LockBook
 from shared.coord.staging import Staging
@@ -46,7 +47,7 @@ class Need(StrEnum):
     SERVICE = "deployer of the service"  # deployer whose list covers it, or admin
     DEPLOYER = "deployer"  # any deployer, or admin
     ADMIN = "admin"
-    OWN = "own signature"  # POST /chatops: never a bearer token
+    OWN = "own signature"  # POST /chatops, /hooks/*: never a bearer token
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,7 @@ TABLE: dict[tuple[str, str], Case] = {
     ("POST", "/deployments/{job_id}/cancel"): Case(Need.SERVICE, f"/deployments/{JOB}/cancel", {}),
     ("POST", "/deployments/{job_id}/retry"): Case(Need.SERVICE, f"/deployments/{JOB}/retry", {}),
     ("GET", "/queue"): Case(Need.VIEWER, "/queue"),
+    ("GET", "/events"): Case(Need.VIEWER, "/events"),  # 503 here: no stream reader
     ("GET", "/healthz"): Case(Need.OPEN, "/healthz"),
     ("GET", "/readyz"): Case(Need.OPEN, "/readyz"),
     ("GET", "/fleet"): Case(Need.VIEWER, "/fleet"),
@@ -81,12 +83,34 @@ TABLE: dict[tuple[str, str], Case] = {
     ("PUT", "/staging/{env}"): Case(Need.DEPLOYER, "/staging/qa", {"branch": "main"}),
     ("DELETE", "/staging/{env}"): Case(Need.DEPLOYER, "/staging/free", {}),  # 404: free
     ("POST", "/chatops"): Case(Need.OWN, "/chatops"),
+    ("GET", "/services"): Case(Need.VIEWER, "/services"),
+    ("GET", "/services/{name}"): Case(Need.VIEWER, "/services/web"),  # 404: not registered
+    ("PUT", "/services/{name}"): Case(
+        Need.SERVICE, "/services/web", {"repo_url": "https://github.com/t/web.git"}
+    ),
+    ("DELETE", "/services/{name}"): Case(Need.ADMIN, "/services/web", {}),  # 404 for admins
+    ("GET", "/services/{name}/secrets"): Case(Need.SERVICE, "/services/web/secrets"),
+    ("PUT", "/services/{name}/secrets/{key}"): Case(
+        Need.SERVICE, "/services/web/secrets/API_KEY", {"value": "v"}
+    ),
+    ("DELETE", "/services/{name}/secrets/{key}"): Case(
+        Need.SERVICE, "/services/web/secrets/API_KEY", {}
+    ),
+    ("POST", "/hooks/github"): Case(Need.OWN, "/hooks/github", {}),
+    ("POST", "/hooks/gitlab"): Case(Need.OWN, "/hooks/gitlab", {}),
+    ("POST", "/hooks/gitea"): Case(Need.OWN, "/hooks/gitea", {}),
     ("GET", "/sites/{service}/{path}"): Case(Need.OPEN, "/sites/web/index.html"),
     ("GET", "/preview/{job_id}/{path}"): Case(Need.OPEN, f"/preview/{JOB}/index.html"),
 }
 # Outside the OpenAPI schema, listed so their openness is a decision, not an accident.
 EXTRA: dict[tuple[str, str], Case] = {
-    ("GET", "/"): Case(Need.OPEN, "/"),
+    ("GET", "/"): Case(Need.VIEWER, "/"),  # the dashboard: a read like any other
+    ("GET", "/ui/panels"): Case(Need.VIEWER, "/ui/panels"),
+    ("GET", "/ui/deployments/{job_id}"): Case(Need.VIEWER, f"/ui/deployments/{JOB}"),
+    ("GET", "/ui/deployments/{job_id}/summary"): Case(
+        Need.VIEWER, f"/ui/deployments/{JOB}/summary"
+    ),
+    ("GET", "/ui/static/{name}"): Case(Need.VIEWER, "/ui/static/dashboard.js"),
     ("GET", "/docs"): Case(Need.OPEN, "/docs"),
     ("GET", "/openapi.json"): Case(Need.OPEN, "/openapi.json"),
 }
@@ -163,6 +187,18 @@ def test_every_api_operation_has_an_entry(role_settings: Settings) -> None:
     stale = sorted(set(TABLE) - operations)
     assert not missing, f"add these routes to TABLE (and docs/SECURITY.md): {missing}"
     assert not stale, f"these TABLE entries name no route: {stale}"
+
+
+def test_every_route_outside_the_schema_has_an_entry(role_settings: Settings) -> None:
+    api = create_app(role_settings, run_ingest=False).app
+    hidden = {
+        (method, route.path)
+        for route in api.routes
+        if isinstance(route, APIRoute) and not route.include_in_schema
+        for method in route.methods - {"HEAD"}
+    }
+    missing = sorted(hidden - set(EXTRA))
+    assert not missing, f"add these routes to EXTRA (and docs/SECURITY.md): {missing}"
 
 
 CASES = [

@@ -14,6 +14,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+import deployer.packs
 from deployer.publish import Target, publish_site
 from shared.core.settings import Settings, load_settings
 from shared.core.siteaddr import SiteHost, SiteKind, parse_host, preview_url, site_url
@@ -22,7 +23,7 @@ from shared.redis.keys import Keys
 from shared.storage.manifest import blob_key, manifest_key
 from shared.storage.s3 import Storage, content_type, make_s3_client, serve_key, site_prefix
 from uploader import serving
-from uploader.sites import SitesOrigin
+from uploader.sites import Deployments, SitesOrigin
 from uploader.state import Services
 from uploader.static_files import is_hashed, parse_range
 
@@ -317,26 +318,24 @@ async def test_large_files_stream_whole_and_in_ranges(app: SitesOrigin) -> None:
     assert middle.headers["content-range"] == f"bytes 1048000-2200000/{len(big)}"
 
 
-async def test_html_on_the_api_origin_is_sandboxed(settings: Settings) -> None:
-    from uploader.app import create_app
-
-    transport = httpx.ASGITransport(app=create_app(settings, run_ingest=False))
-    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8000") as c:
-        index = await c.get("/")
-
-    assert index.headers["content-type"].startswith("text/html")
-    assert index.headers["content-security-policy"] == "sandbox"
-
-
 # --- deployments published as blobs and a manifest ----------------------------------
 
 BLOBS = "cccccccccccccccccccc"
 BLOBS_SPA = "dddddddddddddddddddd"
 
 
-@pytest.fixture
-async def blob_app(app: SitesOrigin, tmp_path: Path) -> SitesOrigin:
-    """The same files as LIVE and SPA, published through manifests (``blob``, ``spa2``)."""
+@pytest.fixture(params=["blobs", "packs"])
+async def blob_app(
+    app: SitesOrigin,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+) -> SitesOrigin:
+    """The same files as LIVE and SPA, published through manifests (``blob``, ``spa2``):
+    one blob per file, or packed (two packs of several files each)."""
+    if request.param == "packs":
+        monkeypatch.setattr(deployer.packs, "PACK_MIN_FILES", 2)
+        monkeypatch.setattr(deployer.packs, "PACK_TARGET_BYTES", 40)
     svc: Services = app.app.state.services
     out = tmp_path / "out"
     for rel, text in FILES.items():
@@ -482,9 +481,75 @@ async def test_a_missing_blob_is_a_storage_fault_not_a_404(
     blob_app: SitesOrigin, blob: httpx.AsyncClient
 ) -> None:
     svc: Services = blob_app.app.state.services
-    digest = hashlib.sha256(FILES["about.html"].encode()).hexdigest()
-    await svc.storage.delete_keys([blob_key(digest)])
+    loaded = await Deployments(svc.storage).manifests.get(BLOBS)
+    assert loaded is not None
+    await svc.storage.delete_keys([blob_key(loaded.manifest.files["about.html"].blob)])
 
     about = await get(blob, "/about.html")
 
     assert about.status_code == 503
+
+
+async def test_packed_files_are_served_from_their_span_of_the_pack(
+    app: SitesOrigin, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(deployer.packs, "PACK_MIN_FILES", 2)
+    monkeypatch.setattr(deployer.packs, "PACK_FILE_MAX_BYTES", 4 * 1024 * 1024)
+    svc: Services = app.app.state.services
+    out = tmp_path / "packed"
+    big = bytes(range(256)) * (5 * 1024 + 3)  # past the inline read: the rest streams
+    files = {"a.txt": b"first file", "big.bin": big, "z.txt": b"last file"}
+    for rel, data in files.items():
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        (out / rel).write_bytes(data)
+    await publish_site(
+        svc.storage, out, Target(BLOBS, "packed", 1, False), max_files=10, max_bytes=10**7,
+        concurrency=2,
+    )  # fmt: skip
+    await svc.redis.hset(svc.keys.site("packed"), mapping={"id": BLOBS})
+    loaded = await Deployments(svc.storage).manifests.get(BLOBS)
+    assert loaded is not None
+    assert len(loaded.manifest.blobs()) == 1  # all three in one pack
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://packed.localhost:8001") as c:
+        got = {rel: await c.get(f"/{rel}") for rel in files}
+        middle = await c.get("/big.bin", headers={"Range": "bytes=1000-1200000"})
+        tail = await c.get("/z.txt", headers={"Range": "bytes=-4"})
+        head = await c.head("/a.txt")
+
+    for rel, data in files.items():
+        assert (got[rel].status_code, got[rel].content) == (200, data)
+        assert got[rel].headers["content-length"] == str(len(data))
+        assert got[rel].headers["etag"] == f'"{hashlib.sha256(data).hexdigest()}"'
+    assert (middle.status_code, middle.content) == (206, big[1000:1200001])
+    assert middle.headers["content-range"] == f"bytes 1000-1200000/{len(big)}"
+    assert (tail.status_code, tail.content) == (206, b"file")
+    assert tail.headers["content-range"] == "bytes 5-8/9"
+    assert (head.status_code, head.headers["content-length"]) == (200, "10")
+
+
+async def test_a_pack_shorter_than_its_manifest_says_is_a_storage_fault(
+    app: SitesOrigin,
+) -> None:
+    svc: Services = app.app.state.services
+    pack = b"0123456789"
+    pack_hash = hashlib.sha256(pack).hexdigest()
+    await svc.storage.put_bytes(blob_key(pack_hash), pack, mime="application/octet-stream")
+    entry = {"sha256": "0" * 64, "type": "text/plain", "pack": pack_hash}
+    document = {
+        "version": 2, "service": "short", "seq": 1, "parent": None, "spa": False,
+        "files": {
+            "ok.txt": {**entry, "size": 4, "offset": 2},
+            "cut.txt": {**entry, "size": 6, "offset": 7},
+            "past.txt": {**entry, "size": 2, "offset": 40},
+        },
+    }  # fmt: skip
+    await svc.storage.put_json(manifest_key(BLOBS), document)
+    await svc.redis.hset(svc.keys.site("short"), mapping={"id": BLOBS})
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://short.localhost:8001") as c:
+        ok, cut, past = [await c.get(f"/{rel}.txt") for rel in ("ok", "cut", "past")]
+
+    assert (ok.status_code, ok.text) == (200, "2345")
+    assert cut.status_code == 503
+    assert past.status_code == 503

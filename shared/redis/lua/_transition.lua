@@ -1,5 +1,5 @@
 -- The transition function shared by transition.lua and take.lua (spliced in by
--- shared/scripts.py at the '-- #include _transition' line).
+-- shared/redis/scripts.py at the '-- #include _transition' line).
 -- K: job, events stream, logs stream, private build override, [source], [destination]
 -- A: id, status, now_ms, terminal(0|1), ttl_s, events_max, flags, score,
 --    field, value, ...   (a field named '+name' is HINCRBY name value)
@@ -22,7 +22,7 @@ local function transition(K, A)
     if has('a') or has('A') or has('x') then redis.call('LREM', K[5], 0, id) end
     if has('z') then redis.call('ZREM', K[5], id) end
   end
-  local cur = redis.call('HMGET', K[1], 'status', 'ended_at')
+  local cur = redis.call('HMGET', K[1], 'status', 'ended_at', 'p:' .. status .. ':end')
   local current = cur[1]
   if not current then
     unlink()
@@ -46,7 +46,7 @@ local function transition(K, A)
     set[#set + 1] = 'p:' .. status .. ':start'
     set[#set + 1] = now
     -- Re-entering a phase (a retry) starts it afresh.
-    redis.call('HDEL', K[1], 'p:' .. status .. ':end')
+    if cur[3] then redis.call('HDEL', K[1], 'p:' .. status .. ':end') end
   end
   for i = 9, #A, 2 do
     if string.sub(A[i], 1, 1) == '+' then

@@ -46,17 +46,21 @@ for i = 1, n do
   redis.call('SET', key(i, 1), rec, 'PX', ttl)
   if ARGV[7] ~= '0' then redis.call('HDEL', key(i, 4), token) end
   local last = redis.call('HGET', history, 'current')
-  if last then
+  -- An ended record (its "end" is a string) was written as both 'current' and
+  -- 'previous' by its release, so 'previous' is already right: only decode the
+  -- record of a holder that never released (no key "end" can occur inside a JSON
+  -- string, where every quote is escaped).
+  if last and not string.find(last, '"end":"', 1, true) then
     local prev = cjson.decode(last)
     if not present(prev['end']) then
       -- Nobody released it: it expired (its holder crashed, hung or forgot it).
       prev['end'], prev.released_at = 'expired', prev.expires_at
-      last = cjson.encode(prev)
       event('expired', name, prev.owner, prev.fence, prev.expires_at)
     end
-    redis.call('HSET', history, 'previous', last)
+    redis.call('HSET', history, 'previous', cjson.encode(prev), 'current', rec)
+  else
+    redis.call('HSET', history, 'current', rec)
   end
-  redis.call('HSET', history, 'current', rec)
   redis.call('ZADD', KEYS[2], now, name)
   event('locked', name, ARGV[5], fence, now)
   taken[#taken + 1] = fence
