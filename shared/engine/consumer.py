@@ -33,7 +33,7 @@ from shared.engine.jobs import TERMINAL, JobRecord, JobStore, Status
 from shared.engine.logs import LogWriter
 from shared.engine.outcome import Outcome, after_fault, dead_letter, transient_cause
 from shared.engine.queue import Queue, Taken
-from shared.engine.recovery import recover_stale_workers, requeue_all
+from shared.engine.recovery import recover_stale_workers, requeue, requeue_all
 from shared.engine.replies import Claimed
 from shared.engine.stages import Stage
 from shared.engine.upkeep import ended_among, release_due_forever, requeue_orphans
@@ -183,10 +183,26 @@ class Consumer:
                     if self.gate.state.max_concurrency is not None:
                         await self.gate.release(slot)
         finally:
-            # A job taken as the stop began stays in the active list: ``_leave``
-            # puts it back at the head of the queue.
             with anyio.CancelScope(shield=True):
+                if held is not None:  # taken as the stop began, never run: give it back
+                    await self._give_back(held.job_id)
                 await conn.aclose()
+
+    async def _give_back(self, job_id: str) -> None:
+        """Requeue a job this slot took but never ran, with its attempt refunded (if
+        Redis is away, ``_leave`` or recovery requeues it later, attempt counted)."""
+        try:
+            await requeue(
+                self.store,
+                job_id,
+                active=self.active_key,
+                stage=self.stage,
+                reason=f"{self.worker_id} stopped before running it",
+                unrun=True,
+            )
+        except RedisError as exc:
+            self.log.warning("consumer.give_back_failed", job_id=job_id, error=str(exc))
+        self.taken.discard(job_id)
 
     async def _take(self, queue: Queue, slot: str, stopping: anyio.Event) -> Claimed | None:
         """Wait for this slot's turn, then for a job: taken and started, or None."""

@@ -17,10 +17,18 @@ log = structlog.get_logger("recovery")
 
 
 async def requeue(
-    store: JobStore, job_id: str, *, active: str, stage: Stage, reason: str, strict: bool = True
+    store: JobStore,
+    job_id: str,
+    *,
+    active: str,
+    stage: Stage,
+    reason: str,
+    strict: bool = True,
+    unrun: bool = False,
 ) -> bool:
     """Move ``job_id`` from ``active`` back to the head of ``stage``'s list and say why
-    in its log; with ``strict`` only if it is still in ``active``. True if it moved."""
+    in its log; with ``strict`` only if it is still in ``active``; ``unrun`` gives back
+    the attempt its take counted (it never started running). True if it moved."""
     result = await store.transition(
         job_id,
         stage.resume_status,
@@ -28,6 +36,7 @@ async def requeue(
         strict=strict,
         push=stage.queue(store.keys),
         head=True,
+        incr={stage.attempts_field: -1} if unrun else None,
     )
     if result.changed:
         await store.redis.xadd(

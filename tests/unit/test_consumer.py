@@ -608,4 +608,5 @@ async def test_a_job_taken_as_the_stop_begins_goes_back_to_the_head_unrun(
     record = await store.get("job-b")
     assert record is not None
     assert record.status is Status.ACCEPTED
+    assert record.ingest_attempts == 0  # never run: its take's attempt is given back
     assert await redis.llen(keys.active(WORKER)) == 0
