@@ -19,12 +19,12 @@ from shared.core.names import validate_name
 from shared.core.siteaddr import JOB_ID_RE, preview_url, site_url
 from shared.engine.history import archived_log
 from shared.engine.jobs import TERMINAL, JobRecord, Status
-from shared.engine.logs import LogEntry, read_log
+from shared.engine.logs import LogEntry, entry_key, read_log
 from shared.engine.queue import pending, read_counts
 from shared.engine.workers import list_workers
 from uploader.access import Caller
 from uploader.jsonbody import ParsedJSONRoute
-from uploader.loghub import HubFull, Subscription, entry_key
+from uploader.loghub import HubFull, Subscription
 from uploader.position import place_of, positions
 from uploader.refused import Refused
 from uploader.state import Services, services

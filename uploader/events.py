@@ -21,8 +21,9 @@ from fastapi import APIRouter, Header, HTTPException, Query, Request
 from fastapi.responses import StreamingResponse
 from redis.asyncio import Redis
 
+from shared.engine.logs import entry_key
 from uploader.api import Svc
-from uploader.loghub import HubFull, StreamEntry, Subscription, entry_key
+from uploader.loghub import HubFull, StreamEntry, Subscription
 
 router = APIRouter()
 ENTRY_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")  # ASCII: \d matches any Unicode digit

@@ -27,7 +27,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from shared.engine.logs import LogEntry, decode_entry
+from shared.engine.logs import LogEntry, decode_entry, entry_key
 from shared.redis.keys import Keys
 
 log = structlog.get_logger("loghub")
@@ -51,12 +51,6 @@ class StreamEntry:
 
     id: str
     fields: dict[str, str]
-
-
-def entry_key(entry_id: str) -> tuple[int, int]:
-    """A stream id as a comparable pair (``"0"`` is the start)."""
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
 
 
 @dataclass(eq=False)

@@ -14,7 +14,7 @@ from redis.exceptions import RedisError
 
 from shared.core.errors import StorageError
 from shared.engine.jobs import JobRecord
-from shared.engine.logs import LogEntry, read_log
+from shared.engine.logs import LogEntry, entry_key, read_log
 from shared.redis.keys import Keys
 from shared.storage.s3 import ObjectNotFound, Storage, record_key
 
@@ -75,13 +75,8 @@ async def archived_log(storage: Storage, job_id: str, *, after: str = "0") -> li
     entries = decode(data)
     if after in ("0", "0-0", "-"):
         return entries
-    cursor = _entry_key(after)
-    return [e for e in entries if _entry_key(e.id) > cursor]
-
-
-def _entry_key(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
+    cursor = entry_key(after)
+    return [e for e in entries if entry_key(e.id) > cursor]
 
 
 async def keep_ended(redis: Redis, keys: Keys, storage: Storage, raw: dict[str, str]) -> None:

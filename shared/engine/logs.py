@@ -104,6 +104,12 @@ class LogWriter:
         await self.flush()
 
 
+def entry_key(entry_id: str) -> tuple[int, int]:
+    """A stream id as a comparable pair (``"0"`` is the start)."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
 def decode_entry(entry_id: Any, fields: dict[Any, Any]) -> LogEntry:
     f = {str(k): str(v) for k, v in fields.items()}
     return LogEntry(str(entry_id), f.get("kind", "line"), f.get("text", ""), f.get("status"))
