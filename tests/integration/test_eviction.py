@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import redis as redis_sync
 
-from shared.cli.embedded import free_port, start_valkey, stop_process
+from shared.cli.embedded import free_port, free_ports, start_valkey, stop_process
 from tests.integration.helpers import make_env
 
 pytestmark = pytest.mark.integration
@@ -47,7 +47,16 @@ def run(
 def test_a_process_refuses_to_start_on_a_redis_that_evicts(
     process: str, evicting_valkey: str, s3_url: str, tmp_path: Path
 ) -> None:
-    env = make_env(evicting_valkey, s3_url, tmp_path, BUILDQ_PORT=str(free_port()))
+    # Both listeners get a port known free: BUILDQ_SITES_PORT defaults to BUILDQ_PORT + 1,
+    # which nobody checked (CI once found it taken, and the uploader refused for that).
+    api_port, sites_port = free_ports(2)
+    env = make_env(
+        evicting_valkey,
+        s3_url,
+        tmp_path,
+        BUILDQ_PORT=str(api_port),
+        BUILDQ_SITES_PORT=str(sites_port),
+    )
 
     result = run(["-m", process], env)
 
