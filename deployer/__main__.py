@@ -22,7 +22,7 @@ from shared.engine.daemon import run_until_signalled  # noqa: E402
 from shared.engine.stages import BUILD  # noqa: E402
 from shared.redis.client import make_redis  # noqa: E402
 from shared.redis.eviction import check_at_start  # noqa: E402
-from shared.storage.s3 import Storage, make_s3_client  # noqa: E402
+from shared.storage.backend import open_storage  # noqa: E402
 
 M_ARENA_MAX = -8  # glibc mallopt(3)
 MALLOC_ARENAS = 2
@@ -51,9 +51,7 @@ def release_free_memory() -> None:
 
 async def serve(settings: Settings) -> None:
     redis = make_redis(settings)
-    storage = Storage(
-        make_s3_client(settings), settings.s3_bucket, concurrency=settings.upload_concurrency
-    )
+    storage = open_storage(settings)
     deployer = Deployer(
         settings,
         redis,

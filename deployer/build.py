@@ -38,6 +38,7 @@ from deployer.sandbox import (
 )
 from shared.core.cgroups import Group
 from shared.core.errors import BuildError, ValidationError
+from shared.core.redaction import SecretRedactor
 from shared.engine.logs import MAX_LINE_CHARS, LogWriter
 
 PASSTHROUGH_ENV = ("PATH", "LANG", "LC_ALL", "TZ")
@@ -50,6 +51,7 @@ MAX_PARTIAL_LINE = 16384
 TAIL_BYTES = 256 * 1024  # raw output kept once the log's head is full
 RECENT_BYTES = 8192  # output searched for an allocation failure (rlimit mode)
 DEFAULT_SANDBOX = Sandbox(Level.PROCESS, network=True, max_procs=0)
+NO_SECRETS = SecretRedactor(())
 
 
 class BuildTimeout(BuildError):
@@ -73,8 +75,16 @@ class Limits:
     file_bytes: int
 
 
-def build_env(home: Path, extra: Mapping[str, str], job: Mapping[str, str]) -> dict[str, str]:
-    """The whole environment the build sees: an allowlist, never the daemon's secrets."""
+def build_env(
+    home: Path,
+    extra: Mapping[str, str],
+    job: Mapping[str, str],
+    secrets: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """The whole environment the build sees: an allowlist, never the daemon's secrets.
+
+    ``extra`` is the build config's env; the service's ``secrets`` win over it (a
+    repository cannot replace what the platform holds), ``job`` over both."""
     env = {k: os.environ[k] for k in PASSTHROUGH_ENV if k in os.environ}
     env.update({k: os.environ[k] for k in CA_ENV if os.environ.get(k, "").startswith("/")})
     env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
@@ -86,8 +96,9 @@ def build_env(home: Path, extra: Mapping[str, str], job: Mapping[str, str]) -> d
     tmp = home / "tmp"
     tmp.mkdir(parents=True, exist_ok=True)
     env.update({"HOME": str(home), "TMPDIR": str(tmp), "CI": "true"})
-    env.update(job)
     env.update(extra)
+    env.update(secrets or {})
+    env.update(job)
     return env
 
 
@@ -125,7 +136,8 @@ async def _stop(process: Process) -> None:
 class _Tail:
     """Once the log's head is full: keep only the last TAIL_BYTES of raw output."""
 
-    def __init__(self) -> None:
+    def __init__(self, redactor: SecretRedactor) -> None:
+        self.redactor = redactor
         self.buffer = bytearray()
         self.dropped_bytes = 0
         self.dropped_lines = 0
@@ -148,13 +160,22 @@ class _Tail:
         if lines and not lines[-1]:
             lines.pop()
         for raw in lines:
-            log.add(raw[: MAX_LINE_CHARS * 4].decode("utf-8", "replace"))
+            redacted = self.redactor.redact(raw)
+            log.add(redacted[: MAX_LINE_CHARS * 4].decode("utf-8", "replace"))
 
 
-async def _pump(stream: ByteReceiveStream, log: LogWriter, recent: bytearray) -> None:
+async def _pump(
+    stream: ByteReceiveStream,
+    log: LogWriter,
+    recent: bytearray,
+    redactor: SecretRedactor = NO_SECRETS,
+) -> None:
     """Lines into the log while it has room; then only a bounded raw tail, so a
     build printing gigabytes costs constant memory and little CPU. ``recent``
-    keeps the last RECENT_BYTES of output."""
+    keeps the last RECENT_BYTES of output.
+
+    Every line is redacted (``redactor``) before it reaches the log; a line cut
+    for length keeps its last bytes back, so a secret is never split in two."""
     partial = b""
     tail: _Tail | None = None
     async for chunk in stream:
@@ -166,19 +187,20 @@ async def _pump(stream: ByteReceiveStream, log: LogWriter, recent: bytearray) ->
         data = partial + chunk
         *lines, partial = data.split(b"\n")
         if len(partial) > MAX_PARTIAL_LINE:
-            lines.append(partial)
-            partial = b""
+            now, partial = redactor.split(partial)
+            if now:
+                lines.append(now)
         for raw in lines:
-            log.add(raw.decode("utf-8", "replace"))
+            log.add(redactor.redact(raw).decode("utf-8", "replace"))
         await log.flush()
         if log.written_bytes > log.max_bytes - READ_CHUNK:
-            tail = _Tail()
+            tail = _Tail(redactor)
             tail.feed(partial)
             partial = b""
     if tail is not None:
         tail.finish(log)
     elif partial:
-        log.add(partial.decode("utf-8", "replace"))
+        log.add(redactor.redact(partial).decode("utf-8", "replace"))
     await log.flush()
 
 
@@ -191,6 +213,7 @@ async def run_build(
     *,
     sandbox: Sandbox | None = None,
     workdir: Path | None = None,
+    redactor: SecretRedactor = NO_SECRETS,
 ) -> int:
     """Run ``command`` with ``/bin/sh -c`` in ``cwd``; returns its exit status
     (128 + N if signal N killed it).
@@ -198,7 +221,8 @@ async def run_build(
     ``workdir`` (default ``cwd``) is the job directory the build may write; the
     sandbox (default: the ``process`` level) maps it into the build. Raises
     BuildTimeout after ``limits.timeout_s``, BuildOutOfMemory if the build ran out
-    of memory, ValidationError if the build replaced its checkout directory. On
+    of memory, ValidationError if the build replaced its checkout directory.
+    Output lines reach ``log`` only through ``redactor``. On
     timeout or cancellation the whole process tree is terminated and reaped (and
     its cgroup emptied and removed) before this returns or re-raises.
     """
@@ -223,6 +247,7 @@ async def run_build(
                 uid=uid,
                 group=group,
                 recent=recent,
+                redactor=redactor,
             )
         finally:
             with anyio.CancelScope(shield=True):
@@ -250,6 +275,7 @@ async def _launch(
     uid: int | None,
     group: Group | None,
     recent: bytearray,
+    redactor: SecretRedactor,
 ) -> int:
     """Start the launcher and pump its output until it exits; stop it on timeout
     or cancellation."""
@@ -279,7 +305,7 @@ async def _launch(
     try:
         with anyio.fail_after(limits.timeout_s):
             assert process.stdout is not None
-            await _pump(process.stdout, log, recent)
+            await _pump(process.stdout, log, recent, redactor)
             return await process.wait()
     except TimeoutError:
         await _stop(process)

@@ -15,15 +15,18 @@ from redis.asyncio import Redis
 
 from deployer.build import BuildOutOfMemory, BuildTimeout, Limits, build_env, run_build
 from deployer.buildconfig import BuildConfig, detect, resolve_output
+from deployer.cache import restore_cache
 from deployer.publish import Target, known_blobs, publish_site
 from deployer.sandbox import sandbox_for
 from deployer.source import fetch_source
+from deployer.staleness import Staleness, StaleVerdict, ended_fields
 from shared.coord.lockbook import LockLostError, LockRecord, LockTimeoutError
 from shared.coord.locks import DeployLock
+from shared.coord.secrets import build_secrets
 from shared.coord.sites import Sites, Verdict
 from shared.core.clock import now_ms
-from shared.core.errors import BuildError, TransientError, ValidationError
-from shared.core.redaction import HIDDEN
+from shared.core.errors import BuildError, ConfigError, TransientError, ValidationError
+from shared.core.redaction import HIDDEN, SecretRedactor
 from shared.core.settings import Settings
 from shared.core.siteaddr import preview_url, site_url
 from shared.engine.history import keep_ended
@@ -31,6 +34,7 @@ from shared.engine.jobs import JobRecord, JobStore, Status
 from shared.engine.logs import LogWriter
 from shared.engine.outcome import Outcome
 from shared.engine.stages import BUILD
+from shared.engine.stats import count_lock_wait
 from shared.redis.keys import Keys
 from shared.storage.manifest import ManifestCache
 from shared.storage.s3 import Storage, alias_key
@@ -81,13 +85,19 @@ class JobRunner:
             owner=self.owner,
             ttl_ms=int(s.deploy_lock_ttl_s * 1000),
         )
+        self.staleness = Staleness(self.redis, self.keys, s, self.store)
 
     async def run(self, record: JobRecord, writer: LogWriter) -> Outcome:
         """Build and publish a started job under its service's deploy lock.
 
         Failures of the build itself end the job; transient faults (S3, Redis, the
         disk, a lost lock) propagate so the consumer retries; a lock held by someone
-        else defers the job as ``waiting``."""
+        else defers the job as ``waiting``. A job that is stale when taken (a newer
+        submission of its service, or its pinned commit live) ends before anything
+        is fetched (``deployer/staleness.py``)."""
+        stale = await self._stale(record, writer, at_take=True)
+        if stale is not None:
+            return Outcome(stale[0], {**stale[1], "holder": "", "waiting_since": ""})
         workdir = self.work_root / record.id
         try:
             async with self.locks.holding(
@@ -97,6 +107,7 @@ class JobRunner:
                 reason=f"deploying {record.id}",
                 cancel_on_loss=True,
             ) as lease:
+                await count_lock_wait(self.redis, self.keys, record, now_ms(self.store.clock))
                 status, fields = await self._execute(record, writer, workdir, lease.fence)
         except LockTimeoutError as exc:
             return await self._wait_for_lock(record, writer, exc.holder)
@@ -148,6 +159,9 @@ class JobRunner:
     async def _execute(
         self, record: JobRecord, writer: LogWriter, workdir: Path, fence: int
     ) -> tuple[Status, dict[str, str]]:
+        stale = await self._stale(record, writer, at_take=False)  # the lock wait may be long
+        if stale is not None:
+            return stale
         s = self.settings
         await anyio.to_thread.run_sync(shutil.rmtree, workdir, True)
         files = await fetch_source(
@@ -194,6 +208,21 @@ class JobRunner:
         await writer.line(f"buildq: published {published.summary()}; serving as {how}")
         return await self._promote(record, writer, fence)
 
+    async def _stale(
+        self, record: JobRecord, writer: LogWriter, *, at_take: bool
+    ) -> tuple[Status, dict[str, str]] | None:
+        """How the job ends without building, if it is stale; None to build it."""
+        decision = await self.staleness.check(record)
+        if decision.verdict is StaleVerdict.BUILD:
+            return None
+        fields = ended_fields(record, decision, at_take=at_take)
+        log.info("job.stale", verdict=decision.verdict.value, by=decision.by)
+        if decision.verdict is StaleVerdict.SUPERSEDED:
+            await writer.line(f"buildq: superseded by {decision.by}: {decision.reason}; not built")
+            return Status.SUPERSEDED, fields
+        await writer.line(f"buildq: {decision.reason}; not built, served by {decision.by}")
+        return Status.LIVE, {**fields, "url": site_url(self.settings, record.service)}
+
     async def _requested_build(self, record: JobRecord) -> dict[str, Any] | None:
         """The request's build override with its real command and env values, from
         the job's private key (the record holds only a redacted copy)."""
@@ -223,6 +252,12 @@ class JobRunner:
         else:
             await writer.line(f"buildq: build from {config.origin}: {config.command}")
         s = self.settings
+        try:  # before anything runs: a build must not go without its secrets
+            secrets = await build_secrets(self.redis, self.keys, s, record.service)
+        except ConfigError as exc:
+            raise BuildFailed(str(exc)) from None
+        if secrets:
+            await writer.line(f"buildq: with the service's secrets {', '.join(sorted(secrets))}")
         env = build_env(
             workdir / "home",
             config.env,
@@ -231,6 +266,7 @@ class JobRunner:
                 "BUILDQ_SERVICE": record.service,
                 "BUILDQ_COMMIT": record.commit or "",
             },
+            secrets,
         )
         limits = Limits(
             timeout_s=s.build_timeout_s,
@@ -238,12 +274,26 @@ class JobRunner:
             memory_bytes=s.build_memory_mb * 1024 * 1024,
             file_bytes=s.build_file_mb * 1024 * 1024,
         )
+        cache = await restore_cache(
+            self.storage, s, writer, service=record.service, config=config,
+            checkout=checkout, workdir=workdir,
+        )  # fmt: skip
+        env = cache.build_env(env) if cache is not None else env
         sandbox = await sandbox_for(s)
         code = await run_build(
-            config.command, checkout, env, limits, writer, sandbox=sandbox, workdir=workdir
+            config.command,
+            checkout,
+            env,
+            limits,
+            writer,
+            sandbox=sandbox,
+            workdir=workdir,
+            redactor=SecretRedactor(secrets.values()),
         )
         if code != 0:
             raise BuildFailed(f"build exited with status {code}")
+        if cache is not None:
+            await cache.save(writer)
 
     async def _promote(
         self, record: JobRecord, writer: LogWriter, fence: int
@@ -256,6 +306,7 @@ class JobRunner:
                     "service": record.service,
                     "id": record.id,
                     "seq": record.seq,
+                    "fence": fence,  # buildq doctor --recover restores fences above it
                     "promoted_at": now_ms(),
                 },
             )

@@ -5,12 +5,14 @@ from __future__ import annotations
 import shutil
 import tempfile
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import anyio
 from redis.asyncio import Redis
 
 from deployer.pipeline import JobRunner
+from shared.coord.ended import release_locks_of_ended
 from shared.core.settings import Settings
 from shared.engine.consumer import Consumer
 from shared.engine.jobs import JobStore
@@ -55,6 +57,7 @@ class Deployer:
             blocking_redis=blocking_redis,
             obey_fleet=True,
             on_end=self.runner.save_record,
+            on_worker_ended=partial(release_locks_of_ended, self.runner.locks.book),
         )
 
     async def run(self, stopping: anyio.Event) -> None:

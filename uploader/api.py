@@ -18,11 +18,12 @@ from shared.core.errors import ValidationError
 from shared.core.names import validate_name
 from shared.core.siteaddr import JOB_ID_RE, preview_url, site_url
 from shared.engine.history import archived_log
-from shared.engine.jobs import TERMINAL, JobRecord, Status
+from shared.engine.jobs import TERMINAL, JobRecord, Priority, Status
 from shared.engine.logs import LogEntry, entry_key, read_log
 from shared.engine.queue import pending, read_counts
 from shared.engine.workers import list_workers
 from uploader.access import Caller
+from uploader.auth import Role
 from uploader.jsonbody import ParsedJSONRoute
 from uploader.loghub import HubFull, Subscription
 from uploader.position import place_of, positions
@@ -65,6 +66,9 @@ class DeploymentRequest(BaseModel):
     service: str | None = Field(None, max_length=63)
     root_dir: str | None = Field(None, max_length=255)
     build: BuildSpec | None = None
+    # Queue order (shared/redis/lua/_fair.lua); 'high' is for admins: it goes ahead of
+    # everyone else's deploys.
+    priority: Priority = Priority.NORMAL
 
 
 class Accepted(BaseModel):
@@ -103,7 +107,11 @@ async def create_deployment(
     (200, same id) instead of creating another; keys are the caller's own.
     """
     build = body.build.model_dump(exclude_none=True) if body.build else None
-    submission = Submission(body.repo_url, body.service, body.ref, body.root_dir, build)
+    if body.priority is Priority.HIGH and who.role is not Role.ADMIN:
+        raise HTTPException(403, "priority 'high' goes ahead of everyone's deploys: admins only")
+    submission = Submission(
+        body.repo_url, body.service, body.ref, body.root_dir, build, body.priority
+    )
     try:
         receipt = await submit(svc, who, submission, idempotency_key=idempotency_key)
     except Forbidden as exc:

@@ -11,6 +11,8 @@ import structlog
 from fastapi import FastAPI
 
 from shared import __version__
+from shared.coord.ended import release_locks_of_ended
+from shared.coord.lockbook import LockBook
 from shared.core.errors import StorageError
 from shared.core.settings import Settings
 from shared.engine.consumer import Consumer
@@ -19,7 +21,7 @@ from shared.engine.jobs import JobStore
 from shared.engine.stages import INGEST
 from shared.redis.client import make_redis
 from shared.redis.keys import Keys
-from shared.storage.s3 import Storage, make_s3_client
+from shared.storage.backend import open_storage
 from uploader import (
     api,
     chatops,
@@ -27,6 +29,7 @@ from uploader import (
     dashboard,
     events,
     hooks,
+    login,
     metrics,
     services_api,
     serving,
@@ -39,6 +42,7 @@ from uploader.loghub import LogHub
 from uploader.security import install_security
 from uploader.sites import SitesOrigin
 from uploader.state import Services
+from uploader.statuses import StatusReporter, report_statuses
 
 log = structlog.get_logger("uploader")
 
@@ -46,14 +50,13 @@ log = structlog.get_logger("uploader")
 def create_app(settings: Settings, *, run_ingest: bool = True) -> SitesOrigin:
     """The uploader's ASGI app: the API, and sites for requests on the sites listener;
     ``run_ingest`` also runs the ingest stage in this process."""
+    statuses = StatusReporter(settings)  # ConfigError at start for odd status settings
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         keys = Keys(settings.namespace)
         redis = make_redis(settings)
-        storage = Storage(
-            make_s3_client(settings), settings.s3_bucket, concurrency=settings.upload_concurrency
-        )
+        storage = open_storage(settings)
         try:
             await storage.ensure_bucket()
         except StorageError as exc:
@@ -65,7 +68,9 @@ def create_app(settings: Settings, *, run_ingest: bool = True) -> SitesOrigin:
             keys=keys,
             max_followers=settings.max_log_streams,
         )
-        app.state.services = Services(settings, keys, redis, storage, store, hub)
+        app.state.services = Services(
+            settings, keys, redis, storage, store, hub, statuses.bind(redis)
+        )
         stopping = anyio.Event()
         hub_scope = anyio.CancelScope()
 
@@ -76,6 +81,7 @@ def create_app(settings: Settings, *, run_ingest: bool = True) -> SitesOrigin:
                     hub_tasks.start_soon(
                         partial(record_durations, hub, store, ttl_s=settings.job_ttl_s)
                     )
+                    hub_tasks.start_soon(report_statuses, hub, store, statuses)
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(run_hub)
@@ -100,6 +106,11 @@ def create_app(settings: Settings, *, run_ingest: bool = True) -> SitesOrigin:
                     # A job that ends here (its clone failed, or it was cancelled)
                     # keeps its record and log in S3 like one that ends in a deployer.
                     on_end=partial(keep_ended, redis, keys, storage),
+                    # A deployer of this host that died holds its deploy locks no more.
+                    on_worker_ended=partial(
+                        release_locks_of_ended,
+                        LockBook(redis, keys, events_max=settings.events_max_entries),
+                    ),
                 )
                 tg.start_soon(consumer.run, stopping)
             try:
@@ -107,6 +118,7 @@ def create_app(settings: Settings, *, run_ingest: bool = True) -> SitesOrigin:
             finally:
                 stopping.set()
                 hub_scope.cancel()
+        await statuses.aclose()
         await redis.aclose()
 
     app = FastAPI(title="buildq", version=__version__, lifespan=lifespan)
@@ -122,5 +134,6 @@ def create_app(settings: Settings, *, run_ingest: bool = True) -> SitesOrigin:
     app.include_router(serving.router)
     app.include_router(events.router)
     app.include_router(dashboard.router)
+    app.include_router(login.router)
 
     return SitesOrigin(app, settings.sites_port)

@@ -188,6 +188,21 @@ class Authenticator:
                 found = entry.identity
         return found
 
+    def fingerprint(self, name: str) -> str | None:
+        """A mark of ``name``'s token (a hash of its digest, not the token) that a login
+        session keeps, so a session outlives neither its token's rotation nor removal."""
+        for entry in self.entries:
+            if entry.identity.name == name:
+                return hashlib.sha256(b"buildq-session\0" + entry.digest).hexdigest()
+        return None
+
+    def by_fingerprint(self, name: str, mark: str) -> Identity | None:
+        """The identity named ``name`` while its token still has ``mark``, else None."""
+        current = self.fingerprint(name)
+        if current is None or not hmac.compare_digest(current.encode(), mark.encode()):
+            return None
+        return self.by_name[name]
+
 
 def local_identity() -> Identity:
     """The caller in local mode: an admin named after the OS user (else ``local``)."""

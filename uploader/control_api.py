@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import structlog
 from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.engine.fleet import read_fleet, write_fleet
 from shared.engine.jobs import TERMINAL, Status
+from shared.engine.outcome import outcome_line
 from shared.engine.replies import CancelReply
 from shared.engine.stages import BUILD, INGEST
 from uploader.access import Caller
@@ -17,6 +19,7 @@ from uploader.auth import Action, require
 from uploader.jsonbody import ParsedJSONRoute
 
 router = APIRouter(route_class=ParsedJSONRoute)
+log = structlog.get_logger("control")
 
 
 class FleetUpdate(BaseModel):
@@ -43,6 +46,9 @@ async def cancel_deployment(job_id: str, svc: Svc, who: Caller) -> dict[str, Any
         raise HTTPException(409, f"deployment {job_id} has already ended ({result.status})")
     if result.reply is not CancelReply.CANCELLED:
         raise HTTPException(404, f"no deployment {job_id!r}")
+    ended = await svc.store.get_raw(job_id)
+    if ended:  # this call ended the job: its one outcome line (a worker's end finds it ended)
+        log.info("job.outcome", job_id=job_id, service=record.service, **outcome_line(ended))
     return {"id": job_id, "status": Status.CANCELLED.value, "was": result.status}
 
 

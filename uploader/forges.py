@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
 ZERO_SHA = "0" * 40
+# owner/name (letters, digits, '.', '_', '-') or a project id: safe in an API path.
+STATUS_REPO_RE = re.compile(r"[A-Za-z0-9_.-]{1,100}/[A-Za-z0-9_.-]{1,100}|[0-9]{1,20}")
 PREVIEW_ACTIONS = frozenset({"opened", "synchronize", "synchronized", "reopened"})
 GITLAB_MR_ACTIONS = frozenset({"open", "update", "reopen"})
 
@@ -82,6 +85,7 @@ class Forge:
     verify_with: Callable[[str, bytes, str], bool]
     repo_paths: tuple[tuple[str, ...], ...]
     read: Callable[[str, Any], HookEvent]
+    status_repo_path: tuple[str, ...]  # what the commit status API names the repository by
     extra_delivery_headers: tuple[str, ...] = field(default=())
 
     def verify(self, headers: Headers, body: bytes, secret: str) -> bool:
@@ -100,6 +104,13 @@ class Forge:
             if value:
                 return value[:200]
         return "body-" + hashlib.sha256(body).hexdigest()
+
+    def status_repo(self, document: Any) -> str | None:
+        """The repository as the forge's commit status API names it: ``owner/name``
+        (GitHub, Gitea) or the numeric project id (GitLab); None when absent or odd."""
+        value = _get(document, *self.status_repo_path)
+        text = str(value) if isinstance(value, (str, int)) and not isinstance(value, bool) else ""
+        return text if STATUS_REPO_RE.fullmatch(text) else None
 
     def event(self, headers: Headers, document: Any) -> HookEvent:
         """The delivery read; UnsupportedEvent for an event type buildq ignores."""
@@ -183,6 +194,7 @@ FORGES = {
         verify_with=_github_signature,
         repo_paths=GITHUB_REPO,
         read=_github,
+        status_repo_path=("repository", "full_name"),
     ),
     "gitea": Forge(
         name="gitea",
@@ -192,6 +204,7 @@ FORGES = {
         verify_with=_gitea_signature,
         repo_paths=GITHUB_REPO,
         read=_gitea,
+        status_repo_path=("repository", "full_name"),
     ),
     "gitlab": Forge(
         name="gitlab",
@@ -206,6 +219,7 @@ FORGES = {
             ("repository", "git_http_url"),
         ),
         read=_gitlab,
+        status_repo_path=("project", "id"),
         extra_delivery_headers=("idempotency-key",),
     ),
 }

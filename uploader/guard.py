@@ -2,7 +2,8 @@
 chosen and before a body is read whole.
 
 In order: the ``Host`` header (``uploader/origin.py``); who is calling
-(``uploader/access.py``: 401 without a valid token, 403 for a viewer's write), so
+(``uploader/access.py``: a token or a login cookie; 401 without either, 403 for a
+viewer's write), so
 that an anonymous caller learns nothing about paths and makes the server read no
 body; the cross-site write check; the body cap (``BUILDQ_MAX_BODY_BYTES``: 413 by
 Content-Length, then by a running count for chunked bodies); strict JSON
@@ -16,7 +17,7 @@ from __future__ import annotations
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.core.settings import Settings
-from uploader.access import SAFE_METHODS, SCOPE_KEY, Gatekeeper, is_chatops
+from uploader.access import SAFE_METHODS, SCOPE_KEY, Gatekeeper, is_chatops, is_form
 from uploader.jsonbody import is_json, keep_document, parse_json_body
 from uploader.origin import OriginPolicy, header
 from uploader.refused import Refused, refusal_response
@@ -78,11 +79,11 @@ class RequestGuard:
         method, path = scope["method"], scope["path"]
         try:
             self.origins.check_host_header(scope)
-            identity = self.gatekeeper.identify(method, path, header(scope, b"authorization"))
+            identity = await self.gatekeeper.identify_request(scope)
             if identity is not None:
                 scope[SCOPE_KEY] = identity
             if method not in SAFE_METHODS and not is_chatops(method, path):
-                self.origins.check_cross_site(scope)
+                self.origins.check_cross_site(scope, form=is_form(method, path))
             body = None
             if method not in ("GET", "HEAD"):
                 body = await read_capped(scope, receive, self.max_body_bytes)

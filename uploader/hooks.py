@@ -24,16 +24,19 @@ from typing import Any
 import structlog
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse
+from starlette.background import BackgroundTasks
 
 from shared.coord.secrets import unseal
 from shared.coord.services import ServiceBook, ServiceRecord
 from shared.core.errors import ConfigError, ValidationError
 from shared.core.names import validate_name
+from shared.engine.jobs import Priority
 from uploader.api import Svc
 from uploader.auth import Identity, Role
 from uploader.forges import FORGES, Forge, HookEvent, Kind, UnsupportedEvent
 from uploader.jsonbody import DOCUMENT_KEY, parse_json_body
 from uploader.state import Services
+from uploader.statuses import StatusTarget, report_pending
 from uploader.submit import Forbidden, RateLimited, Submission, submit
 
 router = APIRouter(tags=["hooks"])
@@ -110,7 +113,28 @@ async def _receive(forge: Forge, request: Request, svc: Services) -> JSONRespons
     results = [await _deploy(svc, forge, record, event, delivery) for record in verified]
     created = any(r.get("created") for r in results)
     status = "queued" if created else "duplicate" if any("id" in r for r in results) else "ignored"
-    return JSONResponse({"status": status, "deployments": results}, status_code=202)
+    pending = await _remember_targets(svc, forge, document, results)
+    return JSONResponse(
+        {"status": status, "deployments": results}, status_code=202, background=pending
+    )
+
+
+async def _remember_targets(
+    svc: Services, forge: Forge, document: Any, results: list[dict[str, Any]]
+) -> BackgroundTasks | None:
+    """Where the new deploys' commit statuses go, and their ``pending`` posts to run
+    after the answer (the forge waits on nobody); None when statuses are off."""
+    reporter = svc.statuses
+    repo = forge.status_repo(document)
+    if reporter is None or not reporter.enabled(forge.name) or repo is None:
+        return None
+    tasks = BackgroundTasks()
+    for result in results:
+        if result.get("created"):
+            target = StatusTarget(forge.name, repo, result["commit"], result["service"])
+            await reporter.remember(result["id"], target)
+            tasks.add_task(report_pending, reporter, result["id"], target)
+    return tasks
 
 
 async def _deploy(
@@ -128,6 +152,8 @@ async def _deploy(
         event.commit,  # pinned: this commit, not whatever the branch points at later
         build.pop("root_dir", None),
         build or None,
+        # Production pushes go ahead of manual deploys (normal) and previews (low).
+        Priority.HIGH if target == record.name else Priority.LOW,
     )
     key = f"hook:{forge.name}:{delivery}:{target}"
     try:

@@ -1,24 +1,79 @@
-"""``GET /metrics``: fleet-wide Prometheus gauges, read from Redis at scrape time.
+"""``GET /metrics``: fleet-wide Prometheus metrics, read from Redis at scrape time.
 
 Deployers run anywhere, so the uploader reports what Redis knows about all of them:
-queue depths (what an autoscaler such as KEDA scales on), workers, busy slots and
-heartbeat ages, and whether the fleet is paused.
+gauges of queue depths, jobs in flight (what an autoscaler such as KEDA should scale
+on), workers, busy slots and heartbeat ages, and whether the fleet is paused; and the
+counters and histograms every worker keeps in the stats hash
+(:mod:`shared.engine.stats`): ended deployments by status, retries, recoveries, phase
+durations and deploy-lock waits.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterator
 
 from fastapi import APIRouter
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from shared.engine.fleet import read_fleet
 from shared.engine.queue import read_counts
+from shared.engine.stats import Histogram, Stats, read_inflight, read_stats
 from shared.engine.workers import list_workers
 from uploader.api import Svc
 
 router = APIRouter()
+
+
+def _buckets(h: Histogram) -> list[tuple[str, float]]:
+    return [("+Inf" if b == float("inf") else repr(b), n) for b, n in h.buckets]
+
+
+class StatsCollector(Collector):
+    """The stats hash as one scrape's counter and histogram families."""
+
+    def __init__(self, stats: Stats) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        s = self.stats
+        ended = CounterMetricFamily(
+            "buildq_deployments", "Deployments that ended, by final status", labels=["status"]
+        )
+        for status, n in sorted(s.deployments.items()):
+            ended.add_metric([status], n)
+        yield ended
+        for name, doc, value in (
+            (
+                "buildq_dead_letters",
+                "Failed deployments given up after max attempts",
+                s.dead_letters,
+            ),
+            ("buildq_retries", "Runs ended by a transient fault and retried later", s.retries),
+            (
+                "buildq_recoveries",
+                "Jobs requeued from workers that died",
+                s.recoveries,
+            ),
+        ):
+            yield CounterMetricFamily(name, doc, value=value)
+        phases = HistogramMetricFamily(
+            "buildq_phase_seconds",
+            "Time in each phase of ended deployments ('total': submission to end)",
+            labels=["phase"],
+        )
+        for phase, h in s.phases.items():
+            phases.add_metric([phase], _buckets(h), sum_value=h.sum_s)
+        yield phases
+        if s.lock_wait is not None:
+            lock = HistogramMetricFamily(
+                "buildq_lock_wait_seconds", "Time a job waited for its deploy lock"
+            )
+            lock.add_metric([], _buckets(s.lock_wait), sum_value=s.lock_wait.sum_s)
+            yield lock
 
 
 @router.get("/metrics", response_class=Response)
@@ -28,8 +83,15 @@ async def metrics(svc: Svc) -> Response:
     counts = await read_counts(svc.redis, k)
     workers = await list_workers(svc.redis, k)
     fleet = await read_fleet(svc.redis, k)
+    inflight = await read_inflight(svc.redis, k)
 
     registry = CollectorRegistry()
+    registry.register(StatsCollector(await read_stats(svc.redis, k)))
+    Gauge(
+        "buildq_jobs_inflight",
+        "Jobs waiting (both queues, delayed) plus running: the autoscaling signal",
+        registry=registry,
+    ).set(inflight.total)
     depth = Gauge("buildq_queue_length", "Jobs waiting, by list", ["queue"], registry=registry)
     for name, value in (
         ("ingest", counts.ingest),

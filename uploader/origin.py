@@ -94,9 +94,14 @@ class OriginPolicy:
                 400, f"host {given[:100]!r} is not an allowed host (BUILDQ_ALLOWED_HOSTS)"
             )
 
-    def check_cross_site(self, scope: Scope) -> None:
-        """403 for a foreign Origin; 415 for a body a cross-site form could send."""
+    def check_cross_site(self, scope: Scope, *, form: bool = False) -> None:
+        """403 for a foreign Origin; 415 for a body a cross-site form could send.
+
+        ``form``: one of our own forms (``POST /login``, ``/logout``): a form body is
+        fine, but the browser's ``Origin`` must be there and name the API."""
         origin = header(scope, b"origin")
+        if origin is None and form:
+            raise Refused(403, "a form post needs the browser's Origin header")
         if origin is not None:
             parts = urlsplit(origin.decode("latin-1").strip())
             try:
@@ -106,7 +111,7 @@ class OriginPolicy:
             on_sites = port == self.sites_port != self.port
             if not host_allowed(parts.hostname, self.hosts) or on_sites:
                 raise Refused(403, "cross-origin requests may not change anything")
-        if header(scope, b"authorization") is not None:
+        if form or header(scope, b"authorization") is not None:
             return  # a foreign page cannot set it without a CORS preflight
         media = (header(scope, b"content-type") or b"").decode("latin-1")
         if media.split(";", 1)[0].strip().lower() != "application/json":

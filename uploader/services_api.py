@@ -4,7 +4,8 @@ secrets (``shared/coord/secrets.py``).
 ``PUT /services/{name}`` is for a deployer of that service or an admin, ``DELETE``
 for admins (deployments stay in the history). Secrets are set, listed (names and
 update times only) and removed by deployers of the service; their values, like the
-webhook secret, are write-only.
+webhook secret, are write-only. ``POST /services/{name}/rollback`` (deployers of the
+service) moves the live alias back to an earlier deployment (``shared/coord/rollback.py``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Path, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from shared.coord.lockbook import MANUAL_TASK, LockRecord
+from shared.coord.rollback import RollbackRefused, Rollbacks
 from shared.coord.secrets import SecretStore, seal, validate_secret_name
 from shared.coord.services import DEFAULT_BRANCH, BuildDefaults, ServiceBook, ServiceRecord
 from shared.coord.sites import Sites
@@ -25,6 +28,7 @@ from uploader.access import Caller
 from uploader.api import Svc
 from uploader.auth import Action, Role, require
 from uploader.jsonbody import ParsedJSONRoute
+from uploader.ownership import describe_lock
 from uploader.repourl import REF_RE, is_commit_id, validate_ref, validate_repo_url
 from uploader.state import Services
 from uploader.submit import repo_hosts
@@ -64,10 +68,31 @@ class ServiceView(ServiceRecord):
 
 
 class ServiceDetail(ServiceView):
-    """One service with its live deployment and the last deployments."""
+    """One service with its live deployment, what went live lately (deploys and
+    rollbacks, newest first) and the last deployments."""
 
     live: dict[str, str]
+    promotions: list[dict[str, Any]]
     deployments: list[JobRecord]
+
+
+class RollbackSpec(BaseModel):
+    """``POST /services/{name}/rollback`` body: the deployment to go back to
+    (default: the one live before the current one)."""
+
+    model_config = ConfigDict(extra="forbid")
+    to: str | None = Field(None, min_length=1, max_length=64)
+
+
+class RollbackView(BaseModel):
+    """A rollback made: the deployment now live, its new seq, what it replaced."""
+
+    service: str
+    id: str
+    seq: int
+    previous: str | None
+    rollback: bool = True
+    url: str
 
 
 class SecretValue(BaseModel):
@@ -147,7 +172,46 @@ async def get_service(name: ServiceName, svc: Svc) -> ServiceDetail:
     return ServiceDetail(
         **_view(svc, record).model_dump(),
         live=await sites.live(record.name),
+        promotions=await sites.promotions(record.name, limit=HISTORY),
         deployments=await svc.store.recent(limit=HISTORY, service=record.name),
+    )
+
+
+@router.post("/services/{name}/rollback", response_model=RollbackView)
+async def rollback_service(
+    name: ServiceName, svc: Svc, who: Caller, spec: RollbackSpec | None = None
+) -> RollbackView:
+    """Serve an earlier deployment again at once: no build, no upload; a new
+    promotion (higher seq, new fence), so older deploys in flight cannot undo it."""
+    require(who, Action.DEPLOY, validate_name(name))
+    sites = Sites(svc.redis, svc.keys, events_max=svc.settings.events_max_entries)
+    live = await sites.live(name)
+    if not live and await ServiceBook(svc.redis, svc.keys).get(name) is None:
+        raise HTTPException(404, f"no service {name!r}")
+    held = await svc.redis.get(svc.keys.lock(name))
+    holder = LockRecord.parse(name, held) if held else None
+    if (
+        holder is not None
+        and holder.task == MANUAL_TASK
+        and holder.owner != who.name
+        and who.role is not Role.ADMIN
+    ):
+        # Someone froze this service on purpose: a rollback is a change like any other.
+        raise HTTPException(409, f"{describe_lock(holder)}; ask them, or an admin")
+    to = spec.to if spec is not None else None
+    try:
+        target, result = await Rollbacks(sites, svc.store, svc.storage).roll_back(
+            name, to, by=who.name
+        )
+    except RollbackRefused as exc:
+        raise HTTPException(404 if exc.missing else 409, str(exc)) from None
+    assert result.seq is not None
+    return RollbackView(
+        service=name,
+        id=target,
+        seq=result.seq,
+        previous=live.get("id"),
+        url=site_url(svc.settings, name),
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from fastapi import Request
 from redis.asyncio import Redis
@@ -12,6 +13,9 @@ from shared.engine.jobs import JobStore
 from shared.redis.keys import Keys
 from shared.storage.s3 import Storage
 from uploader.loghub import LogHub
+
+if TYPE_CHECKING:
+    from uploader.statuses import StatusReporter
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +28,7 @@ class Services:
     storage: Storage
     store: JobStore
     logs: LogHub | None = None  # followers of build logs (None: streaming off)
+    statuses: StatusReporter | None = None  # commit statuses to forges (None: off)
 
 
 def services(request: Request) -> Services:

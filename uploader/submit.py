@@ -22,7 +22,8 @@ from shared.coord.services import ServiceBook
 from shared.core.errors import PermanentError, TransientError, ValidationError
 from shared.core.names import service_from_repo_url, validate_name, validate_relative_dir
 from shared.core.settings import Settings
-from shared.engine.jobs import Status, new_job_id
+from shared.engine.durable import keep_accepted
+from shared.engine.jobs import Priority, Status, new_job_id
 from uploader.auth import Action, Identity, decide
 from uploader.netcheck import HostPolicy
 from uploader.ratelimit import submission_wait_s
@@ -60,6 +61,7 @@ class Submission:
     ref: str | None = None
     root_dir: str | None = None
     build: Mapping[str, Any] | None = None
+    priority: Priority = Priority.NORMAL
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +125,15 @@ def _record_fields(svc: Services, who: Identity, submission: Submission) -> dict
     build = dict(submission.build) if submission.build else None
     if build and "output" in build:
         build["output"] = validate_relative_dir(build["output"], "build output") or "."
-    return {"service": service, "repo_url": url, "ref": ref, "root_dir": root_dir, "build": build}
+    return {
+        "service": service,
+        "repo_url": url,
+        "ref": ref,
+        "root_dir": root_dir,
+        "build": build,
+        "submitter": who.name,
+        "priority": submission.priority,
+    }
 
 
 async def submit(
@@ -147,6 +157,7 @@ async def submit(
     job_id = new_job_id(clock)
     if idempotency_key is None:
         seq = await svc.store.submit(job_id, **fields)
+        await _keep_accepted(svc, job_id)
         return Receipt(job_id, Status.ACCEPTED, fields["service"], seq)
     # Scoped to the caller: another identity's key can neither replay nor block this one.
     scoped = f"{who.name}\x00{idempotency_key}".encode("utf-8", "surrogatepass")
@@ -155,4 +166,15 @@ async def submit(
     record = await svc.store.get(job_id)
     if record is None:
         raise KeyExpired("the job for this Idempotency-Key has expired; use a new key")
+    if created:
+        await keep_accepted(svc.storage, record)
     return Receipt(job_id, record.status, record.service, record.seq, created)
+
+
+async def _keep_accepted(svc: Services, job_id: str) -> None:
+    """The job's S3 copy from its acceptance on (``shared/engine/durable.py``), so
+    ``buildq doctor --recover`` can queue it again if Redis loses it. Best effort: the
+    job is in Redis, and a failed write is logged there."""
+    record = await svc.store.get(job_id)
+    if record is not None:  # None: cancelled and expired already; nothing to keep
+        await keep_accepted(svc.storage, record)

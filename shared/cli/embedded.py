@@ -1,4 +1,5 @@
-"""Embedded infrastructure for ``buildq up``: a real valkey-server and a moto S3 server."""
+"""Embedded infrastructure: a real valkey-server (``buildq up`` and the tests) and a
+moto S3 server (the tests; ``buildq up`` keeps objects in a directory instead)."""
 
 from __future__ import annotations
 

@@ -14,9 +14,10 @@ from shared.core.errors import BuildqError, ConfigError
 from shared.core.settings import Settings, load_settings
 from shared.redis.client import make_redis
 from shared.redis.keys import Keys
+from shared.storage.backend import open_storage
 from shared.storage.gc import DEFAULT_KEEP_RECENT, Collection, collect
 from shared.storage.manifest import manifest_key
-from shared.storage.s3 import ObjectNotFound, Storage, make_s3_client
+from shared.storage.s3 import ObjectNotFound, Storage
 
 MIN_GRACE_S = 3600  # shorter could hurt a publish in flight (see shared/storage/gc.py)
 ALIAS_PREFIX = "aliases/"
@@ -66,12 +67,12 @@ def _report(result: Collection) -> str:
 )
 @click.option(
     "--keep",
-    default=DEFAULT_KEEP_RECENT,
-    show_default=True,
+    default=None,
     type=click.IntRange(1, 100_000),
-    help="newest deployments of each service kept besides the live one",
+    help="newest deployments of each service kept besides the live one "
+    f"[default: BUILDQ_KEEP_DEPLOYMENTS, else {DEFAULT_KEEP_RECENT}]",
 )
-def gc(dry_run: bool, grace: str, keep: int) -> None:
+def gc(dry_run: bool, grace: str, keep: int | None) -> None:
     """Delete published files no kept deployment references (talks to Redis and S3)."""
     grace_s = parse_duration_s(grace)
     if grace_s < MIN_GRACE_S:
@@ -85,14 +86,12 @@ def gc(dry_run: bool, grace: str, keep: int) -> None:
         raise click.ClickException(str(exc)) from None
 
     async def run() -> Collection:
-        storage = Storage(
-            make_s3_client(settings), settings.s3_bucket, concurrency=settings.upload_concurrency
-        )
+        storage = open_storage(settings)
         return await collect(
             storage,
             lambda: live_deployments(settings, storage),
             grace_s=grace_s,
-            keep_recent=keep,
+            keep_recent=keep or settings.keep_deployments,
             dry_run=dry_run,
         )
 

@@ -9,12 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich.console import Console
 
 from shared import __version__
 from shared.cli import views
 from shared.cli.client import ApiError, Client
 from shared.cli.common import api_option, call_api, json_option
-from shared.cli.render import Output, print_json
+from shared.cli.progress import JsonProgress, LiveProgress, PlainProgress, Progress, follow
+from shared.cli.render import Output, print_json, stdout_is_terminal
 from shared.core.errors import BuildqError, ConfigError
 from shared.core.settings import load_settings
 
@@ -64,6 +66,7 @@ def up(deployers: int, port: int, sites_port: int | None, demo: bool, data_dir: 
     code = 0
     try:
         stack.start(say=click.echo)
+        click.echo(f"dashboard       {stack.api_url}/")
         if demo and not stack.stop_requested:
             code = _run_demo(stack, started)
         click.echo("buildq is up; press Ctrl-C to stop.")
@@ -86,7 +89,7 @@ def _run_demo(stack: Any, started: float) -> int:
     try:
         accepted = client.submit(f"file://{repo}", service="demo")
         click.echo(f"demo: deploying file://{repo} as job {accepted['id']}")
-        code = _follow(client, accepted["id"], quiet_lines=True)
+        code = _follow(client, accepted["id"], PlainProgress(show_lines=False))
     finally:
         client.close()
     if code == 0:
@@ -94,21 +97,19 @@ def _run_demo(stack: Any, started: float) -> int:
     return code
 
 
-def _follow(client: Client, job_id: str, *, quiet_lines: bool = False) -> int:
-    for entry in client.follow(job_id):
-        if entry["kind"] in ("phase", "end"):
-            click.echo(f"==> {entry['status']}")
-        elif entry["kind"] == "line" and not quiet_lines:
-            click.echo(f"    {entry['text']}")
-    record = client.job(job_id)
-    if record["status"] == "live":
-        click.echo(f"live: {record['url']}")
-        return 0
-    if record["status"] == "superseded":
-        click.echo(f"superseded by a newer deployment; preview: {record['url']}")
-        return 0
-    click.echo(f"{record['status']}: {record.get('error') or 'no error recorded'}", err=True)
-    return 1
+def _follow(client: Client, job_id: str, view: Progress) -> int:
+    """Show ``job_id`` in ``view`` until it ends; its exit code."""
+    with view:
+        follow(client.follow(job_id), view)
+        return view.finish(client.job(job_id))
+
+
+def _deploy_view(as_json: bool) -> Progress:
+    if as_json:
+        return JsonProgress()
+    if stdout_is_terminal():
+        return LiveProgress(Console(highlight=False))
+    return PlainProgress()
 
 
 @main.command()
@@ -116,18 +117,38 @@ def _follow(client: Client, job_id: str, *, quiet_lines: bool = False) -> int:
 @click.option("--service", help="service name (default: from the repository name)")
 @click.option("--ref", help="branch or tag (default: the repository's default branch)")
 @click.option("--root", "root_dir", help="directory inside the repository to build")
+@click.option("--json", "as_json", is_flag=True, help="print only the final job record as JSON")
 @api_option
 def deploy(
-    repo_url: str, service: str | None, ref: str | None, root_dir: str | None, api_url: str
+    repo_url: str,
+    *,
+    service: str | None,
+    ref: str | None,
+    root_dir: str | None,
+    as_json: bool,
+    api_url: str,
 ) -> None:
-    """Deploy REPO_URL, follow its phases and build log, print the live URL."""
+    """Deploy REPO_URL, follow its phases and build log, print the live URL.
+
+    On a terminal a live line shows the phase and the time since submission; in a
+    pipe each phase change is one line (``==> PHASE (ELAPSED)``) and log lines are
+    indented. Exit code 0 when live, 1 with the error on failure or cancellation."""
     client = Client(api_url)
+    view = _deploy_view(as_json)
+    job_id = None
     try:
         accepted = client.submit(repo_url, service=service, ref=ref, root_dir=root_dir)
-        click.echo(f"job {accepted['id']} accepted (service {accepted['service']})")
-        code = _follow(client, accepted["id"])
+        job_id = accepted["id"]
+        if not as_json:
+            click.echo(f"job {job_id} accepted (service {accepted['service']})")
+        code = _follow(client, job_id, view)
     except ApiError as exc:
         raise click.ClickException(str(exc)) from None
+    except KeyboardInterrupt:
+        if job_id is None:
+            raise
+        click.echo(f"stopped following; job {job_id} goes on (buildq cancel {job_id})", err=True)
+        code = 130
     finally:
         client.close()
     sys.exit(code)
@@ -224,12 +245,25 @@ def resume(max_concurrency: int | None, no_limit: bool, api_url: str) -> None:
 
 @main.command()
 @click.option("--fix", is_flag=True, help="repair what recovery would repair")
-def doctor(fix: bool) -> None:
+@click.option(
+    "--recover",
+    is_flag=True,
+    help="after Redis lost data: restore aliases, counters and unfinished jobs from S3",
+)
+@click.option("--json", "as_json", is_flag=True, help="with --recover: print counts as JSON")
+def doctor(fix: bool, recover: bool, as_json: bool) -> None:
     """Check that every job sits in exactly one queue (talks to Redis directly) and
     say which build resource limits this host enforces.
 
-    Columns: result (FOUND or fixed), problem, job, detail; then a count line."""
+    Columns: result (FOUND or fixed), problem, job, detail; then a count line.
+    With --recover (shared/cli/recover.py), rebuild from S3 instead."""
     import anyio
+
+    if recover:
+        from shared.cli.recover import recover_command
+
+        recover_command(_settings_or_exit(), as_json=as_json)
+        return
 
     from shared.cli.doctor import Doctor, build_limits
     from shared.redis.client import make_redis

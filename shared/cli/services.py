@@ -1,4 +1,5 @@
-"""``buildq services`` and ``buildq service set|show``: services as records."""
+"""``buildq services``, ``buildq service set|show`` and ``buildq rollback``: services
+as records, and going back to an earlier deployment."""
 
 from __future__ import annotations
 
@@ -29,6 +30,12 @@ class ServicesClient(Client):
     def put_service(self, name: str, body: Mapping[str, Any]) -> dict[str, Any]:
         path = f"/services/{quote(name, safe='')}"
         result: dict[str, Any] = self._call("PUT", path, json=dict(body))
+        return result
+
+    def rollback(self, name: str, to: str | None) -> dict[str, Any]:
+        path = f"/services/{quote(name, safe='')}/rollback"
+        body = {"to": to} if to else {}
+        result: dict[str, Any] = self._call("POST", path, json=body)
         return result
 
 
@@ -74,6 +81,7 @@ def service_listings(service: Mapping[str, Any]) -> list[Listing]:
         ("webhook secret", service.get("webhook_secret_set")),
         ("url", service.get("url")),
         ("live", live.get("id")),
+        ("rolled back from", live.get("from") if live.get("rollback") else None),
         ("updated", format_ms(service.get("updated_at"), never="-")),
         ("updated by", service.get("updated_by")),
     ]
@@ -187,7 +195,28 @@ def service_show(name: str, as_json: bool, api_url: str) -> None:
         out.listing(listing)
 
 
+@click.command("rollback")
+@click.argument("name")
+@click.argument("deployment", required=False)
+@json_option
+@api_option
+def rollback(name: str, deployment: str | None, as_json: bool, api_url: str) -> None:
+    """Serve an earlier deployment of service NAME again, at once (no build).
+
+    DEPLOYMENT defaults to the one live before the current one; it must be of
+    NAME and still published (BUILDQ_KEEP_DEPLOYMENTS keeps the newest)."""
+    done = _call(api_url, "rollback", name, deployment)
+    if as_json:
+        print_json(done)
+        return
+    click.echo(
+        f"{done['service']} now serves {done['id']} (seq {done['seq']}, was "
+        f"{done.get('previous') or 'nothing'}): {done['url']}"
+    )
+
+
 def register(group: click.Group) -> None:
     """Add the service commands to the ``buildq`` group."""
     group.add_command(services)
     group.add_command(service)
+    group.add_command(rollback)

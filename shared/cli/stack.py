@@ -1,10 +1,12 @@
 """``buildq up``: run the whole stack as supervised child processes.
 
-Embedded valkey-server and moto start when no Redis/S3 is configured. The uploader
-and N deployers run as ``python -m uploader`` / ``python -m deployer``. Every
-child runs in its own session; stopping sends SIGTERM to the services first (they
-drain), then to valkey (it flushes its append-only file) and moto, and SIGKILLs
-whatever outlives its grace period. All data lives under one directory.
+An embedded valkey-server starts when no Redis is configured; with no S3 either,
+objects live in ``<data dir>/storage`` (:mod:`shared.storage.localdir`), as durable
+as valkey's append-only file. The uploader and N deployers run as
+``python -m uploader`` / ``python -m deployer``. Every child runs in its own
+session; stopping sends SIGTERM to the services first (they drain), then to valkey
+(it flushes its append-only file), and SIGKILLs whatever outlives its grace period.
+All data lives under one directory.
 """
 
 from __future__ import annotations
@@ -15,23 +17,17 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import IO
+from urllib.parse import urlsplit
 
 import httpx
 
 from shared.cli.childenv import service_env
-from shared.cli.embedded import (
-    EMBEDDED_AWS_ENV,
-    free_port,
-    start_moto,
-    start_valkey,
-    stop_process,
-    wait_for_port,
-)
+from shared.cli.embedded import free_port, start_valkey, stop_process, wait_for_port
 from shared.core.errors import ConfigError
 
 SERVICE_STOP_TIMEOUT_S = 35.0
@@ -71,7 +67,7 @@ class Stack:
     infra: list[Child] = field(default_factory=list)
     services: list[Child] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
-    embedded_aws: dict[str, str] | None = None  # the embedded S3's dummy credentials
+    embedded_aws: dict[str, str] | None = None  # the children's AWS_* (None: the user's)
     stop_requested: bool = False
     say: Callable[[str], None] = print
 
@@ -94,7 +90,9 @@ class Stack:
             raise ConfigError(f"port {self.sites_port} is already in use; pass --sites-port")
         env = dict(self.environ)
         embedded = False
-        if "BUILDQ_REDIS_URL" not in env:
+        if env.get("BUILDQ_REDIS_URL") or env.get("BUILDQ_REDIS_SENTINELS"):
+            say(f"redis           {describe_redis(env)}  (configured: nothing embedded)")
+        else:
             port = free_port()
             log = self._log("valkey")
 
@@ -105,18 +103,14 @@ class Stack:
             env["BUILDQ_REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
             embedded = True
             say(f"valkey-server   127.0.0.1:{port}  (append-only file in {self.data_dir}/valkey)")
-        if "BUILDQ_S3_ENDPOINT_URL" not in env:
-            port = free_port()
-            log = self._log("s3")
-
-            def s3(port: int = port, log: IO[bytes] = log) -> subprocess.Popen[bytes]:
-                return start_moto(port, log=log)
-
-            self.infra.append(Child("s3", s3(), s3, log))
-            env["BUILDQ_S3_ENDPOINT_URL"] = f"http://127.0.0.1:{port}"
-            self.embedded_aws = dict(EMBEDDED_AWS_ENV)
+        if env.get("BUILDQ_S3_ENDPOINT_URL"):
+            say(f"S3              {env['BUILDQ_S3_ENDPOINT_URL']}  (configured: nothing embedded)")
+        else:
+            storage = Path(env.get("BUILDQ_STORAGE_DIR") or self.data_dir / "storage")
+            env["BUILDQ_STORAGE_DIR"] = str(storage.resolve())
+            self.embedded_aws = {}  # no cloud credentials for children that use none
             embedded = True
-            say(f"S3 (moto)       127.0.0.1:{port}  (in memory)")
+            say(f"storage         {env['BUILDQ_STORAGE_DIR']}  (a local directory, no S3)")
         if embedded:
             env.setdefault("BUILDQ_ALLOW_LOCAL_REPOS", "true")
         env["BUILDQ_PORT"] = str(self.port)
@@ -216,3 +210,14 @@ class Stack:
         child.restarts.append(now)
         self.say(f"{child.name} exited with status {child.proc.returncode}; restarting it")
         child.proc = child.restart()
+
+
+def describe_redis(env: Mapping[str, str]) -> str:
+    """The configured Redis as ``buildq up`` names it: no password, the topology."""
+    if env.get("BUILDQ_REDIS_SENTINELS"):
+        service = env.get("BUILDQ_REDIS_SENTINEL_SERVICE", "")
+        return f"sentinels {env['BUILDQ_REDIS_SENTINELS']} (service {service or '?'})"
+    parts = urlsplit(env["BUILDQ_REDIS_URL"])
+    where = f"{parts.scheme}://{parts.hostname}:{parts.port or 6379}{parts.path}"
+    cluster = env.get("BUILDQ_REDIS_CLUSTER", "").lower() in ("1", "true", "yes", "on")
+    return f"{where} (cluster seed)" if cluster else where

@@ -22,6 +22,14 @@ class Verdict(StrEnum):
     ENDED = "ended"  # the job has ended (e.g. cancelled) and never goes live
 
 
+class RolledBack(StrEnum):
+    """What a rollback attempt (``rollback.lua``) did."""
+
+    ROLLED_BACK = "rolled_back"
+    MOVED = "moved"  # the live deployment is no longer the one the caller chose from
+    ALREADY_LIVE = "already_live"
+
+
 class Released(StrEnum):
     """What a release by owner (or forced) did: ``lock_release.lua`` in its owner and
     force modes, and ``staging_release.lua``."""
@@ -64,6 +72,10 @@ class ClaimReply(StrEnum):
 PROMOTE = ReplyTable(
     "promote", {1: Verdict.PROMOTED, 0: Verdict.SUPERSEDED, -1: Verdict.FENCED, -2: Verdict.ENDED}
 )
+ROLLBACK = ReplyTable(
+    "rollback",
+    {1: RolledBack.ROLLED_BACK, 0: RolledBack.MOVED, -1: RolledBack.ALREADY_LIVE},
+)
 LOCK_ACQUIRE = ReplyTable(
     "lock_acquire",
     {
@@ -88,6 +100,7 @@ STAGING_RELEASE = ReplyTable(
 
 TABLES = (
     PROMOTE,
+    ROLLBACK,
     LOCK_ACQUIRE,
     LOCK_EXTEND,
     LOCK_RELEASE,

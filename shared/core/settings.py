@@ -18,6 +18,7 @@ from shared.core.errors import ConfigError
 
 ENV_PREFIX = "BUILDQ_"
 DOMAIN_LABEL_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+DEFAULT_STATUS_API_URLS = "github=https://api.github.com"  # gitlab/gitea: your instance
 
 
 class Settings(BaseSettings):
@@ -33,6 +34,8 @@ class Settings(BaseSettings):
     s3_endpoint_url: str | None = None
     s3_bucket: str = "buildq"
     s3_region: str = "us-east-1"
+    # A directory on this host instead of S3 (shared/storage/localdir.py): one host only.
+    storage_dir: Path | None = None
 
     api_url: str = "http://127.0.0.1:8000"
     host: str = "127.0.0.1"
@@ -65,6 +68,10 @@ class Settings(BaseSettings):
     repo_host_allowlist: str = ""  # comma-separated host globs (*.example.com); empty: any
     repo_host_denylist: str = ""
     git_tokens: SecretStr | None = None  # host=token[,host=user:token]: private repositories
+    # Commit statuses back to the forge of a webhook's deploy (uploader/statuses.py):
+    # forge=token entries (github, gitlab, gitea), sent only to that forge's API URL.
+    status_tokens: SecretStr | None = None
+    status_api_urls: str = Field(DEFAULT_STATUS_API_URLS, max_length=4096)  # forge=url,...
     clone_timeout_s: float = Field(120.0, gt=0)
     build_timeout_s: float = Field(600.0, gt=0)
     ingest_slots: int = Field(2, ge=1, le=64)
@@ -83,6 +90,7 @@ class Settings(BaseSettings):
     max_source_files: int = Field(100_000, ge=1)
     max_output_bytes: int = Field(1024 * 1024 * 1024, ge=1024)
     max_output_files: int = Field(100_000, ge=1)
+    keep_deployments: int = Field(10, ge=1, le=100_000)  # per service, for rollback (buildq gc)
 
     build_cpu_s: int = Field(900, ge=1)
     build_memory_mb: int = Field(4096, ge=64)
@@ -95,6 +103,10 @@ class Settings(BaseSettings):
     build_cpus: float = Field(0.0, ge=0, le=1024)  # cgroup CPU quota of a build; 0: none
     build_limits: Literal["auto", "cgroup", "rlimit"] = "auto"
     build_cgroup: Path | None = None  # a delegated cgroup v2 directory for build groups
+    # Dependency caches per service in the bucket (deployer/cache.py); a service's
+    # caches together larger than build_cache_mb (unpacked) are not saved.
+    build_cache: bool = True
+    build_cache_mb: int = Field(1024, ge=1)
     grace_period_s: float = Field(25.0, ge=0)
     heartbeat_interval_s: float = Field(2.0, gt=0, le=60)
     deploy_lock_ttl_s: float = Field(30.0, ge=1)
@@ -162,6 +174,20 @@ class Settings(BaseSettings):
             with contextlib.suppress(TypeError, ValueError):  # the port's check says why
                 values = {**values, "sites_port": int(values["port"]) % 65535 + 1}
         return values
+
+    @field_validator("storage_dir", mode="before")
+    @classmethod
+    def _storage_dir(cls, value: Any) -> Any:
+        return None if value == "" else value  # empty: unset, not the current directory
+
+    @model_validator(mode="after")
+    def _one_storage(self) -> Settings:
+        if self.storage_dir is not None and self.s3_endpoint_url:
+            raise ValueError(
+                "set BUILDQ_STORAGE_DIR (a local directory) or BUILDQ_S3_ENDPOINT_URL (S3), "
+                "not both"
+            )
+        return self
 
     @model_validator(mode="after")
     def _ports(self) -> Settings:

@@ -31,9 +31,9 @@ from shared.engine.ending import end_run, write_last_lines
 from shared.engine.fleet import FleetGate
 from shared.engine.jobs import TERMINAL, JobRecord, JobStore, Status
 from shared.engine.logs import LogWriter
-from shared.engine.outcome import Outcome, after_fault, dead_letter, transient_cause
+from shared.engine.outcome import Outcome, after_fault, dead_letter, outcome_line, transient_cause
 from shared.engine.queue import Queue, Taken
-from shared.engine.recovery import recover_stale_workers, requeue, requeue_all
+from shared.engine.recovery import EndedHook, recover_dead_workers, requeue, requeue_all
 from shared.engine.replies import Claimed
 from shared.engine.stages import Stage
 from shared.engine.upkeep import ended_among, release_due_forever, requeue_orphans
@@ -66,6 +66,7 @@ class Consumer:
         blocking_redis: Callable[[], Redis],
         obey_fleet: bool = False,
         on_end: EndHook | None = None,
+        on_worker_ended: EndedHook | None = None,
         clock: Clock = time.time,
     ) -> None:
         self.redis = redis
@@ -79,6 +80,7 @@ class Consumer:
         self.handler = handler
         self.blocking_redis = blocking_redis
         self.on_end = on_end
+        self.on_worker_ended = on_worker_ended  # frees what a dead worker of this host held
         self.clock = clock
         self.active_key = keys.active(worker_id)
         self.registry = Registry(
@@ -258,7 +260,9 @@ class Consumer:
         """Run one started job; returns the next job if ending this one took it."""
         job_id, started = claimed.job_id, claimed.started
         record = JobRecord.from_hash(started.record)
-        structlog.contextvars.bind_contextvars(job_id=job_id, service=record.service)
+        structlog.contextvars.bind_contextvars(
+            job_id=job_id, service=record.service, worker=self.worker_id
+        )
         writer = LogWriter(
             self.redis,
             self.keys,
@@ -293,7 +297,7 @@ class Consumer:
             if after is None or after.job_id != job_id:
                 self.taken.discard(job_id)
             self._cancel_requested.discard(job_id)
-            structlog.contextvars.unbind_contextvars("job_id", "service")
+            structlog.contextvars.unbind_contextvars("job_id", "service", "worker")
 
     async def _execute(self, record: JobRecord, writer: LogWriter, attempts: int) -> Outcome | None:
         """The handler's outcome; None if it was cut off by shutdown (stays active)."""
@@ -346,7 +350,7 @@ class Consumer:
             queue,
             job_id,
             outcome,
-            fetch=terminal and self.on_end is not None,
+            fetch=terminal,  # for the outcome line
             take_next=take_next,
             clock=self.clock,
             log=self.log,
@@ -361,6 +365,9 @@ class Consumer:
             except Exception:
                 # The job has ended; a failing end hook must not take the daemon down.
                 self.log.exception("job.end_hook_failed")
+        if terminal and result.changed:  # this call ended the job: its one outcome line
+            self.log.info("job.outcome", **outcome_line(result.record))
+            return claimed
         self.log.info(
             "job.finished" if terminal else "job.moved",
             status=outcome.status.value,
@@ -387,15 +394,17 @@ class Consumer:
                     self._cancel_takes()
                 await self._check_cancelled()
                 await self._check_orphans()
-                # Only a worker that has been connected for a while judges others
-                # stale: right after an outage everyone's heartbeat looks old.
-                if self._healthy_beats >= 3:
-                    await recover_stale_workers(
-                        self.redis,
-                        self.store,
-                        stale_s=self.settings.worker_stale_s,
-                        lock_ttl_ms=int(interval * 1000),
-                    )
+                await recover_dead_workers(
+                    self.redis,
+                    self.store,
+                    first=self._healthy_beats == 1,
+                    # Only a worker connected for a while judges others stale: right
+                    # after an outage everyone's heartbeat looks old.
+                    judge_stale=self._healthy_beats >= 3,
+                    interval_s=interval,
+                    stale_s=self.settings.worker_stale_s,
+                    on_ended=self.on_worker_ended,
+                )
             except RedisError as exc:
                 self._healthy_beats = 0
                 self.log.warning("consumer.housekeeping_failed", error=str(exc))

@@ -21,6 +21,7 @@ from shared.engine.records import (
     TERMINAL,
     JobRecord,
     Phase,
+    Priority,
     Status,
     new_job_id,
 )
@@ -52,6 +53,7 @@ __all__ = [  # the record types are re-exported: most callers import them from h
     "JobStore",
     "Move",
     "Phase",
+    "Priority",
     "Status",
     "Transition",
     "decode_transition",
@@ -99,8 +101,11 @@ class JobStore:
         ref: str | None,
         root_dir: str | None,
         build: Mapping[str, Any] | None,
+        submitter: str,
+        priority: Priority,
     ) -> tuple[Submitted, str]:
         fields: list[str] = ["service", service, "repo_url", redact_url(repo_url)]
+        fields += ["submitter", submitter, "priority", priority.value]
         if ref:
             fields += ["ref", ref]
         if root_dir:
@@ -111,6 +116,7 @@ class JobStore:
             private = json.dumps(dict(build), separators=(",", ":"))
         k = self.keys
         keys = [k.job(job_id), k.jobs, k.seq(service), k.ingest, k.events, k.build(job_id)]
+        keys += [k.fair(k.ingest), k.submissions(service)]
         if idem_key is not None:
             keys.append(k.idem(idem_key))
         result = await self.scripts.submit(
@@ -137,6 +143,8 @@ class JobStore:
         ref: str | None = None,
         root_dir: str | None = None,
         build: Mapping[str, Any] | None = None,
+        submitter: str = "",
+        priority: Priority = Priority.NORMAL,
     ) -> int:
         """Create the record and push the id onto ingest; returns the submission seq."""
         _, seq = await self._submit(
@@ -147,6 +155,8 @@ class JobStore:
             ref=ref,
             root_dir=root_dir,
             build=build,
+            submitter=submitter,
+            priority=priority,
         )
         return int(seq)
 
@@ -160,6 +170,8 @@ class JobStore:
         ref: str | None = None,
         root_dir: str | None = None,
         build: Mapping[str, Any] | None = None,
+        submitter: str = "",
+        priority: Priority = Priority.NORMAL,
     ) -> tuple[str, bool]:
         """Like :meth:`submit`, but a repeated ``idem_key`` (hashed by the caller)
         returns the first job's id; returns ``(id, created)``."""
@@ -171,6 +183,8 @@ class JobStore:
             ref=ref,
             root_dir=root_dir,
             build=build,
+            submitter=submitter,
+            priority=priority,
         )
         return (job_id, True) if created is Submitted.CREATED else (value, False)
 
@@ -229,12 +243,23 @@ class JobStore:
         if destination is not None:
             keys.append(source if source is not None else k.job(job_id))
             keys.append(destination)
-            flags += "d" if delay_until_ms is not None else ("h" if head else "p")
+            if delay_until_ms is not None:
+                flags += "d"
+            elif head:
+                flags += "h"
+            elif destination in (k.queue, k.ingest):
+                flags += "f"  # a stage's queue: at the job's fair place (_fair.lua)
+                keys.append(k.fair(destination))
+            else:
+                flags += "p"
         elif source is not None:
             keys.append(source)
         increments = dict(incr or {})
         if attempt:
             increments["attempts"] = increments.get("attempts", 0) + 1
+        if status in TERMINAL or status is Status.RETRYING:
+            flags += "s"  # counted in the stats hash, which goes last (_stats.lua)
+            keys.append(k.stats)
         args = self.transition_args(
             job_id, status, flags, delay_until_ms or 0, fields, incr=increments
         )
@@ -333,6 +358,7 @@ class JobStore:
                 k.queue,
                 k.delayed,
                 k.build(job_id),
+                k.stats,
             ],
             args=[
                 job_id,
@@ -350,7 +376,15 @@ class JobStore:
         k = self.keys
         destination = stage.queue(k)
         result = await self.scripts.revive(
-            keys=[k.job(job_id), k.events, k.logs(job_id), k.dead, destination, k.build(job_id)],
+            keys=[
+                k.job(job_id),
+                k.events,
+                k.logs(job_id),
+                k.dead,
+                destination,
+                k.build(job_id),
+                k.fair(destination),
+            ],
             args=[
                 job_id,
                 now_ms(self.clock),

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from redis.exceptions import RedisError
 
 from shared.core.errors import TransientError
-from shared.engine.jobs import Status
+from shared.engine.jobs import JobRecord, Status
 from shared.engine.retry import backoff_s
 from shared.engine.stages import Stage
 
@@ -83,3 +83,25 @@ def after_fault(
         return dead_letter(attempts, error, max_attempts=max_attempts, dead_list=dead_list)
     delay = backoff_s(attempts, base_s=base_s, cap_s=cap_s)
     return Outcome(Status.RETRYING, {"error": error}, delay_s=delay, resume=stage)
+
+
+def outcome_line(raw: Mapping[str, str]) -> dict[str, object]:
+    """The fields of a job's one canonical ``job.outcome`` log line, from its ended
+    record (``job_id``, ``service`` and ``worker`` are bound in the log context)."""
+    record = JobRecord.from_hash(raw)
+    line: dict[str, object] = {
+        "status": record.status.value,
+        "attempts": record.attempts,
+        "ingest_attempts": record.ingest_attempts,
+        "phases_ms": {
+            name: p.duration_ms for name, p in record.phases.items() if p.duration_ms is not None
+        },
+        "total_ms": None if record.ended_at is None else record.ended_at - record.created_at,
+    }
+    if record.commit:
+        line["commit"] = record.commit
+    if record.error:
+        line["error"] = record.error
+    if record.dead:
+        line["dead"] = True
+    return line

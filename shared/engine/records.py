@@ -31,6 +31,16 @@ class Status(StrEnum):
     WAITING = "waiting"
 
 
+class Priority(StrEnum):
+    """The order classes of a stage's queue (``shared/redis/lua/_fair.lua``): every
+    ``high`` job is taken before any ``normal`` one, every ``normal`` before ``low``;
+    within one, submitters take turns, and each submitter's jobs keep their order."""
+
+    HIGH = "high"
+    NORMAL = "normal"
+    LOW = "low"
+
+
 TERMINAL = frozenset({Status.LIVE, Status.FAILED, Status.CANCELLED, Status.SUPERSEDED})
 ACTIVE = frozenset({Status.CLONING, Status.UPLOADING, Status.BUILDING, Status.PUBLISHING})
 PHASES = (
@@ -82,7 +92,11 @@ class JobRecord(BaseModel):
     retry_stage: str | None = None
     dead: bool = False
     holder: str | None = None
+    submitter: str | None = None  # the identity that asked for it (fair turns)
+    priority: Priority = Priority.NORMAL
     waiting_since: int | None = None  # when it first found its service locked
+    superseded_by: str | None = None  # the newer job that made it stale before it built
+    served_by: str | None = None  # the live deployment that already serves its commit
     phases: dict[str, Phase] = {}
 
     @classmethod

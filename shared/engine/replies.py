@@ -48,11 +48,26 @@ class ReviveReply(StrEnum):
     UNKNOWN = "unknown"
 
 
+class StaleReply(StrEnum):
+    """What ``stale.lua`` found for a taken job."""
+
+    NEWER = "newer"  # a newer submission has not ended: {1, its id, seq, status, live…}
+    NONE_NEWER = "none_newer"  # none has: {0, '', '', '', the live deployment's fields}
+
+
 class PermitReply(StrEnum):
     """What ``permit.lua`` did for one slot."""
 
     GRANTED = "granted"
     REFUSED = "refused"
+
+
+class Restored(StrEnum):
+    """What a recovery script (``restore_job.lua``, ``restore_alias.lua``,
+    ``raise_counter.lua``; ``shared/engine/restore.py``) did."""
+
+    RESTORED = "restored"  # written: the job, the alias, or the counter raised
+    KEPT = "kept"  # Redis already had it (or a newer or higher value): nothing changed
 
 
 SUBMIT = ReplyTable("submit", {1: Submitted.CREATED, 0: Submitted.REPEATED})
@@ -66,8 +81,25 @@ REVIVE = ReplyTable(
     "revive", {1: ReviveReply.REVIVED, 0: ReviveReply.NOT_REVIVABLE, -1: ReviveReply.UNKNOWN}
 )
 PERMIT = ReplyTable("permit", {1: PermitReply.GRANTED, 0: PermitReply.REFUSED})
+STALE = ReplyTable("stale", {1: StaleReply.NEWER, 0: StaleReply.NONE_NEWER})
 
-TABLES = (SUBMIT, TRANSITION, TAKE, CANCEL, REVIVE, PERMIT)
+_RESTORES = {1: Restored.RESTORED, 0: Restored.KEPT}
+RESTORE_JOB = ReplyTable("restore_job", _RESTORES)
+RESTORE_ALIAS = ReplyTable("restore_alias", _RESTORES)
+RAISE_COUNTER = ReplyTable("raise_counter", _RESTORES)
+
+TABLES = (
+    SUBMIT,
+    TRANSITION,
+    TAKE,
+    CANCEL,
+    REVIVE,
+    PERMIT,
+    STALE,
+    RESTORE_JOB,
+    RESTORE_ALIAS,
+    RAISE_COUNTER,
+)
 
 
 @dataclass(frozen=True, slots=True)

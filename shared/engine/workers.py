@@ -8,10 +8,12 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 from redis.asyncio import Redis
 
 from shared import __version__
 from shared.core.clock import Clock, now_ms
+from shared.core.host import ProcessRef, this_process
 from shared.redis.keys import Keys
 
 HEARTBEAT_INTERVAL_S = 2.0
@@ -51,11 +53,13 @@ class Registry:
         slots: int,
         queue: str,
         clock: Clock = time.time,
+        process: ProcessRef | None = None,
     ) -> None:
         self.redis = redis
         self.keys = keys
         self.worker_id = worker_id
         self.clock = clock
+        self.process = process  # None: this process, read at the first beat
         self.info: dict[str, Any] = {
             "kind": kind,
             "host": socket.gethostname(),
@@ -69,6 +73,10 @@ class Registry:
 
     async def beat(self, busy: int) -> None:
         """Record that this worker is alive and how many slots are busy."""
+        if self.process is None:
+            self.process = await anyio.to_thread.run_sync(this_process)
+        if "pid_start" not in self.info:
+            self.info.update(process_fields(self.process))
         pipe = self.redis.pipeline(transaction=False)
         mapping: Any = {**self.info, "busy": busy}
         pipe.hset(self.keys.worker(self.worker_id), mapping=mapping)
@@ -80,6 +88,19 @@ class Registry:
         pipe.zrem(self.keys.workers, self.worker_id)
         pipe.delete(self.keys.worker(self.worker_id))
         await pipe.execute()
+
+
+def process_fields(process: ProcessRef) -> dict[str, str | int]:
+    """The registry fields that let a worker of the same host tell whether this one's
+    process has ended (see :func:`shared.engine.recovery.recover_same_host_workers`)."""
+    host = process.host
+    return {
+        "host_id": host.host_id,
+        "boot_id": host.boot_id,
+        "pid_ns": host.pid_ns,
+        "pid": process.pid,
+        "pid_start": process.started,
+    }
 
 
 async def list_workers(redis: Redis, keys: Keys, clock: Clock = time.time) -> list[WorkerInfo]:

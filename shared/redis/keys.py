@@ -27,6 +27,11 @@ class Keys:
     def queue(self) -> str:
         return f"{self.prefix}:queue"
 
+    def fair(self, queue: str) -> str:
+        """hash: ``<rank>:<submitter>`` -> the last turn handed out in ``queue`` (a
+        stage's queue key, e.g. :attr:`queue`; ``lua/_fair.lua``)."""
+        return f"{self.prefix}:fair:{queue.rsplit(':', 1)[-1]}"
+
     @property
     def delayed(self) -> str:
         return f"{self.prefix}:delayed"
@@ -54,6 +59,11 @@ class Keys:
     @property
     def fleet(self) -> str:
         return f"{self.prefix}:fleet"
+
+    @property
+    def stats(self) -> str:
+        """hash: fleet-wide counters and histogram buckets (``shared/engine/stats.py``)."""
+        return f"{self.prefix}:stats"
 
     @property
     def recovery_lock(self) -> str:
@@ -118,6 +128,25 @@ class Keys:
     def seq(self, service: str) -> str:
         return f"{self.prefix}:seq:{service}"
 
+    def promotions(self, service: str) -> str:
+        """list of JSON {id, seq, at, rollback, from?, by?}, newest first (capped): what
+        went live for the service, by deploy or rollback (promote.lua, rollback.lua)."""
+        return f"{self.prefix}:promotions:{service}"
+
+    def submissions(self, service: str) -> str:
+        """zset of job id -> seq: the service's recent submissions (trimmed like
+        ``jobs``), read at claim to find a newer one that has not ended."""
+        return f"{self.prefix}:submissions:{service}"
+
+    def status_target(self, job_id: str) -> str:
+        """string: JSON {forge, repo, commit, service}, where a webhook deploy's commit
+        statuses go (``uploader/statuses.py``)."""
+        return f"{self.prefix}:status-target:{job_id}"
+
+    def status_sent(self, job_id: str, state: str) -> str:
+        """string: set NX by the one uploader that posts this commit status."""
+        return f"{self.prefix}:status-sent:{job_id}:{state}"
+
     def durations(self, service: str) -> str:
         """zset of ``<job id>:<build ms>`` -> ended_at (ms): the service's recent build
         durations (capped), for queue ETAs; ZADD of the same job twice is a no-op."""
@@ -142,3 +171,12 @@ class Keys:
 
     def idem(self, key: str) -> str:
         return f"{self.prefix}:idem:{key}"
+
+    def session(self, digest: str) -> str:
+        """string: a dashboard login session (``uploader/session.py``), keyed by the
+        SHA-256 of its cookie value; JSON {name, token fingerprint}; PX TTL."""
+        return f"{self.prefix}:session:{digest}"
+
+    def login_attempts(self, client: str, window: int) -> str:
+        """``POST /login`` attempts from one client address in one rate-limit window."""
+        return f"{self.prefix}:login-attempts:{client}:{window}"

@@ -1,7 +1,8 @@
 """The Lua scripts beside this module, registered once per Redis client.
 
-A line ``-- #include NAME`` splices in ``lua/NAME.lua``: the transition logic is
-written once and shared by ``transition.lua`` and ``take.lua``.
+A line ``-- #include NAME`` splices in ``lua/NAME.lua`` (whose own includes are
+spliced in turn): the transition logic is written once and shared by
+``transition.lua`` and ``take.lua``, the fair-queue insert by them and ``submit.lua``.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from importlib import resources
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
-SCRIPT_NAMES = ("submit", "transition", "take", "promote", "cancel", "revive", "permit")
+SCRIPT_NAMES = ("submit", "transition", "take", "promote", "cancel", "revive", "permit", "stale")
 INCLUDE = "-- #include "
 
 
@@ -26,7 +27,7 @@ def source(name: str) -> str:
     lines = []
     for line in _read(name).splitlines():
         if line.startswith(INCLUDE):
-            lines.append(_read(line[len(INCLUDE) :].strip()))
+            lines.append(source(line[len(INCLUDE) :].strip()))
         else:
             lines.append(line)
     return "\n".join(lines) + "\n"
@@ -43,3 +44,4 @@ class Scripts:
         self.cancel: AsyncScript = redis.register_script(source("cancel"))
         self.revive: AsyncScript = redis.register_script(source("revive"))
         self.permit: AsyncScript = redis.register_script(source("permit"))
+        self.stale: AsyncScript = redis.register_script(source("stale"))

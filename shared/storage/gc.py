@@ -5,7 +5,9 @@ Kept deployments are what the platform can still serve or roll back to:
 - every service's live deployment, with its manifest's ``parent`` chain
   (``REUSE_DEPTH`` manifests: exactly what a publish of that service trusts to
   exist, :mod:`deployer.publish`);
-- the ``keep_recent`` newest manifests (by submission seq) of every service;
+- the ``keep_recent`` newest manifests (by submission seq) of every service: what
+  ``POST /services/{name}/rollback`` can go back to (``BUILDQ_KEEP_DEPLOYMENTS``,
+  default DEFAULT_KEEP_RECENT, which ``buildq gc`` passes);
 - every manifest younger than the grace period (a deployment still publishing or
   promoting, or kept a while for its preview).
 
@@ -54,7 +56,7 @@ from shared.storage.manifest import (
 from shared.storage.s3 import ObjectNotFound, Storage, StoredObject
 
 DEFAULT_GRACE_S = 24 * 3600
-DEFAULT_KEEP_RECENT = 10
+DEFAULT_KEEP_RECENT = 10  # BUILDQ_KEEP_DEPLOYMENTS's default (tests/unit/test_rollback.py checks)
 READ_CONCURRENCY = 16
 
 

@@ -5,10 +5,7 @@ from __future__ import annotations
 import dataclasses
 import email.utils
 import functools
-import json
-import mimetypes
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
@@ -22,60 +19,43 @@ from botocore.utils import determine_content_length
 
 from shared.core.errors import StorageError
 from shared.core.settings import Settings
+from shared.storage.objects import (
+    INLINE_BYTES,
+    STREAM_CHUNK_BYTES,
+    Blob,
+    InvalidKeyError,
+    ObjectNotFound,
+    RangeNotSatisfiable,
+    Storage,
+    StoredObject,
+    check_key,
+    check_prefix,
+    content_type,
+    encode_json,
+)
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
+# The interface's names, for the modules that import them from here.
+__all__ = [
+    "INLINE_BYTES",
+    "Blob",
+    "InvalidKeyError",
+    "ObjectNotFound",
+    "RangeNotSatisfiable",
+    "S3Storage",
+    "Storage",
+    "StoredObject",
+    "content_type",
+    "make_s3_client",
+]
+
 T = TypeVar("T")
-INLINE_BYTES = 1024 * 1024  # read at once; the rest of a larger object streams
-STREAM_CHUNK_BYTES = 256 * 1024
 DELETE_BATCH = 1000  # DeleteObjects takes at most 1,000 keys
 EXPECT_MIN_BYTES = 1024 * 1024  # smaller PutObject bodies go without Expect: 100-continue
 
 NOT_FOUND_CODES = frozenset({"404", "NoSuchKey", "NotFound", "NoSuchBucket"})
-TEXT_TYPES = ("text/", "application/javascript", "application/json", "image/svg+xml")
-
-
-class ObjectNotFound(StorageError):
-    """The object (or bucket) does not exist."""
-
-
-class RangeNotSatisfiable(StorageError):
-    """A byte range starts past the end of the object."""
-
-
-@dataclass(frozen=True, slots=True)
-class StoredObject:
-    """One entry of a listing."""
-
-    key: str
-    size: int
-    last_modified: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class Blob:
-    """An object's bytes (or a range of them) and what serving it needs."""
-
-    body: bytes
-    content_type: str
-    etag: str
-    size: int  # of the whole object
-    partial: bool = False
-    last_modified: str = ""  # an HTTP date, or "" when unknown
-    length: int = -1  # bytes in this answer (the whole object or the range)
-    rest: AsyncIterator[bytes] | None = None  # what follows ``body``, streamed
-
-
-def content_type(name: str) -> str:
-    """The Content-Type to publish ``name`` with (UTF-8 for text)."""
-    guessed, _ = mimetypes.guess_type(name, strict=False)
-    if name.endswith(".mjs"):
-        guessed = "text/javascript"
-    guessed = guessed or "application/octet-stream"
-    if guessed.startswith(TEXT_TYPES) and "charset" not in guessed:
-        guessed += "; charset=utf-8"
-    return guessed
 
 
 def make_s3_client(settings: Settings) -> S3Client:
@@ -109,8 +89,8 @@ def drop_expect_for_small_bodies(request: Any, **_: Any) -> None:
         del request.headers["Expect"]
 
 
-class Storage:
-    """The bucket, as async methods; at most ``concurrency`` calls run at once."""
+class S3Storage:
+    """A bucket in S3 (:class:`Storage`); at most ``concurrency`` calls run at once."""
 
     def __init__(self, client: S3Client, bucket: str, *, concurrency: int = 16) -> None:
         self.client = client
@@ -133,28 +113,33 @@ class Storage:
         await self._run(self.client.head_bucket, Bucket=self.bucket)
 
     async def put_file(self, key: str, path: Path, *, mime: str | None = None) -> None:
+        """Store the file at ``path`` (multipart when large: boto3's transfer manager)."""
+        check_key(key)
         extra = {"ContentType": mime or content_type(key)}
         await self._run(self.client.upload_file, str(path), self.bucket, key, ExtraArgs=extra)
 
     async def put_fileobj(self, key: str, fileobj: BinaryIO, *, mime: str | None = None) -> None:
         """Upload an already open binary file (read in a worker thread)."""
+        check_key(key)
         extra = {"ContentType": mime or content_type(key)}
         await self._run(self.client.upload_fileobj, fileobj, self.bucket, key, ExtraArgs=extra)
 
     async def put_bytes(self, key: str, data: bytes, *, mime: str) -> None:
+        check_key(key)
         await self._run(
             self.client.put_object, Bucket=self.bucket, Key=key, Body=data, ContentType=mime
         )
 
     async def put_json(self, key: str, value: Any) -> None:
-        data = json.dumps(value, separators=(",", ":"), sort_keys=True).encode()
-        await self.put_bytes(key, data, mime="application/json")
+        await self.put_bytes(key, encode_json(value), mime="application/json")
 
     async def get_to_file(self, key: str, path: Path) -> None:
+        check_key(key)
         await self._run(self.client.download_file, self.bucket, key, str(path))
 
     async def get(self, key: str) -> tuple[bytes, str]:
         """The whole object and its Content-Type."""
+        check_key(key)
 
         def read() -> tuple[bytes, str]:
             obj = self.client.get_object(Bucket=self.bucket, Key=key)
@@ -168,6 +153,7 @@ class Storage:
 
         At most INLINE_BYTES are read at once; a larger answer streams the rest
         (``Blob.rest``), so serving a big file costs constant memory."""
+        check_key(key)
 
         def open_object() -> tuple[Blob, Any]:
             if byte_range is None:
@@ -213,6 +199,7 @@ class Storage:
 
     async def head(self, key: str) -> Blob:
         """The object's metadata only (``body`` is empty)."""
+        check_key(key)
         head = await self._run(self.client.head_object, Bucket=self.bucket, Key=key)
         return Blob(
             body=b"",
@@ -223,6 +210,7 @@ class Storage:
         )
 
     async def exists(self, key: str) -> bool:
+        check_key(key)
         try:
             await self._run(self.client.head_object, Bucket=self.bucket, Key=key)
         except ObjectNotFound:
@@ -233,6 +221,7 @@ class Storage:
         """Every object under ``prefix``, all pages or StorageError: a listing that
         fails part-way (or comes back truncated without a way on) raises, so no
         caller ever acts on a partial one."""
+        check_prefix(prefix)
 
         def listing() -> list[StoredObject]:
             found: list[StoredObject] = []
@@ -256,6 +245,8 @@ class Storage:
 
     async def delete_keys(self, keys: list[str]) -> None:
         """Delete ``keys`` (in batches of DELETE_BATCH); StorageError if S3 refuses any."""
+        for key in keys:
+            check_key(key)
         for start in range(0, len(keys), DELETE_BATCH):
             batch = [{"Key": key} for key in keys[start : start + DELETE_BATCH]]
             answer = await self._run(

@@ -17,6 +17,7 @@ BENCHMARKS = (
     "tests.bench.bench_locks",
     "tests.bench.bench_frontend",
     "tests.bench.bench_transfer",
+    "tests.bench.bench_recovery",  # about a minute: five kill -9 rounds under buildq up
 )
 
 

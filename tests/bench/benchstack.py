@@ -19,7 +19,7 @@ from types import FrameType
 import httpx
 import psutil
 
-from shared.cli.embedded import EMBEDDED_AWS_ENV, free_ports
+from shared.cli.embedded import EMBEDDED_AWS_ENV, free_port, free_ports, start_moto, stop_process
 
 START_TIMEOUT_S = 90
 DEPLOY_TIMEOUT_S = 600
@@ -69,6 +69,7 @@ class BenchStack:
     data_dir: Path
     output: list[str] = field(default_factory=list)
     known: dict[int, psutil.Process] = field(default_factory=dict)
+    moto: subprocess.Popen[bytes] | None = None  # the S3 server started for it, if any
 
     def children(self, module: str) -> list[psutil.Process]:
         """The live children of ``buildq up`` whose command line runs ``module``."""
@@ -113,25 +114,49 @@ class BenchStack:
                     child.kill()
             except psutil.Error:
                 pass
+        if self.moto is not None:
+            stop_process(self.moto)
 
 
 def start_stack(
-    data_dir: Path, *, deployers: int = 2, environ: Mapping[str, str] | None = None
+    data_dir: Path,
+    *,
+    deployers: int = 2,
+    environ: Mapping[str, str] | None = None,
+    storage: str = "moto",
 ) -> BenchStack:
-    """``buildq up`` with embedded valkey and moto on free ports; returns once it is up."""
+    """``buildq up`` with embedded valkey on free ports and, by ``storage``, a moto S3
+    server started here ("moto": comparable with the AWS CLI on the same server) or
+    ``buildq up``'s own local directory ("local"); returns once it is up."""
     port, sites_port = free_ports(2)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BUILDQ_", "AWS_"))}
     env.update(BENCH_ENV)
     env.update(environ or {})
+    moto = None
+    if storage == "moto":
+        data_dir.mkdir(parents=True, exist_ok=True)
+        s3_port = free_port()
+        with (data_dir / "moto.log").open("ab") as log:
+            moto = start_moto(s3_port, log=log)
+        env.update(EMBEDDED_AWS_ENV)
+        env["BUILDQ_S3_ENDPOINT_URL"] = f"http://127.0.0.1:{s3_port}"
     argv = [
         str(Path(sys.executable).with_name("buildq")), "up", "--port", str(port),
         "--sites-port", str(sites_port), "--data-dir", str(data_dir),
         "--deployers", str(deployers),
     ]  # fmt: skip
-    proc = subprocess.Popen(
-        argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+    try:
+        proc = subprocess.Popen(
+            argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    except BaseException:
+        if moto is not None:
+            stop_process(moto)
+        raise
+    stack = BenchStack(
+        proc, f"http://127.0.0.1:{port}", "", env.get("BUILDQ_S3_ENDPOINT_URL", ""), data_dir
     )
-    stack = BenchStack(proc, f"http://127.0.0.1:{port}", "", "", data_dir)
+    stack.moto = moto
     lines: list[str] = []
     up = threading.Event()
 
@@ -152,10 +177,8 @@ def start_stack(
         for line in lines:
             if match := re.match(r"valkey-server\s+(127\.0\.0\.1:\d+)", line):
                 stack.redis_url = f"redis://{match.group(1)}/0"
-            elif match := re.match(r"S3 \(moto\)\s+(127\.0\.0\.1:\d+)", line):
-                stack.s3_url = f"http://{match.group(1)}"
-        if not stack.redis_url or not stack.s3_url:
-            raise BenchError("buildq up did not say where valkey and S3 are:\n" + "\n".join(lines))
+        if not stack.redis_url:
+            raise BenchError("buildq up did not say where valkey is:\n" + "\n".join(lines))
     except BaseException:
         stack.stop()
         raise

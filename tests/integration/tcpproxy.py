@@ -10,12 +10,13 @@ import threading
 
 
 class TcpProxy:
-    """Forwards ``127.0.0.1:port`` to ``127.0.0.1:target``; :meth:`cut` refuses new
-    connections and drops open ones until :meth:`restore`."""
+    """Forwards ``host:port`` (loopback by default) to ``127.0.0.1:target``; :meth:`cut`
+    refuses new connections and drops open ones until :meth:`restore`."""
 
-    def __init__(self, port: int, target: int) -> None:
+    def __init__(self, port: int, target: int, host: str = "127.0.0.1") -> None:
         self.port = port
         self.target = target
+        self.host = host
         self._listener: socket.socket | None = None
         self._conns: set[socket.socket] = set()
         self._lock = threading.Lock()
@@ -24,7 +25,7 @@ class TcpProxy:
     def restore(self) -> TcpProxy:
         listener = socket.socket()
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", self.port))
+        listener.bind((self.host, self.port))
         listener.listen(64)
         self._listener = listener
         self._thread = threading.Thread(target=self._accept, args=(listener,), daemon=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -43,7 +44,7 @@ def test_buildq_deploy_shows_phases_and_log_and_prints_live_url(
     result = _cli(["deploy", f"file://{repo}", "--api", stack.url], stack.env)
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    phases = [line[4:] for line in out.splitlines() if line.startswith("==> ")]
+    phases = [line[4:].split(" (")[0] for line in out.splitlines() if line.startswith("==> ")]
     assert phases == ["cloning", "uploading", "queued", "building", "publishing", "live"]
     assert "    hello-cli" in out
     assert f"live: http://cli-site.localhost:{stack.sites_port}/" in out
@@ -76,6 +77,36 @@ def test_buildq_deploy_shows_phases_and_log_and_prints_live_url(
     )
 
 
+def test_buildq_deploy_prints_each_phase_with_its_elapsed_time_and_json_only_the_record(
+    stack: Stack, tmp_path: Path
+) -> None:
+    repo = make_repo(
+        tmp_path / "cli-timed",
+        {
+            "buildq.toml": '[build]\ncommand = "mkdir out && echo built-line && sleep 1 '
+            '&& echo done > out/index.html"\noutput = "out"\n'
+        },
+    )
+    plain = _cli(["deploy", f"file://{repo}", "--api", stack.url], stack.env)
+    as_json = _cli(["deploy", f"file://{repo}", "--json", "--api", stack.url], stack.env)
+
+    assert plain.returncode == 0, plain.stderr
+    lines = plain.stdout.splitlines()
+    timed = [re.fullmatch(r"==> (\w+) \((\d+\.\d)s\)", line) for line in lines]
+    phases = [(m[1], float(m[2])) for m in timed if m]
+    assert [name for name, _ in phases] == [
+        "cloning", "uploading", "queued", "building", "publishing", "live"
+    ]  # fmt: skip
+    seconds = [s for _, s in phases]
+    assert seconds == sorted(seconds)
+    assert lines.index("==> " + "building" + f" ({seconds[3]}s)") < lines.index("    built-line")
+    assert lines[-1] == f"live: http://cli-timed.localhost:{stack.sites_port}/"
+    assert as_json.returncode == 0, as_json.stderr
+    record = json.loads(as_json.stdout)  # nothing but the record on stdout
+    assert (record["status"], record["service"]) == ("live", "cli-timed")
+    assert record["url"] == f"http://cli-timed.localhost:{stack.sites_port}/"
+
+
 def test_buildq_deploy_exits_nonzero_with_error_on_failure(stack: Stack, tmp_path: Path) -> None:
     repo = make_repo(tmp_path / "cli-broken", {"buildq.toml": '[build]\ncommand = "exit 7"\n'})
     result = _cli(
@@ -97,12 +128,11 @@ def _descendants(pid: int) -> list[psutil.Process]:
         return []
 
 
-@pytest.mark.slow
-def test_buildq_up_demo_serves_the_site_and_stops_every_child(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("BUILDQ_", "AWS_"))}
-    port, sites_port = free_ports(2)
+def _up_demo(
+    env: dict[str, str], data: Path, port: int, sites_port: int
+) -> tuple[subprocess.Popen[str], list[str], str | None]:
+    """``buildq up --demo`` until it says it is up: the process, its lines, the URL."""
     ports = ["--port", str(port), "--sites-port", str(sites_port)]
-    data = tmp_path / "data"
     proc = subprocess.Popen(
         [*BUILDQ, "up", "--demo", *ports, "--data-dir", str(data)],
         env=env,
@@ -113,19 +143,37 @@ def test_buildq_up_demo_serves_the_site_and_stops_every_child(tmp_path: Path) ->
     )
     lines: list[str] = []
     url = None
+    deadline = time.monotonic() + 120
+    assert proc.stdout is not None
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if line.startswith("live: "):
+            url = line.split()[1]
+        if line.startswith("buildq is up"):
+            break
+    return proc, lines, url
+
+
+def _end(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    if proc.stdout is not None:
+        proc.stdout.close()
+
+
+@pytest.mark.slow
+def test_buildq_up_demo_serves_the_site_and_stops_every_child(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BUILDQ_", "AWS_"))}
+    port, sites_port = free_ports(2)
+    data = tmp_path / "data"
+    proc, lines, url = _up_demo(env, data, port, sites_port)
     try:
-        deadline = time.monotonic() + 120
-        assert proc.stdout is not None
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            if line.startswith("live: "):
-                url = line.split()[1]
-            if line.startswith("buildq is up"):
-                break
         assert url == f"http://demo.localhost:{sites_port}/", "".join(lines)
+        assert f"dashboard       http://127.0.0.1:{port}/\n" in lines
         page = fetch(url)
         assert page.status_code == 200
         assert "Hello from buildq" in page.text
@@ -134,7 +182,7 @@ def test_buildq_up_demo_serves_the_site_and_stops_every_child(tmp_path: Path) ->
         children = _descendants(proc.pid)
         names = " ".join(" ".join(c.cmdline()) for c in children)
         assert "valkey-server" in names
-        assert "moto.server" in names
+        assert "moto.server" not in names  # objects live in <data dir>/storage
         assert names.count("-m deployer") == 2
         assert "-m uploader" in names
 
@@ -143,13 +191,36 @@ def test_buildq_up_demo_serves_the_site_and_stops_every_child(tmp_path: Path) ->
         _gone, alive = psutil.wait_procs(children, timeout=5)
         assert not alive, f"left running: {alive}"
         assert (data / "valkey" / "appendonlydir").is_dir()
+        assert (data / "storage" / "buildq" / "manifests").is_dir()
         assert (data / "logs" / "uploader.log").is_file()
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
+        _end(proc)
+
+
+@pytest.mark.slow
+def test_buildq_up_uses_the_configured_redis_and_s3_and_embeds_nothing(
+    bq_env: dict[str, str], tmp_path: Path
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BUILDQ_")}
+    env.update({k: v for k, v in bq_env.items() if k != "BUILDQ_WORK_DIR"})
+    port, sites_port = free_ports(2)
+    data = tmp_path / "data"
+    proc, lines, url = _up_demo(env, data, port, sites_port)
+    try:
+        text = "".join(lines)
+        assert url == f"http://demo.localhost:{sites_port}/", text
+        assert f"redis           {bq_env['BUILDQ_REDIS_URL']}  (configured" in text
+        assert f"S3              {bq_env['BUILDQ_S3_ENDPOINT_URL']}  (configured" in text
+        assert "Hello from buildq" in fetch(url).text
+        names = " ".join(" ".join(c.cmdline()) for c in _descendants(proc.pid))
+        assert "valkey-server" not in names
+        assert "moto.server" not in names
+        assert not (data / "valkey").exists()
+        assert not (data / "storage").exists()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(60) == 0
+    finally:
+        _end(proc)
 
 
 @pytest.mark.slow

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -123,3 +124,76 @@ def test_dashboard_in_a_browser_follows_a_deploy_and_its_log(stack: Stack, tmp_p
     ticks = [line for line in log_lines if line.startswith("tick ")]
     assert [t.split()[1] for t in ticks] == [str(n) for n in range(40)]
     assert log_lines.index("==> building") < log_lines.index(ticks[0])
+
+
+@pytest.fixture
+def token_stack(
+    bq_env: dict[str, str], tmp_path: Path, s3_client: object
+) -> Iterator[tuple[Stack, str]]:
+    """A stack with API tokens: the browser's (a deployer of ``signed-in``) and the
+    test's own (an admin, sent by ``Stack``'s calls)."""
+    browser_token = "browser-deployer-token-0123456789"
+    bq_env["BUILDQ_API_TOKENS"] = (
+        f"dev:deployer:signed-in={browser_token},ada:admin=admin-token-0123456789"
+    )
+    bq_env["BUILDQ_API_TOKEN"] = "admin-token-0123456789"
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    running = Stack(bq_env, logs).start(deployers=1, slots=2)
+    try:
+        yield running, browser_token
+    finally:
+        running.stop()
+
+
+@pytest.mark.slow
+def test_with_tokens_the_browser_logs_in_through_the_form_and_uses_the_dashboard(
+    token_stack: tuple[Stack, str], tmp_path: Path
+) -> None:
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    stack, token = token_stack
+    browser, driver_path = need_chromium()
+    repo = make_repo(tmp_path / "signed-in", {"index.html": "<p>signed in</p>"})
+    paused = httpx.put(f"{stack.url}/fleet", json={"paused": True}, headers=stack.auth)
+    assert paused.status_code == 200, paused.text
+    driver = open_chromium(browser, driver_path, tmp_path / "profile")
+    try:
+        wait = WebDriverWait(driver, 90, poll_frequency=0.1)
+        driver.get(f"{stack.url}/")
+        wait.until(lambda d: has(d, "form#login"))
+        sent_to = driver.current_url
+        driver.find_element("id", "token").send_keys("not-the-token")
+        driver.find_element("css selector", "form#login button").click()
+        wait.until(lambda d: "That token is not valid." in d.page_source)
+        driver.save_screenshot(str(tmp_path / "login-refused.png"))
+        driver.find_element("id", "token").send_keys(token)
+        driver.find_element("css selector", "form#login button").click()
+        wait.until(lambda d: text_of(d, "live") == "live")  # /events opened with the cookie
+        landed = driver.current_url
+        cookies = driver.get_cookies()
+
+        job_id = stack.deploy(repo, service="signed-in")
+        row = f"#recent a[href='/ui/deployments/{job_id}']"
+        wait.until(lambda d: has(d, row))  # pushed over /events, no reload
+        driver.save_screenshot(str(tmp_path / "logged-in.png"))
+        wait_status(stack, job_id, "queued")
+        driver.execute_script("document.querySelector(arguments[0]).click();", row)
+        wait.until(lambda d: has(d, "button[data-action='cancel']"))
+        # The page's own POST .../cancel, made with the cookie (and the browser's Origin).
+        driver.find_element("css selector", "button[data-action='cancel']").click()
+        wait.until(lambda d: "cancel: " in text_of(d, "message"))
+        message = text_of(driver, "message")
+        driver.save_screenshot(str(tmp_path / "logged-in-deployment.png"))
+    finally:
+        driver.quit()
+
+    assert sent_to == f"{stack.url}/login"
+    assert landed == f"{stack.url}/"
+    [session] = [c for c in cookies if c["name"] == "buildq_session"]
+    assert session["httpOnly"] is True
+    assert session["sameSite"] == "Strict"
+    assert token not in session["value"]
+    assert message == "cancel: cancelled"
+    assert stack.wait(job_id)["status"] == "cancelled"
+    assert httpx.get(f"{stack.url}/", headers={"Accept": "text/html"}).status_code == 303

@@ -17,7 +17,7 @@ from deployer.publish import Target, known_blobs, publish_site
 from shared.cli.demo_repo import GIT_IDENTITY
 from shared.core.settings import Settings
 from shared.storage.manifest import ManifestCache, manifest_key
-from shared.storage.s3 import Storage, make_s3_client
+from shared.storage.s3 import S3Storage, make_s3_client
 from tests.integration.helpers import Stack, make_repo
 
 pytestmark = pytest.mark.integration
@@ -56,7 +56,7 @@ async def test_redeploys_upload_only_what_changed(
     bq_settings: Settings, s3_client: Any, tmp_path: Path
 ) -> None:
     counting = CountingClient(make_s3_client(bq_settings))
-    storage = Storage(counting, bq_settings.s3_bucket, concurrency=8)  # type: ignore[arg-type]
+    storage = S3Storage(counting, bq_settings.s3_bucket, concurrency=8)  # type: ignore[arg-type]
     out = write_tree(tmp_path / "v1", SITE)
 
     async def publish(job_id: str, seq: int, live: str | None) -> list[str]:

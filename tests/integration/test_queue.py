@@ -122,9 +122,11 @@ def test_one_deployer_processes_100_jobs_in_submission_order(
     async def enqueue() -> None:
         redis = make_redis(bq_settings)
         store = JobStore(redis, keys, bq_settings)
-        for job_id in ids:
+        for n, job_id in enumerate(ids):
             s3_client.upload_file(str(archive), bq_settings.s3_bucket, source_key(job_id))
-            await store.submit(job_id, service="fifo", repo_url=f"file://{repo}")
+            # A service each: of one service's queued deploys only the newest builds
+            # (deployer/staleness.py); one submitter, so the order is plain FIFO.
+            await store.submit(job_id, service=f"fifo-{n:03d}", repo_url=f"file://{repo}")
             await store.transition(job_id, Status.QUEUED, ack=keys.ingest, push=keys.queue)
         await redis.aclose()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import fakeredis
 import pytest
@@ -25,6 +26,21 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now_s += seconds
+
+
+class WriteOnlyBucket:
+    """The bucket for API tests whose routes write only the submit path's acceptance
+    copies (``shared/engine/durable.py``): kept in ``saved``; any other use of
+    storage fails loudly."""
+
+    def __init__(self) -> None:
+        self.saved: dict[str, Any] = {}
+
+    async def put_json(self, key: str, value: Any) -> None:
+        self.saved[key] = value
+
+    def __getattr__(self, name: str) -> Any:
+        raise AssertionError(f"storage.{name} used by a test that expects no storage use")
 
 
 @pytest.fixture

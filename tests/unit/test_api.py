@@ -19,6 +19,7 @@ from fastapi import FastAPI
 from shared.core.settings import Settings
 from shared.engine.jobs import JobStore, Status
 from shared.redis.keys import Keys
+from tests.unit.conftest import WriteOnlyBucket
 from uploader import api
 from uploader.errors import install_error_handlers
 from uploader.security import install_security
@@ -38,7 +39,7 @@ def app(redis: fakeredis.FakeAsyncRedis, keys: Keys, settings: Settings) -> Fast
     app.include_router(api.router)
     store = JobStore(redis, keys, settings)
     # No route under test touches storage; None makes any accidental use fail loudly.
-    app.state.services = Services(settings, keys, redis, None, store)  # type: ignore[arg-type]
+    app.state.services = Services(settings, keys, redis, WriteOnlyBucket(), store)  # type: ignore[arg-type]
     return app
 
 

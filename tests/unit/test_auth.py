@@ -189,3 +189,18 @@ def test_the_local_identity_is_an_admin_named_after_the_os_user(
     assert auth.local_identity() == Identity("jo", Role.ADMIN)
     monkeypatch.setattr(auth.getpass, "getuser", lambda: "odd name")
     assert auth.local_identity() == Identity("local", Role.ADMIN)
+
+
+def test_a_session_fingerprint_names_one_token_without_revealing_it() -> None:
+    entries = parse_tokens("ada:admin=t1,bob:viewer=t2")
+    authenticator = Authenticator(entries)
+    mark = authenticator.fingerprint("ada")
+
+    assert mark is not None
+    assert mark != authenticator.fingerprint("bob")
+    assert entries[0].digest.hex() not in mark
+    assert authenticator.by_fingerprint("ada", mark) == Identity("ada", Role.ADMIN)
+    assert authenticator.by_fingerprint("bob", mark) is None
+    assert authenticator.by_fingerprint("ada", mark[:-1]) is None
+    assert authenticator.fingerprint("nobody") is None
+    assert Authenticator(parse_tokens("ada:admin=t3")).by_fingerprint("ada", mark) is None

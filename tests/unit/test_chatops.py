@@ -16,6 +16,7 @@ from fastapi import FastAPI
 from shared.core.settings import Settings, load_settings
 from shared.engine.jobs import JobStore
 from shared.redis.keys import Keys
+from tests.unit.conftest import WriteOnlyBucket
 from uploader import chatops, team_api
 from uploader.chatops import chatops_clock, slack_signature, verify_slack
 from uploader.errors import install_error_handlers
@@ -66,7 +67,7 @@ def app(
     app.include_router(team_api.router)
     app.include_router(chatops.router)
     store = JobStore(redis, keys, chat_settings)
-    app.state.services = Services(chat_settings, keys, redis, None, store)  # type: ignore[arg-type]
+    app.state.services = Services(chat_settings, keys, redis, WriteOnlyBucket(), store)  # type: ignore[arg-type]
     app.dependency_overrides[chatops_clock] = lambda: wall
     return app
 
@@ -503,7 +504,9 @@ async def test_chat_deploys_are_rate_limited_per_identity(
     install_security(app, limited)
     app.include_router(team_api.router)
     app.include_router(chatops.router)
-    app.state.services = Services(limited, keys, redis, None, JobStore(redis, keys, limited))  # type: ignore[arg-type]
+    app.state.services = Services(
+        limited, keys, redis, WriteOnlyBucket(), JobStore(redis, keys, limited)
+    )  # type: ignore[arg-type]
     app.dependency_overrides[chatops_clock] = lambda: wall
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://buildq.test") as client:

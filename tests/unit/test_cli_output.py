@@ -3,14 +3,18 @@ stdout is not a terminal, rich tables when it is, the API's JSON with ``--json``
 
 from __future__ import annotations
 
+import io
 import json
+import re
 from typing import Any
 
 import httpx
 import pytest
 from click.testing import CliRunner, Result
+from rich.console import Console
 
-from shared.cli import common, render
+from shared.cli import common, progress, render
+from shared.cli import main as cli_main
 from shared.cli.client import Client
 from shared.cli.main import main
 from shared.coord.staging import Claim
@@ -101,6 +105,10 @@ def test_the_fake_answers_have_the_api_shapes() -> None:
         "retry_stage": None,
         "holder": None,
         "waiting_since": None,
+        "submitter": None,
+        "priority": "normal",
+        "superseded_by": None,
+        "served_by": None,
     }
     assert Claim(**CLAIMS[0]).public() == CLAIMS[0]
 
@@ -214,3 +222,246 @@ def test_on_a_terminal_the_commands_draw_tables_with_headers(
     assert "\t" not in locks.stdout
     # --json stays JSON on a terminal too
     assert json.loads(_run("locks", "--json").stdout) == LOCKS
+
+
+# -- buildq deploy: the live phase line, plain phase lines, --json ---------------------
+
+DEPLOY_ID = "0000000000000000000e"
+PHASES = ("cloning", "uploading", "queued", "building", "publishing")
+
+
+def sse(entries: list[dict[str, Any]]) -> bytes:
+    """A job's log stream as the API sends it (``GET /deployments/{id}/logs``)."""
+    events = []
+    for n, entry in enumerate(entries, start=1):
+        data = json.dumps({"text": "", "status": None} | entry)
+        events.append(f"id: {n}-0\nevent: {entry['kind']}\ndata: {data}\n\n")
+    return "".join(events).encode()
+
+
+def run_log(end: str = "live") -> list[dict[str, Any]]:
+    entries: list[dict[str, Any]] = []
+    for phase in PHASES:
+        entries.append({"kind": "phase", "status": phase})
+        if phase == "building":
+            entries += [{"kind": "line", "text": "npm run build"}, {"kind": "line", "text": "ok"}]
+    return [*entries, {"kind": "end", "status": end}]
+
+
+@pytest.fixture
+def deploy_api(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """``buildq deploy`` against a fake API: edit ``log`` and ``record`` to change it."""
+    state: dict[str, Any] = {
+        "log": run_log(),
+        "record": JOB | {"id": DEPLOY_ID, "status": "live"},
+        "submitted": [],
+    }
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        if request.method == "POST" and path == "/deployments":
+            state["submitted"].append(json.loads(request.content))
+            return httpx.Response(202, json={"id": DEPLOY_ID, "service": "site"})
+        if path == f"/deployments/{DEPLOY_ID}/logs":
+            headers = {"content-type": "text/event-stream"}
+            return httpx.Response(200, content=sse(state["log"]), headers=headers)
+        if path == f"/deployments/{DEPLOY_ID}":
+            return httpx.Response(200, json=state["record"])
+        return httpx.Response(404, json={"error": {"message": "no such thing"}})
+
+    class FakeClient(Client):
+        def __init__(self, base_url: str) -> None:
+            super().__init__(base_url, token="")
+            self.http.close()
+            self.http = httpx.Client(base_url=base_url, transport=httpx.MockTransport(handler))
+
+    monkeypatch.setattr(cli_main, "Client", FakeClient)
+    return state
+
+
+class Ticks:
+    """A clock that moves one second per reading."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        self.now += 1.0
+        return self.now
+
+
+class Still:
+    """A clock that moves only when told (the live view's refresh thread reads it too)."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_plain_deploy_view_prints_phases_in_order_with_elapsed_then_url_last(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    view = progress.PlainProgress(clock=Ticks())
+    with view:
+        progress.follow(run_log(), view)
+        code = view.finish(JOB)
+
+    out = capsys.readouterr()
+    lines = out.out.splitlines()
+    assert code == 0
+    assert lines == [
+        "==> cloning (1.0s)",
+        "==> uploading (2.0s)",
+        "==> queued (3.0s)",
+        "==> building (4.0s)",
+        "    npm run build",
+        "    ok",
+        "==> publishing (5.0s)",
+        "==> live (6.0s)",
+        "live: http://site.localhost:8001/",
+    ]
+    assert out.err == ""
+
+
+def test_a_failed_or_cancelled_deploy_ends_with_its_error_on_stderr_and_exit_1(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    failed = JOB | {"status": "failed", "error": "build exited with status 7", "url": None}
+    cancelled = JOB | {"status": "cancelled", "error": None}
+    assert progress.PlainProgress(clock=Ticks()).finish(failed) == 1
+    assert progress.PlainProgress(clock=Ticks()).finish(cancelled) == 1
+    superseded = JOB | {"status": "superseded", "url": "http://x.preview.localhost:8001/"}
+    assert progress.PlainProgress(clock=Ticks()).finish(superseded) == 0
+
+    out = capsys.readouterr()
+    assert out.err.splitlines() == [
+        "failed: build exited with status 7",
+        "cancelled: no error recorded",
+    ]
+    assert (
+        out.out == "superseded by a newer deployment; preview: http://x.preview.localhost:8001/\n"
+    )
+
+
+def test_log_lines_from_a_build_reach_the_terminal_without_control_characters(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    view = progress.PlainProgress(clock=Ticks())
+    view.line("\x1b]0;owned\x07red\x1b[31m\tdone")
+    view.line("")
+    assert capsys.readouterr().out == "    \ufffd]0;owned\ufffdred\ufffd[31m done\n    \n"
+
+
+def test_the_live_view_redraws_one_phase_line_and_keeps_phases_and_log_above(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    screen, errors = io.StringIO(), io.StringIO()
+    console = Console(file=screen, force_terminal=True, width=100, color_system=None)
+    clock = Still()
+    view = progress.LiveProgress(
+        console, clock, errors=Console(file=errors, force_terminal=True, color_system=None)
+    )
+    with view:
+        clock.now += 0.5
+        view.phase("cloning")
+        clock.now += 2.0
+        first = _rendered(view)
+        view.phase("building")
+        view.line("step 1\x1b[2J")
+        clock.now += 3.7
+        line = _rendered(view)
+        view.phase("live")
+        code = view.finish(JOB)
+
+    out = screen.getvalue()
+    assert code == 0
+    assert first.endswith(" cloning · 2.5s")  # spinner, phase, time since submission
+    assert line.endswith(" building · 6.2s")
+    assert "✓ cloning    2.0s" in out
+    assert "step 1\ufffd[2J" in out
+    assert "✓ building   " in out
+    assert out.index("✓ cloning") < out.index("step 1") < out.index("live: http://site")
+    assert errors.getvalue() == ""
+    assert capsys.readouterr().out == ""  # all of it went to the view's console
+
+
+def _rendered(view: progress.LiveProgress) -> str:
+    """The live line as it would be drawn now."""
+    probe = Console(file=io.StringIO(), width=100, color_system=None)
+    with probe.capture() as captured:
+        probe.print(view.__rich__())
+    return captured.get().strip()
+
+
+def test_the_live_view_shows_a_failure_in_red_on_stderr() -> None:
+    screen, errors = io.StringIO(), io.StringIO()
+    view = progress.LiveProgress(
+        Console(file=screen, force_terminal=True, color_system=None),
+        Ticks(),
+        errors=Console(file=errors, force_terminal=True, color_system=None),
+    )
+    with view:
+        view.phase("building")
+        code = view.finish(JOB | {"status": "failed", "error": "exit 2"})
+
+    assert code == 1
+    assert "failed: exit 2" in errors.getvalue()
+    assert "failed" not in screen.getvalue()
+
+
+def test_buildq_deploy_in_a_pipe_prints_plain_phase_lines_the_log_and_the_url(
+    deploy_api: dict[str, Any],
+) -> None:
+    result = _run("deploy", "https://github.com/t/site.git", "--service", "site")
+
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"job {DEPLOY_ID} accepted (service site)"
+    phases = [line[4:].split(" (")[0] for line in lines if line.startswith("==> ")]
+    assert phases == [*PHASES, "live"]
+    assert all(re.fullmatch(r"==> \w+ \(\d+\.\ds\)", ln) for ln in lines if ln.startswith("==>"))
+    assert lines.index("    npm run build") < lines.index(next(ln for ln in lines if "publ" in ln))
+    assert lines[-1] == "live: http://site.localhost:8001/"
+    assert deploy_api["submitted"] == [
+        {"repo_url": "https://github.com/t/site.git", "service": "site"}
+    ]
+
+
+def test_buildq_deploy_json_prints_only_the_final_record(deploy_api: dict[str, Any]) -> None:
+    result = _run("deploy", "https://github.com/t/site.git", "--json")
+
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == deploy_api["record"]
+    assert result.stderr == ""
+
+
+def test_buildq_deploy_exits_1_with_the_error_when_the_job_fails(
+    deploy_api: dict[str, Any],
+) -> None:
+    deploy_api["log"] = run_log(end="failed")
+    deploy_api["record"] = deploy_api["record"] | {"status": "failed", "error": "exit 7"}
+
+    plain = _run("deploy", "https://github.com/t/site.git")
+    as_json = _run("deploy", "https://github.com/t/site.git", "--json")
+
+    assert plain.exit_code == 1
+    assert plain.stderr == "failed: exit 7\n"
+    assert "live:" not in plain.stdout
+    assert as_json.exit_code == 1
+    assert json.loads(as_json.stdout)["status"] == "failed"
+    assert as_json.stderr == "failed: exit 7\n"
+
+
+def test_buildq_deploy_on_a_terminal_draws_the_live_view(
+    deploy_api: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cli_main, "stdout_is_terminal", lambda: True)
+    result = _run("deploy", "https://github.com/t/site.git")
+
+    assert result.exit_code == 0, result.output
+    assert "✓ cloning" in result.stdout
+    assert "npm run build" in result.stdout
+    assert "==>" not in result.stdout
+    assert "live: http://site.localhost:8001/" in result.stdout

@@ -15,6 +15,7 @@ from shared.coord.staging import Staging
 from shared.core.settings import Settings, load_settings
 from shared.engine.jobs import JobRecord, JobStore, Phase, Status
 from shared.redis.keys import Keys
+from tests.unit.conftest import WriteOnlyBucket
 from uploader.app import create_app
 from uploader.dashview import (
     CSP,
@@ -109,7 +110,7 @@ async def app(redis: fakeredis.FakeAsyncRedis, keys: Keys) -> tuple[FastAPI, Set
     settings = load_settings({}, api_tokens="vera:viewer=tok-v,ada:admin=tok-a")
     api = create_app(settings, run_ingest=False).app
     store = JobStore(redis, keys, settings)
-    api.state.services = Services(settings, keys, redis, None, store)  # type: ignore[arg-type]
+    api.state.services = Services(settings, keys, redis, WriteOnlyBucket(), store)  # type: ignore[arg-type]
     await store.submit(JOB, service="web", repo_url=f"https://example.com/{XSS}")
     await LockBook(redis, keys, events_max=100).acquire_manual(
         "web", owner="ada", ttl_ms=60_000, reason=XSS

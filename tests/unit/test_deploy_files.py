@@ -30,17 +30,22 @@ def test_compose_deployers_get_only_redis_and_s3_and_ports_stay_on_loopback() ->
 
 def test_kubernetes_deployers_read_no_uploader_secret() -> None:
     docs = list(yaml.safe_load_all((ROOT / "deploy" / "kubernetes" / "buildq.yaml").read_text()))
-    deployer = next(d for d in docs if d and d["metadata"]["name"] == "buildq-deployer")
-    uploader = next(d for d in docs if d and d["metadata"]["name"] == "buildq-uploader")
-    secret_of = {
-        name: {
-            s["secretRef"]["name"]
-            for s in d["spec"]["template"]["spec"]["containers"][0]["envFrom"]
-            if "secretRef" in s
-        }
-        for name, d in (("deployer", deployer), ("uploader", uploader))
-    }
+    deployments = {d["metadata"]["name"]: d for d in docs if d and d.get("kind") == "Deployment"}
 
-    assert secret_of["deployer"].isdisjoint(secret_of["uploader"])
+    def secret_env(name: str) -> set[str]:
+        """The variables a Deployment's containers read from secrets (by reference)."""
+        containers = deployments[name]["spec"]["template"]["spec"]["containers"]
+        return {
+            e["name"]
+            for c in containers
+            for e in c.get("env", [])
+            if "secretKeyRef" in e.get("valueFrom", {})
+        }
+
+    deployer, uploader = secret_env("buildq-deployer"), secret_env("buildq-uploader")
+    assert deployer, "the deployer reads its secrets by reference"
+    assert uploader, "the uploader reads its secrets by reference"
+    assert not deployer & set(UPLOADER_SECRETS)
+    assert set(UPLOADER_SECRETS) & uploader
     configmap = next(d for d in docs if d and d["kind"] == "ConfigMap")
     assert not any(name in configmap["data"] for name in UPLOADER_SECRETS)

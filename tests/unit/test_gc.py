@@ -16,14 +16,14 @@ from shared.core.errors import StorageError
 from shared.core.settings import Settings
 from shared.storage.gc import CollectionError, collect
 from shared.storage.manifest import FileRef, Manifest, blob_key, manifest_key
-from shared.storage.s3 import Storage, StoredObject, make_s3_client
+from shared.storage.s3 import S3Storage, Storage, StoredObject, make_s3_client
 
 pytestmark = pytest.mark.anyio
 
 GRACE_S = 3600.0
 
 
-class AgedStorage(Storage):
+class AgedStorage(S3Storage):
     """Storage whose listings call every object old, except those marked young."""
 
     young: set[str]

@@ -11,7 +11,7 @@ from shared.engine.history import archived_log, decode, encode, keep_ended, log_
 from shared.engine.jobs import JobStore, Status
 from shared.engine.logs import LogWriter, read_log
 from shared.redis.keys import Keys
-from shared.storage.s3 import Storage, make_s3_client, record_key
+from shared.storage.s3 import S3Storage, Storage, make_s3_client, record_key
 
 pytestmark = pytest.mark.anyio
 
@@ -21,7 +21,7 @@ JOB = "0123456789abcdef0123"
 @pytest.fixture
 async def storage(aws: None) -> Storage:
     settings: Settings = load_settings({"BUILDQ_S3_BUCKET": "unit-history"})
-    storage = Storage(make_s3_client(settings), settings.s3_bucket, concurrency=4)
+    storage = S3Storage(make_s3_client(settings), settings.s3_bucket, concurrency=4)
     await storage.ensure_bucket()
     return storage
 

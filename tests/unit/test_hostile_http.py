@@ -18,6 +18,7 @@ from fastapi import FastAPI
 from shared.core.settings import Settings, load_settings
 from shared.engine.jobs import JobStore
 from shared.redis.keys import Keys
+from tests.unit.conftest import WriteOnlyBucket
 from uploader import api
 from uploader.errors import install_error_handlers
 from uploader.jsonbody import parse_json_body
@@ -36,7 +37,7 @@ def make_app(redis: fakeredis.FakeAsyncRedis, keys: Keys, settings: Settings) ->
     install_security(app, settings)
     app.include_router(api.router)
     store = JobStore(redis, keys, settings)
-    app.state.services = Services(settings, keys, redis, None, store)  # type: ignore[arg-type]
+    app.state.services = Services(settings, keys, redis, WriteOnlyBucket(), store)  # type: ignore[arg-type]
     return app
 
 

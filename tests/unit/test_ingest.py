@@ -17,7 +17,7 @@ from shared.engine.jobs import JobRecord, JobStore, Status
 from shared.engine.logs import LogWriter, read_log
 from shared.engine.outcome import Outcome
 from shared.redis.keys import Keys
-from shared.storage.s3 import Storage, make_s3_client, source_key
+from shared.storage.s3 import S3Storage, Storage, make_s3_client, source_key
 from tests.unit.test_archive import read_archive
 from uploader.clone import CloneTimedOut
 from uploader.ingest import Ingest
@@ -34,7 +34,7 @@ def settings() -> Settings:
 
 @pytest.fixture
 async def storage(aws: None, settings: Settings) -> Storage:
-    storage = Storage(make_s3_client(settings), settings.s3_bucket, concurrency=4)
+    storage = S3Storage(make_s3_client(settings), settings.s3_bucket, concurrency=4)
     await storage.ensure_bucket()
     return storage
 

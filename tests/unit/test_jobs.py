@@ -540,3 +540,27 @@ async def test_recent_skips_index_entries_whose_record_expired(
     await redis.delete(keys.job("a" * 20))
 
     assert [r.id for r in await store.recent()] == ["b" * 20]
+
+
+async def test_a_minus_field_is_deleted_after_the_moves_own_writes(store: JobStore) -> None:
+    """``-name`` drops a field the move itself would write (a phase that never began)."""
+    await store.submit("job-m", service="site", repo_url="https://h/org/site")
+    await store.transition("job-m", Status.BUILDING, ack=store.keys.ingest)
+
+    moved = await store.transition(
+        "job-m",
+        Status.SUPERSEDED,
+        fetch=True,
+        superseded_by="job-n",
+        **{"-p:building:start": "", "-p:building:end": ""},
+    )
+
+    assert moved.reply is Moved.CHANGED
+    raw = await store.get_raw("job-m")
+    assert "p:building:start" not in raw
+    assert "p:building:end" not in raw
+    assert raw["p:superseded:start"] == raw["ended_at"]
+    assert raw["superseded_by"] == "job-n"
+    record = await store.get("job-m")
+    assert record is not None
+    assert "building" not in record.phases

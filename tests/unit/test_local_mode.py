@@ -19,6 +19,7 @@ from shared.core.errors import ConfigError
 from shared.core.settings import Settings, load_settings
 from shared.engine.jobs import JobStore, Status
 from shared.redis.keys import Keys
+from tests.unit.conftest import WriteOnlyBucket
 from uploader import auth
 from uploader.app import create_app
 from uploader.state import Services
@@ -33,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def make_app(redis: fakeredis.FakeAsyncRedis, keys: Keys, settings: Settings) -> FastAPI:
     app = create_app(settings, run_ingest=False).app
     store = JobStore(redis, keys, settings)
-    app.state.services = Services(settings, keys, redis, None, store)  # type: ignore[arg-type]
+    app.state.services = Services(settings, keys, redis, WriteOnlyBucket(), store)  # type: ignore[arg-type]
     return app
 
 

@@ -23,7 +23,7 @@ from shared.storage.manifest import (
     manifest_id,
     manifest_key,
 )
-from shared.storage.s3 import Storage, make_s3_client
+from shared.storage.s3 import S3Storage, Storage, make_s3_client
 
 HASH = "a" * 64
 
@@ -160,7 +160,7 @@ def test_keys_parse_back_only_when_they_are_ours() -> None:
 
 @pytest.fixture
 async def storage(aws: None, settings: Settings) -> Storage:
-    storage = Storage(make_s3_client(settings), "unit-manifests", concurrency=4)
+    storage = S3Storage(make_s3_client(settings), "unit-manifests", concurrency=4)
     await storage.ensure_bucket()
     return storage
 

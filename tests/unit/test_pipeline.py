@@ -14,6 +14,7 @@ import fakeredis
 import pytest
 
 from deployer.pipeline import JobRunner
+from deployer.staleness import Decision, StaleVerdict
 from shared.coord.locks import DeployLock
 from shared.core.settings import Settings, load_settings
 from shared.engine.jobs import JobRecord, JobStore, Status
@@ -24,6 +25,7 @@ from shared.storage.archive import pack
 from shared.storage.manifest import Manifest, blob_key, manifest_key
 from shared.storage.s3 import (
     ObjectNotFound,
+    S3Storage,
     Storage,
     alias_key,
     make_s3_client,
@@ -57,7 +59,7 @@ def settings() -> Settings:
 
 @pytest.fixture
 async def storage(aws: None, settings: Settings) -> Storage:
-    storage = Storage(make_s3_client(settings), settings.s3_bucket, concurrency=4)
+    storage = S3Storage(make_s3_client(settings), settings.s3_bucket, concurrency=4)
     await storage.ensure_bucket()
     return storage
 
@@ -238,7 +240,9 @@ async def test_a_build_override_from_the_request_runs_with_its_command_hidden(en
     assert not any("GREETING" in line or "printf" in line for line in lines)
 
 
-async def test_an_older_submission_finishing_after_a_newer_one_is_superseded(env: Env) -> None:
+async def test_an_older_submission_finishing_after_a_newer_one_is_superseded(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
     source = repository(env.tmp / "repo", {"index.html": "v"})
     await submit(env, "job-old")
     await submit(env, "job-new")
@@ -246,6 +250,11 @@ async def test_an_older_submission_finishing_after_a_newer_one_is_superseded(env
     newer, _ = await run(env, "job-new")
     await env.store.transition("job-new", newer.status, ack=env.keys.active(WORKER))
     await ingested(env, "job-old", source)
+
+    async def checked_before_job_new_went_live(record: JobRecord) -> Decision:
+        return Decision(StaleVerdict.BUILD)  # so only promotion can refuse it
+
+    monkeypatch.setattr(env.runner.staleness, "check", checked_before_job_new_went_live)
 
     older, lines = await run(env, "job-old")
 

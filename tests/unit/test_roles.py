@@ -25,6 +25,7 @@ from shared.coord.staging import Staging
 from shared.core.settings import Settings, load_settings
 from shared.engine.jobs import JobStore
 from shared.redis.keys import Keys
+from tests.unit.conftest import WriteOnlyBucket
 from uploader.app import create_app
 from uploader.state import Services
 
@@ -56,9 +57,11 @@ class Case:
     path: str  # with parameters filled in
     json: dict[str, Any] | None = None
     params: dict[str, str] | None = None
+    headers: dict[str, str] | None = None
 
 
 JOB = "a" * 20
+ORIGIN = "http://127.0.0.1:8000"
 TABLE: dict[tuple[str, str], Case] = {
     ("POST", "/deployments"): Case(
         Need.SERVICE, "/deployments", {"repo_url": "https://github.com/t/web.git"}
@@ -90,6 +93,8 @@ TABLE: dict[tuple[str, str], Case] = {
     ),
     ("DELETE", "/services/{name}"): Case(Need.ADMIN, "/services/web", {}),  # 404 for admins
     ("GET", "/services/{name}/secrets"): Case(Need.SERVICE, "/services/web/secrets"),
+    # 404 for those allowed: web is neither registered nor live here
+    ("POST", "/services/{name}/rollback"): Case(Need.SERVICE, "/services/web/rollback", {}),
     ("PUT", "/services/{name}/secrets/{key}"): Case(
         Need.SERVICE, "/services/web/secrets/API_KEY", {"value": "v"}
     ),
@@ -110,7 +115,13 @@ EXTRA: dict[tuple[str, str], Case] = {
     ("GET", "/ui/deployments/{job_id}/summary"): Case(
         Need.VIEWER, f"/ui/deployments/{JOB}/summary"
     ),
-    ("GET", "/ui/static/{name}"): Case(Need.VIEWER, "/ui/static/dashboard.js"),
+    # The dashboard's own script and stylesheet: the login page needs the stylesheet.
+    ("GET", "/ui/static/{name}"): Case(Need.OPEN, "/ui/static/dashboard.js"),
+    # The login form and its posts (a browser's, with its Origin): open by nature; the
+    # post checks the token itself (415 here: not a form body), logout ends a session.
+    ("GET", "/login"): Case(Need.OPEN, "/login"),
+    ("POST", "/login"): Case(Need.OPEN, "/login", {}, headers={"Origin": ORIGIN}),
+    ("POST", "/logout"): Case(Need.OPEN, "/logout", {}, headers={"Origin": ORIGIN}),
     ("GET", "/docs"): Case(Need.OPEN, "/docs"),
     ("GET", "/openapi.json"): Case(Need.OPEN, "/openapi.json"),
 }
@@ -151,7 +162,7 @@ def role_settings() -> Settings:
 async def app(redis: fakeredis.FakeAsyncRedis, keys: Keys, role_settings: Settings) -> FastAPI:
     api = create_app(role_settings, run_ingest=False).app  # the real routes and middleware
     store = JobStore(redis, keys, role_settings)
-    api.state.services = Services(role_settings, keys, redis, None, store)  # type: ignore[arg-type]
+    api.state.services = Services(role_settings, keys, redis, WriteOnlyBucket(), store)  # type: ignore[arg-type]
     await store.submit(JOB, service="web", repo_url="https://github.com/t/web.git")
     await LockBook(redis, keys, events_max=100).acquire_manual(
         "web", owner="web-dev", ttl_ms=60_000
@@ -171,7 +182,11 @@ async def call(app: FastAPI, method: str, case: Case, role: str) -> httpx.Respon
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8000") as c:
         return await c.request(
-            method, case.path, json=case.json, params=case.params, headers=headers_for(role)
+            method,
+            case.path,
+            json=case.json,
+            params=case.params,
+            headers=headers_for(role) | (case.headers or {}),
         )
 
 

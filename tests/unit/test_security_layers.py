@@ -16,6 +16,7 @@ from fastapi import APIRouter, FastAPI
 from shared.core.settings import Settings, load_settings
 from shared.engine.jobs import JobStore
 from shared.redis.keys import Keys
+from tests.unit.conftest import WriteOnlyBucket
 from uploader import api, control_api, team_api
 from uploader.access import Gatekeeper
 from uploader.auth import Identity, Role
@@ -44,7 +45,7 @@ def make_app(
     for router in routers:
         app.include_router(router)
     store = JobStore(redis, keys, settings)
-    app.state.services = Services(settings, keys, redis, None, store)  # type: ignore[arg-type]
+    app.state.services = Services(settings, keys, redis, WriteOnlyBucket(), store)  # type: ignore[arg-type]
     return app
 
 

@@ -16,6 +16,7 @@ from shared.core.errors import ConfigError, ValidationError
 from shared.core.settings import Settings, load_settings
 from shared.engine.jobs import JobStore
 from shared.redis.keys import Keys
+from tests.unit.conftest import WriteOnlyBucket
 from uploader.app import create_app
 from uploader.state import Services
 
@@ -35,7 +36,7 @@ async def client_for(
 ) -> httpx.AsyncClient:
     api = create_app(settings, run_ingest=False).app
     store = JobStore(redis, keys, settings)
-    api.state.services = Services(settings, keys, redis, None, store)  # type: ignore[arg-type]
+    api.state.services = Services(settings, keys, redis, WriteOnlyBucket(), store)  # type: ignore[arg-type]
     return httpx.AsyncClient(
         transport=httpx.ASGITransport(app=api), base_url="http://127.0.0.1:8000"
     )
@@ -287,3 +288,31 @@ async def test_services_are_found_by_any_form_of_their_repository_url(
     found = await book.by_repository(["git@GITHUB.COM:acme/web", "https://x.org/y"])
 
     assert [r.name for r in found] == ["web"]
+
+
+async def test_a_manual_lock_of_someone_else_refuses_a_rollback(
+    redis: fakeredis.FakeAsyncRedis, keys: Keys
+) -> None:
+    settings = make_settings(
+        api_tokens="alice:deployer=tok-alice,bob:deployer=tok-bob,root:admin=tok-root"
+    )
+    as_ = {n: {"Authorization": f"Bearer tok-{n}"} for n in ("alice", "bob", "root")}
+    async with await client_for(redis, keys, settings) as client:
+        assert (
+            await client.put("/services/web", json={"repo_url": REPO}, headers=as_["bob"])
+        ).is_success
+        locked = await client.put(
+            "/locks/web", json={"reason": "release freeze"}, headers=as_["bob"]
+        )
+        assert locked.status_code == 200, locked.text
+
+        refused = await client.post("/services/web/rollback", headers=as_["alice"])
+        by_owner = await client.post("/services/web/rollback", headers=as_["bob"])
+        by_admin = await client.post("/services/web/rollback", headers=as_["root"])
+
+    assert refused.status_code == 409
+    assert "web is locked by bob (release freeze)" in refused.text
+    # Past the lock check, both meet the rollback's own refusal: nothing was ever live.
+    for answer in (by_owner, by_admin):
+        assert answer.status_code == 409, answer.text
+        assert "locked" not in answer.text

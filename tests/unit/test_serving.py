@@ -21,7 +21,14 @@ from shared.core.siteaddr import SiteHost, SiteKind, parse_host, preview_url, si
 from shared.engine.jobs import JobStore
 from shared.redis.keys import Keys
 from shared.storage.manifest import blob_key, manifest_key
-from shared.storage.s3 import Storage, content_type, make_s3_client, serve_key, site_prefix
+from shared.storage.s3 import (
+    S3Storage,
+    Storage,
+    content_type,
+    make_s3_client,
+    serve_key,
+    site_prefix,
+)
 from uploader import serving
 from uploader.sites import Deployments, SitesOrigin
 from uploader.state import Services
@@ -147,7 +154,7 @@ def test_single_byte_ranges_are_parsed(header: str | None, expected: object) -> 
 async def app(
     aws: None, redis: fakeredis.FakeAsyncRedis, keys: Keys, settings: Settings
 ) -> SitesOrigin:
-    storage = Storage(make_s3_client(settings), "unit-sites", concurrency=4)
+    storage = S3Storage(make_s3_client(settings), "unit-sites", concurrency=4)
     await storage.ensure_bucket()
     for job_id, spa in ((LIVE, False), (SPA, True)):
         for rel, text in FILES.items():

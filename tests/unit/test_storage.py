@@ -12,6 +12,7 @@ from shared.core.errors import StorageError
 from shared.core.settings import Settings
 from shared.storage.s3 import (
     ObjectNotFound,
+    S3Storage,
     Storage,
     content_type,
     drop_expect_for_small_bodies,
@@ -52,7 +53,7 @@ def test_binary_types_get_no_charset() -> None:
 
 @pytest.fixture
 def storage(aws: None, settings: Settings) -> Storage:
-    return Storage(make_s3_client(settings), "unit-bucket", concurrency=4)
+    return S3Storage(make_s3_client(settings), "unit-bucket", concurrency=4)
 
 
 @pytest.mark.anyio

@@ -17,7 +17,7 @@ from fastapi import FastAPI
 from shared.core.settings import Settings, load_settings
 from shared.engine.jobs import JobStore
 from shared.redis.keys import Keys
-from tests.unit.conftest import FakeClock
+from tests.unit.conftest import FakeClock, WriteOnlyBucket
 from uploader import api, chatops, team_api
 from uploader.auth import Identity, Role
 from uploader.chatops import chatops_clock, slack_signature
@@ -33,7 +33,14 @@ REPO = "https://github.com/team/web.git"
 ROOT = {"Authorization": "Bearer tok-root"}
 DANA = {"Authorization": "Bearer tok-dana"}
 # Fields the store sets per job: they differ between any two jobs.
-PER_JOB = {"id", "seq", "created_at", "updated_at", "p:accepted:start"}
+PER_JOB = {
+    "id",
+    "seq",
+    "created_at",
+    "updated_at",
+    "p:accepted:start",
+    "qscore",
+}  # qscore: its turn
 TRIGGERS = itertools.count()
 
 
@@ -55,7 +62,7 @@ def services(
     redis: fakeredis.FakeAsyncRedis, keys: Keys, limited: Settings, clock: FakeClock
 ) -> Services:
     store = JobStore(redis, keys, limited, clock=clock)
-    return Services(limited, keys, redis, None, store)  # type: ignore[arg-type]
+    return Services(limited, keys, redis, WriteOnlyBucket(), store)  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -207,3 +214,23 @@ async def test_submit_normalises_the_optional_fields(services: Services) -> None
     assert record is not None
     assert (receipt.service, receipt.seq, receipt.created) == ("web", 1, True)
     assert (record.ref, record.root_dir) == ("main", "site")
+
+
+async def test_an_accepted_job_is_copied_to_storage_once_with_its_seq(
+    services: Services, clock: FakeClock
+) -> None:
+    admin = Identity("root", Role.ADMIN)
+    first = await submit(services, admin, Submission(REPO, build={"command": "make"}))
+    again = await submit(services, admin, Submission(REPO), idempotency_key="k")
+    clock.advance(60)  # a new rate-limit window
+    repeat = await submit(services, admin, Submission(REPO), idempotency_key="k")
+
+    saved = services.storage.saved  # type: ignore[attr-defined]
+    assert set(saved) == {
+        f"accepted/web/{first.seq}-{first.job_id}.json",
+        f"accepted/web/{again.seq}-{again.job_id}.json",
+    }
+    assert repeat.job_id == again.job_id
+    copy = saved[f"accepted/web/{first.seq}-{first.job_id}.json"]
+    assert (copy["status"], copy["seq"]) == ("accepted", first.seq)
+    assert copy["build"] == {"command": "***"}  # the private override never leaves Redis

@@ -15,6 +15,7 @@ from shared.coord.locks import DeployLock
 from shared.core.settings import Settings, load_settings
 from shared.engine.jobs import JobStore
 from shared.redis.keys import Keys
+from tests.unit.conftest import WriteOnlyBucket
 from uploader import team_api
 from uploader.errors import install_error_handlers
 from uploader.security import install_security
@@ -51,7 +52,7 @@ async def client(
     install_security(app, team_settings)
     app.include_router(team_api.router)
     store = JobStore(redis, keys, team_settings)
-    app.state.services = Services(team_settings, keys, redis, None, store)  # type: ignore[arg-type]
+    app.state.services = Services(team_settings, keys, redis, WriteOnlyBucket(), store)  # type: ignore[arg-type]
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(
         transport=transport, base_url="http://buildq.test", headers=as_("alice")

@@ -1,7 +1,8 @@
 -- Take a job and start it, in one round trip; optionally end the slot's last job first.
 -- KEYS: queue, active list, events stream; then, to end a job first, that job's
 --       transition keys after its events stream: job, logs stream, build override,
---       [destination] (its source is the active list)
+--       [destination], [fair-queue state], [stats hash] (its source is the active
+--       list)
 -- ARGV: job key prefix, logs key prefix, build override key prefix, mode, waiting
 --       status, n, then n start arguments: transition's A[2..] (status, now_ms,
 --       terminal, ttl_s, events_max, flags, score, field, value, ...); then, to end a
@@ -25,7 +26,7 @@ local jobs, logs, builds = ARGV[1], ARGV[2], ARGV[3]
 local mode, waiting, n = ARGV[4], ARGV[5], tonumber(ARGV[6])
 local ended = {}
 if #KEYS > 3 then
-  local K = {KEYS[4], events, KEYS[5], KEYS[6], active, KEYS[7]}
+  local K = {KEYS[4], events, KEYS[5], KEYS[6], active, KEYS[7], KEYS[8], KEYS[9]}
   local A = {}
   for i = 7 + n, #ARGV do A[#A + 1] = ARGV[i] end
   ended = transition(K, A)

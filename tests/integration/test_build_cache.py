@@ -1,0 +1,74 @@
+"""The build cache through the whole stack with a real Vite app (packages from the npm
+registry): a second build of a service starts from its cache, another service's
+build of the same app does not get it, and the cache never reaches the output."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.integration.helpers import Stack
+from tests.integration.test_frontend_apps import _registry_reachable, create_app
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+BUILD_TIMEOUT_S = 420
+
+
+@pytest.fixture(scope="module")
+def vite_app(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if shutil.which("npm") is None:
+        pytest.skip("npm is not installed: front-end templates cannot be created here")
+    problem = _registry_reachable()
+    if problem:
+        pytest.skip(f"the npm registry is not reachable from here: {problem}")
+    return create_app(tmp_path_factory.mktemp("apps"), "vanilla")
+
+
+def deploy(stack: Stack, repo: Path, service: str) -> str:
+    job_id = stack.deploy(repo, service=service)
+    record = stack.wait(job_id, timeout_s=BUILD_TIMEOUT_S)
+    log = stack.logs_text(job_id)
+    assert record["status"] == "live", (record, log[-3000:])
+    return log
+
+
+def test_a_second_build_starts_from_its_services_cache_and_no_other_service_gets_it(
+    stack: Stack, vite_app: Path, s3_client: object
+) -> None:
+    first = deploy(stack, vite_app, "cache-a")
+    assert "buildq: no build cache for cache-a yet" in first
+    assert re.search(r"^added \d+ packages", first, re.M), first[-3000:]
+    assert re.search(r"buildq: saved build cache \(npm [\d.]+ [KM]B as .*, node_modules for "
+                     r"package\.json [0-9a-f]{12} ", first), first[-3000:]  # fmt: skip
+
+    second = deploy(stack, vite_app, "cache-a")
+    assert re.search(r"buildq: restored build cache \(npm [\d.]+ MB, node_modules for "
+                     r"package\.json [0-9a-f]{12} [\d.]+ MB\)", second), second[-3000:]  # fmt: skip
+    # npm found everything in place: nothing was fetched or added.
+    assert not re.search(r"^added \d+ packages", second, re.M), second[-3000:]
+    assert re.search(r"^up to date", second, re.M), second[-3000:]
+    assert "buildq: build cache unchanged (npm" in second, second
+
+    other = deploy(stack, vite_app, "cache-b")
+    assert "buildq: no build cache for cache-b yet" in other
+    assert "restored build cache" not in other
+    assert re.search(r"^added \d+ packages", other, re.M), other[-3000:]
+
+    bucket = stack.env["BUILDQ_S3_BUCKET"]
+    listed = s3_client.list_objects_v2(Bucket=bucket, Prefix="cache/")  # type: ignore[attr-defined]
+    keys = sorted(o["Key"] for o in listed["Contents"])
+    assert [k.split("/")[1] for k in keys] == ["cache-a", "cache-a", "cache-b", "cache-b"]
+    assert all(re.fullmatch(r"cache/cache-[ab]/(pm-npm|node_modules-[0-9a-f]{16})\.tar\.zst", k)
+               for k in keys)  # fmt: skip
+    manifests = s3_client.list_objects_v2(Bucket=bucket, Prefix="manifests/")  # type: ignore[attr-defined]
+    for obj in manifests["Contents"]:  # every path any deployment published
+        body = s3_client.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read()  # type: ignore[attr-defined]
+        assert b"index.html" in body
+        assert b"node_modules" not in body
+        assert b"_cacache" not in body
+    page = stack.site("cache-a", "node_modules/.package-lock.json")
+    assert "lockfileVersion" not in page.text  # the SPA fallback, never the cache
