@@ -226,7 +226,7 @@ def test_s3_outage_of_5s_is_retried_and_every_job_completes(
     stack, proxy = _s3_stack(fast_env, logs_dir, BUILDQ_MAX_ATTEMPTS="8", BUILDQ_RETRY_CAP_S="3")
     try:
         repo = build_repo(tmp_path / "s3-blip", sleep_s=0.3)
-        ids = submit_many(stack, repo, 10, services=2)
+        ids = submit_many(stack, repo, 10, services=10)  # none stale: all build
         time.sleep(0.5)
         proxy.cut()
         time.sleep(5)
