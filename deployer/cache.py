@@ -7,6 +7,8 @@ the manager, so always restored) and the checkout's ``node_modules``, restored o
 for the same lockfile (``package.json`` without one) on the same OS and machine.
 Each lives at ``cache/<service>/<kind>-<key>.tar.zst`` and carries a header with its
 service, kind and key that restore checks: a service never gets another's cache.
+For npm, a restored ``node_modules`` leaves ``npm install`` nothing to fetch, so the
+package cache is then neither restored nor saved (half the bytes of a cache hit).
 Saved after a successful build only when it changed (:func:`deployer.cachetree.changed`),
 only within ``BUILDQ_BUILD_CACHE_MB``, replacing the kind's older key. The caches
 land outside the output: ``HOME`` is outside the checkout, and ``node_modules`` is
@@ -80,6 +82,7 @@ class BuildCache:
     workdir: Path
     bound_bytes: int
     restored: dict[CacheKind, Snapshot] = field(default_factory=dict)
+    skipped: set[CacheKind] = field(default_factory=set)  # not needed: neither restored nor saved
 
     def build_env(self, env: Mapping[str, str]) -> dict[str, str]:
         """``env`` for the build: with the package cache restored, npm (and pnpm) take
@@ -87,7 +90,7 @@ class BuildCache:
         is missing is fetched), unless the build's own env says otherwise. Without
         this npm revalidates every package's metadata, which takes seconds and
         rewrites its index, so the cache would be uploaded again after every build."""
-        if CacheKind.PACKAGES not in self.restored:
+        if not self.restored:
             return dict(env)
         return {PREFER_OFFLINE: "true", **env}
 
@@ -110,9 +113,18 @@ class BuildCache:
                 await anyio.to_thread.run_sync(self._remove, kind)
                 failures[kind] = exc
 
-        async with anyio.create_task_group() as group:  # the kinds side by side
-            for kind in self.plan.kinds():
-                group.start_soon(one, kind)
+        kinds = self.plan.kinds()
+        if self.plan.manager == "npm" and CacheKind.NODE_MODULES in kinds:
+            # npm finds a matching node_modules "up to date" without its cache.
+            await one(CacheKind.NODE_MODULES)
+            if CacheKind.NODE_MODULES in self.restored:
+                self.skipped.add(CacheKind.PACKAGES)
+            else:
+                await one(CacheKind.PACKAGES)
+        else:
+            async with anyio.create_task_group() as group:  # the kinds side by side
+                for kind in kinds:
+                    group.start_soon(one, kind)
         parts: list[str] = []
         for kind in self.plan.kinds():
             if kind in failures:
@@ -124,10 +136,12 @@ class BuildCache:
         skipped = f"; node_modules not cached: {self.plan.why_not}" if self.plan.why_not else ""
         if parts:
             took = time.monotonic() - started
-            offline = f"; {PREFER_OFFLINE}=true" if CacheKind.PACKAGES in self.restored else ""
+            unneeded = (
+                f"; {self.plan.label(CacheKind.PACKAGES)} cache not needed" if self.skipped else ""
+            )
             await writer.line(
                 f"buildq: restored build cache ({', '.join(parts)}) in {took:.1f} s"
-                f"{offline}{skipped}"
+                f"{unneeded}; {PREFER_OFFLINE}=true{skipped}"
             )
         else:
             await writer.line(f"buildq: no build cache for {self.plan.service} yet{skipped}")
@@ -175,6 +189,8 @@ class BuildCache:
         files outside the trees left out."""
         trees: dict[CacheKind, list[Node] | None] = {}
         for kind in self.plan.kinds():
+            if kind in self.skipped:
+                continue
             root, tops = self._where(kind)
             try:
                 trees[kind] = [

@@ -81,6 +81,20 @@ class Seen:
 
 Snapshot = dict[str, Seen]
 
+# What a package manager rewrites on every install although the tree it describes is
+# the same (npm's hidden lockfile lists what it saw, pnpm's state has a timestamp):
+# present or not counts, its bytes do not. A stale one is only a hint to the manager,
+# which checks it against the tree (npm ignores a hidden lockfile older than any
+# package folder).
+STATE_FILES = frozenset(
+    {
+        "node_modules/.package-lock.json",
+        "node_modules/.modules.yaml",
+        "node_modules/.yarn-state.yml",
+        "node_modules/.yarn-integrity",
+    }
+)
+
 
 def safe_link(rel: str, target: str) -> bool:
     """Whether a symlink at ``rel`` (in its tree) to ``target`` stays in the tree."""
@@ -191,12 +205,14 @@ def _open_file(root: Path, node: Node) -> int:
 
 def changed(root: Path, before: Snapshot | None, nodes: list[Node]) -> bool:
     """Whether ``nodes`` differ from what was restored: a file whose size and mtime
-    match is taken as unchanged; one rewritten with the same bytes (npm rewrites
-    ``node_modules/.package-lock.json`` on every install) is compared by content."""
+    match is taken as unchanged; one rewritten with the same bytes is compared by
+    content; a package manager's state file (:data:`STATE_FILES`) only by presence."""
     if before is None or len(before) != len(nodes):
         return True
     for node in nodes:
         seen = before.get(node.rel)
+        if seen is not None and node.rel in STATE_FILES and seen.kind is node.kind:
+            continue
         if seen is None or (seen.kind, seen.size, seen.executable) != (
             node.kind,
             node.size,

@@ -213,6 +213,50 @@ async def test_a_second_build_gets_its_caches_and_another_service_does_not(
     assert not (other.workdir / "home/.npm").exists()
 
 
+async def test_npm_with_node_modules_restored_needs_no_package_cache(
+    tmp_path: Path, storage: LocalStorage, redis: fakeredis.FakeAsyncRedis, settings: Settings
+) -> None:
+    def write_npm_app(checkout: Path, version: str) -> None:
+        checkout.mkdir(parents=True, exist_ok=True)
+        package = {**PACKAGE, "devDependencies": {"vite": version}}
+        (checkout / "package.json").write_text(json.dumps(package))  # no lockfile: npm install
+
+    first = Build(tmp_path, "job1", storage, redis)
+    write_npm_app(first.checkout, "^5.0.0")
+    cache = await first.restore("shop", settings)
+    assert cache is not None
+    assert cache.plan.manager == "npm"
+    fake_install(first.workdir, first.checkout)
+    await cache.save(first.writer)
+    stored = sorted(o.key for o in await storage.list_objects("cache/shop/"))
+    assert stored == sorted(cache.plan.key(k) for k in CacheKind)
+
+    second = Build(tmp_path, "job2", storage, redis)
+    write_npm_app(second.checkout, "^5.0.0")
+    cache2 = await second.restore("shop", settings)
+    assert cache2 is not None
+    assert (second.checkout / "node_modules/.bin/vite").read_text() == "// vite"
+    assert not (second.workdir / "home/.npm").exists()  # not fetched: not needed
+    assert cache2.build_env({})["npm_config_prefer_offline"] == "true"
+    fake_install(second.workdir, second.checkout)
+    (second.checkout / "node_modules/.package-lock.json").write_text('{"rewritten": true}')
+    await cache2.save(second.writer)
+    log2 = await second.log()
+    assert "; npm cache not needed; npm_config_prefer_offline=true" in log2
+    assert "build cache unchanged (node_modules for package.json" in log2
+    assert "saved build cache" not in log2
+    assert sorted(o.key for o in await storage.list_objects("cache/shop/")) == stored
+
+    third = Build(tmp_path, "job3", storage, redis)  # new dependencies: a new node_modules
+    write_npm_app(third.checkout, "^6.0.0")
+    cache3 = await third.restore("shop", settings)
+    assert cache3 is not None
+    assert not cache3.skipped
+    assert (third.workdir / "home/.npm/_cacache/content-v2/sha512-abc").exists()
+    assert not (third.checkout / "node_modules").exists()
+    assert "restored build cache (npm 1 KB) in " in await third.log()
+
+
 async def test_a_cache_copied_under_another_service_is_refused_and_the_build_goes_on(
     tmp_path: Path, storage: LocalStorage, redis: fakeredis.FakeAsyncRedis, settings: Settings
 ) -> None:

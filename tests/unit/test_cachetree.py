@@ -126,6 +126,17 @@ def test_a_file_rewritten_with_the_same_bytes_is_unchanged(tmp_path: Path) -> No
     assert not changed(root, snapshot, now_walk(root))
 
 
+def test_a_package_managers_state_file_counts_by_presence_only(tmp_path: Path) -> None:
+    root, snapshot = restored(tmp_path)
+    lock = root / "node_modules/.package-lock.json"
+    lock.write_text('{"name": "app", "packages": {}}')  # npm wrote it anew: other size
+    os.utime(lock, (2_000_000_000, 2_000_000_000))
+    assert not changed(root, snapshot, now_walk(root))
+
+    lock.unlink()
+    assert changed(root, snapshot, now_walk(root))
+
+
 def test_new_or_different_content_is_a_change(tmp_path: Path) -> None:
     root, snapshot = restored(tmp_path)
     pkg = root / "node_modules/vite/package.json"
