@@ -16,6 +16,8 @@ BENCHMARKS = (
     "tests.bench.bench_queue",
     "tests.bench.bench_locks",
     "tests.bench.bench_frontend",
+    "tests.bench.bench_build_cache",  # a real Vite app built twice per round: a few minutes
+    "tests.bench.bench_rollback",
     "tests.bench.bench_transfer",
     "tests.bench.bench_recovery",  # about a minute: five kill -9 rounds under buildq up
 )
