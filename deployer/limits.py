@@ -89,7 +89,8 @@ class BuildLimiter:
         if group is None:
             return 0
         with anyio.CancelScope(shield=True):
-            return await anyio.to_thread.run_sync(close_group, group)
+            kills = await anyio.to_thread.run_sync(close_group, group)
+        return kills
 
 
 def close_group(group: Group) -> int:
