@@ -252,12 +252,7 @@ class JobRunner:
         else:
             await writer.line(f"buildq: build from {config.origin}: {config.command}")
         s = self.settings
-        try:  # before anything runs: a build must not go without its secrets
-            secrets = await build_secrets(self.redis, self.keys, s, record.service)
-        except ConfigError as exc:
-            raise BuildFailed(str(exc)) from None
-        if secrets:
-            await writer.line(f"buildq: with the service's secrets {', '.join(sorted(secrets))}")
+        secrets = await self._secrets(record, writer)
         env = build_env(
             workdir / "home",
             config.env,
@@ -294,6 +289,21 @@ class JobRunner:
             raise BuildFailed(f"build exited with status {code}")
         if cache is not None:
             await cache.save(writer)
+
+    async def _secrets(self, record: JobRecord, writer: LogWriter) -> dict[str, str]:
+        """The secrets the build receives: its service's own or, for a webhook's
+        preview of a branch of the service's repository, its parent's (``secrets_of``)."""
+        owner = record.secrets_of or record.service
+        try:  # before anything runs: a build must not go without its secrets
+            secrets = await build_secrets(self.redis, self.keys, self.settings, owner)
+        except ConfigError as exc:
+            raise BuildFailed(str(exc)) from None
+        if secrets:
+            whose = (
+                "the service's secrets" if owner == record.service else f"the secrets of {owner}:"
+            )
+            await writer.line(f"buildq: with {whose} {', '.join(sorted(secrets))}")
+        return secrets
 
     async def _promote(
         self, record: JobRecord, writer: LogWriter, fence: int

@@ -11,7 +11,7 @@ request for the newest state, and the newest submission said what that is.
 
 A job **pinned to a commit** (its ``ref`` is the full commit id it resolved to) whose
 commit is the live deployment's, from the same repository and directory with the
-same settings (an identical build override or none, and the same service secrets,
+same settings (an identical build override or none, and the same secrets delivered,
 compared by a digest kept only in Redis), ends ``live`` at once with ``served_by``
 naming the live deployment: nothing is fetched, built or uploaded. A branch ref is
 always built: the branch may be redeployed on purpose (a build hook pulling new
@@ -126,10 +126,15 @@ def decide(record: JobRecord, settings_digest: str, facts: Facts) -> Decision:
     return Decision(StaleVerdict.BUILD)
 
 
-def digest(build: dict[str, Any] | None, secrets: list[tuple[str, int]]) -> str:
+def digest(
+    build: dict[str, Any] | None, secrets: list[tuple[str, int]], secrets_of: str | None = None
+) -> str:
     """The settings a build ran with, as one digest: its override (command and env
-    values included) and each service secret's name and update time."""
-    document = {"build": build, "secrets": sorted(secrets)}
+    values included) and each secret's name and update time, and whose they are when
+    not its own service's (a webhook preview's parent)."""
+    document: dict[str, Any] = {"build": build, "secrets": sorted(secrets)}
+    if secrets_of is not None:
+        document["secrets_of"] = secrets_of
     text = json.dumps(document, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -163,8 +168,8 @@ class Staleness:
             override = await self.store.build_override(record.id)
             if override is None:
                 return ""
-        infos = await self.secrets.names(record.service)
-        return digest(override, [(i.name, i.updated_at) for i in infos])
+        infos = await self.secrets.names(record.secrets_of or record.service)
+        return digest(override, [(i.name, i.updated_at) for i in infos], record.secrets_of)
 
     async def facts(self, record: JobRecord, settings_digest: str) -> Facts:
         k = self.keys

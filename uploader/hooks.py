@@ -13,6 +13,11 @@ another branch (matching ``preview_branches``) or a pull request deploys a previ
 service ``<service>--<branch>`` / ``<service>--pr-<n>`` whose address is stable per
 branch. Every job is submitted with an idempotency key of the delivery id, so a
 replayed delivery acts once.
+
+A preview builds with the service's secrets (the record's ``secrets_of``, which only
+this path sets): it is a branch of the service's own repository, pushed by someone who
+may push there. Pull requests from forks are not built (``forges.py``): anyone may open
+one, and its preview would serve their content under the service's name.
 """
 
 from __future__ import annotations
@@ -53,6 +58,13 @@ def preview_service(service: str, event: HookEvent) -> str:
         digest = hashlib.sha256(label.encode()).hexdigest()[:8]
         name = f"{service}--{slug}"[: 63 - 9].rstrip("-") + "-" + digest
     return validate_name(name)
+
+
+def _secrets_grant(record: ServiceRecord, event: HookEvent, target: str) -> dict[str, str]:
+    """A preview's builds get its parent's secrets: a branch of the same repository."""
+    if target == record.name:
+        return {}
+    return {"secrets_of": record.name}
 
 
 def _target(record: ServiceRecord, event: HookEvent) -> tuple[str | None, str]:
@@ -154,6 +166,7 @@ async def _deploy(
         build or None,
         # Production pushes go ahead of manual deploys (normal) and previews (low).
         Priority.HIGH if target == record.name else Priority.LOW,
+        **_secrets_grant(record, event, target),
     )
     key = f"hook:{forge.name}:{delivery}:{target}"
     try:

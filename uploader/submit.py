@@ -62,6 +62,8 @@ class Submission:
     root_dir: str | None = None
     build: Mapping[str, Any] | None = None
     priority: Priority = Priority.NORMAL
+    # Only a verified webhook sets it (``uploader/hooks.py``), never a request body.
+    secrets_of: str | None = None  # the parent whose secrets a preview's build gets
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +135,23 @@ def _record_fields(svc: Services, who: Identity, submission: Submission) -> dict
         "build": build,
         "submitter": who.name,
         "priority": submission.priority,
+        **_secrets_grant(who, service, submission),
     }
+
+
+def _secrets_grant(who: Identity, service: str, submission: Submission) -> dict[str, str]:
+    """The record's ``secrets_of`` field: only for a preview ``<parent>--…`` of a
+    parent that ``who`` may deploy; ValidationError or :class:`Forbidden` otherwise."""
+    parent = submission.secrets_of
+    if parent is None:
+        return {}
+    validate_name(parent)
+    if not service.startswith(f"{parent}--"):
+        raise ValidationError(f"{service} is not a preview of {parent}: it gets its own secrets")
+    reason = decide(who, Action.DEPLOY, parent)
+    if reason is not None:
+        raise Forbidden(reason)
+    return {"secrets_of": parent}
 
 
 async def submit(

@@ -103,13 +103,14 @@ class JobStore:
         build: Mapping[str, Any] | None,
         submitter: str,
         priority: Priority,
+        secrets_of: str | None,
     ) -> tuple[Submitted, str]:
         fields: list[str] = ["service", service, "repo_url", redact_url(repo_url)]
         fields += ["submitter", submitter, "priority", priority.value]
-        if ref:
-            fields += ["ref", ref]
-        if root_dir:
-            fields += ["root_dir", root_dir]
+        optional = {"ref": ref, "root_dir": root_dir, "secrets_of": secrets_of}
+        for name, value in optional.items():
+            if value:
+                fields += [name, value]
         private = ""
         if build:
             fields += ["build", json.dumps(redact_build(build), separators=(",", ":"))]
@@ -145,6 +146,7 @@ class JobStore:
         build: Mapping[str, Any] | None = None,
         submitter: str = "",
         priority: Priority = Priority.NORMAL,
+        secrets_of: str | None = None,
     ) -> int:
         """Create the record and push the id onto ingest; returns the submission seq."""
         _, seq = await self._submit(
@@ -157,6 +159,7 @@ class JobStore:
             build=build,
             submitter=submitter,
             priority=priority,
+            secrets_of=secrets_of,
         )
         return int(seq)
 
@@ -172,6 +175,7 @@ class JobStore:
         build: Mapping[str, Any] | None = None,
         submitter: str = "",
         priority: Priority = Priority.NORMAL,
+        secrets_of: str | None = None,
     ) -> tuple[str, bool]:
         """Like :meth:`submit`, but a repeated ``idem_key`` (hashed by the caller)
         returns the first job's id; returns ``(id, created)``."""
@@ -185,6 +189,7 @@ class JobStore:
             build=build,
             submitter=submitter,
             priority=priority,
+            secrets_of=secrets_of,
         )
         return (job_id, True) if created is Submitted.CREATED else (value, False)
 

@@ -97,6 +97,9 @@ class JobRecord(BaseModel):
     waiting_since: int | None = None  # when it first found its service locked
     superseded_by: str | None = None  # the newer job that made it stale before it built
     served_by: str | None = None  # the live deployment that already serves its commit
+    # Set only by a verified webhook's preview of a branch of the service's own
+    # repository: the service whose secrets its build gets instead of its own.
+    secrets_of: str | None = None
     phases: dict[str, Phase] = {}
 
     @classmethod

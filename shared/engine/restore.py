@@ -47,7 +47,8 @@ class Restorer:
         k, s = self.keys, self.settings
         fields: list[str] = ["service", record.service, "repo_url", record.repo_url]
         fields += ["submitter", record.submitter or "", "priority", record.priority.value]
-        for name, value in (("ref", record.ref), ("root_dir", record.root_dir)):
+        optional = {"ref": record.ref, "root_dir": record.root_dir, "secrets_of": record.secrets_of}
+        for name, value in optional.items():
             if value:
                 fields += [name, value]
         if record.build:  # the redacted copy: the private override never reaches S3

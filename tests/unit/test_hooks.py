@@ -231,6 +231,18 @@ async def test_closed_and_fork_pull_requests_build_nothing(
     assert await jobs() == []
 
 
+async def test_previews_build_with_the_parent_services_secrets(
+    api: httpx.AsyncClient, jobs: Jobs
+) -> None:
+    pull = await github(api, pull_request(), event="pull_request")
+    same = await github(api, push("refs/heads/feature/x"), delivery="d-2")
+
+    assert (pull.status_code, same.status_code) == (202, 202)
+    branch, preview = await jobs()
+    assert (preview.service, preview.secrets_of) == ("web--pr-7", "web")
+    assert (branch.service, branch.secrets_of) == ("web--feature-x", "web")
+
+
 async def test_gitlab_checks_its_token_and_pins_the_commit(
     api: httpx.AsyncClient, jobs: Jobs
 ) -> None:
