@@ -6,8 +6,12 @@
 Needs npm and the npm registry. Each round creates nothing new: the templates are
 made once (``npm create vite@latest``); every round deploys them again through the
 whole stack (clone, S3, queue, sandboxed build with a fresh npm cache, publish,
-promote) and, alternating, builds a fresh copy bare with an empty npm cache. Prints
-medians with min-max and the ratio of buildq's build phase to the bare build.
+promote) and, alternating, builds a fresh copy bare with an empty npm cache. Each
+round deploys to a new service, so buildq's build cache starts empty too (its second
+builds are bench_build_cache's). Prints medians with min-max, the ratio of buildq's
+build phase to the bare build, the phase breakdown, and the platform overhead: POST→live
+minus the work phases (cloning, uploading, building, publishing), as a share of
+POST→live (issue 10's goal: at most 10%).
 """
 
 from __future__ import annotations
@@ -27,8 +31,11 @@ import httpx
 
 from shared.cli.demo_repo import GIT_IDENTITY
 from shared.cli.embedded import free_ports
+from tests.bench.goals import Goal
 
 LIMIT_S = 600  # per deployment
+WORK_PHASES = ("cloning", "uploading", "building", "publishing")
+OVERHEAD_GOAL = 0.10
 
 
 def create_app(parent: Path, template: str) -> Path:
@@ -61,8 +68,8 @@ def bare_build(repo: Path, scratch: Path) -> float:
     return took
 
 
-def deploy(api: str, repo: Path, service: str) -> tuple[float, float]:
-    """(build phase seconds, POST→live seconds) of one deployment."""
+def deploy(api: str, repo: Path, service: str) -> tuple[dict[str, float], float]:
+    """(each phase's seconds, POST→live seconds) of one deployment."""
     started = time.monotonic()
     body = {"repo_url": f"file://{repo}", "service": service}
     job_id = httpx.post(f"{api}/deployments", json=body, timeout=30).json()["id"]
@@ -75,7 +82,12 @@ def deploy(api: str, repo: Path, service: str) -> tuple[float, float]:
     took = time.monotonic() - started
     if record["status"] != "live":
         raise SystemExit(f"{service}: {record['status']}: {record.get('error')}")
-    return record["phases"]["building"]["duration_ms"] / 1000, took
+    phases = {
+        name: phase["duration_ms"] / 1000
+        for name, phase in record["phases"].items()
+        if phase.get("duration_ms") is not None
+    }
+    return phases, took
 
 
 def start_stack(data: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -107,7 +119,9 @@ def main() -> int:
     try:
         repos = {t: create_app(scratch, t) for t in args.templates.split(",")}
         results: dict[str, dict[str, list[float]]] = {
-            t: {"bare": [], "build": [], "live": []} for t in repos
+            t: {"bare": [], "build": [], "live": [], "overhead": []}
+            | {phase: [] for phase in WORK_PHASES}
+            for t in repos
         }
         for round_no in range(args.rounds):
             for template, repo in repos.items():
@@ -116,9 +130,13 @@ def main() -> int:
                     if which == "bare":
                         results[template]["bare"].append(bare_build(repo, scratch))
                     else:
-                        build, live = deploy(api, repo, f"vite-{template}")
-                        results[template]["build"].append(build)
+                        phases, live = deploy(api, repo, f"vite-{template}-{round_no}")
+                        results[template]["build"].append(phases["building"])
                         results[template]["live"].append(live)
+                        for phase in WORK_PHASES:
+                            results[template][phase].append(phases.get(phase, 0.0))
+                        work = sum(phases.get(phase, 0.0) for phase in WORK_PHASES)
+                        results[template]["overhead"].append((live - work) / live)
             print(f"round {round_no + 1}/{args.rounds} done", flush=True)
         print(f"\n{'app':<16}{'bare npm build':<28}{'buildq building phase':<28}"
               f"{'buildq POST→live':<28}build ratio")  # fmt: skip
@@ -128,6 +146,20 @@ def main() -> int:
                 f"vite {template:<11}{spread(r['bare']):<28}{spread(r['build']):<28}"
                 f"{spread(r['live']):<28}{statistics.median(ratios):.2f}x"
             )
+        print(f"\n{'phases (median s)':<18}" + "".join(f"{p:<12}" for p in WORK_PHASES)
+              + "overhead of POST→live (min-max)")  # fmt: skip
+        goals = []
+        for template, r in results.items():
+            share = r["overhead"]
+            print(
+                f"vite {template:<13}"
+                + "".join(f"{statistics.median(r[p]):<12.2f}" for p in WORK_PHASES)
+                + f"{statistics.median(share):.1%} ({min(share):.1%}-{max(share):.1%})"
+            )
+            name = f"frontend.platform_overhead_{template.replace('-', '_')}"
+            goals.append(Goal(name, statistics.median(share), OVERHEAD_GOAL))
+        for goal in goals:
+            print(goal.line())
     finally:
         os.killpg(proc.pid, signal.SIGINT)
         try:
