@@ -2,6 +2,7 @@
 under ``buildq up``.
 
     .venv/bin/python -m tests.bench.bench_build_cache [--rounds 3] [--template react-ts]
+        [--lockfile]
 
 Needs npm and the npm registry. The app is made once (``npm create vite@latest``);
 each round deploys it to a new service twice: the first build starts with an empty
@@ -9,6 +10,9 @@ npm cache and no node_modules and saves the service's cache, the second restores
 Both times are the job's ``building`` phase as buildq records it (source fetch,
 cache restore, ``npm install && npm run build``, cache save). Prints the medians
 and the median ratio second/first, and the goal (issue 13: at most 0.3x).
+``--lockfile`` commits a ``package-lock.json`` first, as most real repositories do:
+buildq then runs ``npm ci``, which deletes ``node_modules``, so only npm's own cache
+is kept between builds (its goal line is named ``..._npm_ci``).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from typing import Any
 
 import httpx
 
+from shared.cli.demo_repo import GIT_IDENTITY
 from tests.bench.bench_frontend import LIMIT_S, create_app, spread, start_stack
 from tests.bench.goals import Goal
 
@@ -51,10 +56,20 @@ def build(api: str, repo: Path, service: str) -> tuple[float, list[str]]:
     return record["phases"]["building"]["duration_ms"] / 1000, lines
 
 
+def add_lockfile(repo: Path) -> None:
+    """Commit the ``package-lock.json`` npm resolves for the app (nothing installed)."""
+    subprocess.run(["npm", "install", "--package-lock-only", "--no-audit", "--no-fund"],
+                   cwd=repo, check=True, capture_output=True, timeout=LIMIT_S)  # fmt: skip
+    env = {**os.environ, **GIT_IDENTITY}
+    for cmd in (["git", "add", "package-lock.json"], ["git", "commit", "-qm", "lockfile"]):
+        subprocess.run(cmd, cwd=repo, env=env, check=True, capture_output=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--template", default="react-ts")
+    parser.add_argument("--lockfile", action="store_true", help="commit a package-lock.json")
     args = parser.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="bench-build-cache-"))
     proc, api = start_stack(scratch / "data")
@@ -62,6 +77,8 @@ def main() -> int:
     second: list[float] = []
     try:
         repo = create_app(scratch, args.template)
+        if args.lockfile:
+            add_lockfile(repo)
         for round_no in range(args.rounds):
             service = f"cache-bench-{round_no}"
             cold, _ = build(api, repo, service)
@@ -85,7 +102,8 @@ def main() -> int:
     ratio = statistics.median(ratios)
     print(f"\n{'app':<18}{'first build':<28}{'second build':<28}second/first")
     print(f"vite {args.template:<13}{spread(first):<28}{spread(second):<28}{ratio:.2f}x")
-    print(Goal("build_cache_second_build_ratio", ratio, GOAL_RATIO).line())
+    suffix = "_npm_ci" if args.lockfile else ""
+    print(Goal(f"build_cache_second_build_ratio{suffix}", ratio, GOAL_RATIO).line())
     return 0
 
 
