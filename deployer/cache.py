@@ -8,7 +8,9 @@ for the same lockfile (``package.json`` without one) on the same OS and machine.
 Each lives at ``cache/<service>/<kind>-<key>.tar.zst`` and carries a header with its
 service, kind and key that restore checks: a service never gets another's cache.
 For npm, a restored ``node_modules`` leaves ``npm install`` nothing to fetch, so the
-package cache is then neither restored nor saved (half the bytes of a cache hit).
+package cache is then neither restored nor saved (half the bytes of a cache hit); for
+buildq's detected ``npm ci && …`` it is keyed by the lockfile and package.json, and a
+restored one replaces the ``npm ci`` step (:meth:`BuildCache.command`).
 Saved after a successful build only when it changed (:func:`deployer.cachetree.changed`),
 only within ``BUILDQ_BUILD_CACHE_MB``, replacing the kind's older key. The caches
 land outside the output: ``HOME`` is outside the checkout, and ``node_modules`` is
@@ -93,6 +95,14 @@ class BuildCache:
         if not self.restored:
             return dict(env)
         return {PREFER_OFFLINE: "true", **env}
+
+    def command(self, command: str) -> str:
+        """The command to run: without its install step when the restored
+        node_modules stands in for it (see :mod:`deployer.cacheplan`)."""
+        step = self.plan.install_step
+        if step and CacheKind.NODE_MODULES in self.restored and command.startswith(step):
+            return command[len(step) :]
+        return command
 
     def _where(self, kind: CacheKind) -> tuple[Path, tuple[str, ...]]:
         if kind is CacheKind.PACKAGES:

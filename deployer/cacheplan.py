@@ -23,6 +23,9 @@ MAX_PACKAGE_JSON_BYTES = 256 * 1024
 MAX_LOCKFILE_BYTES = 64 * 1024 * 1024
 # `npm ci` deletes node_modules before it installs: restoring one is wasted work.
 NPM_CI_RE = re.compile(r"(?:^|[\s;&|(])npm\s+(?:ci|clean-install)(?:\s|$|[;&|)])")
+# The install step of the detected command for an npm lockfile; a restored
+# node_modules made from the same lockfile and package.json stands in for it.
+NPM_CI_STEP = "npm ci && "
 MB = 1024 * 1024
 
 
@@ -48,6 +51,7 @@ class CachePlan:
     lock_hash: str
     node_modules: bool
     why_not: str = ""  # why node_modules is not cached
+    install_step: str = ""  # the command's prefix a restored node_modules makes moot
 
     def kinds(self) -> tuple[CacheKind, ...]:
         if self.node_modules:
@@ -92,20 +96,32 @@ def plan_cache(
     command: str,
     outputs: Collection[str],
     in_repository: bool,
+    detected: bool = False,
+    package_json: bytes = b"",
 ) -> CachePlan:
     """The caches of a build from plain data: the package.json, which marker files
     are present, the lockfile (or package.json) and its bytes, the command, the
-    output candidates and whether the repository holds its own node_modules."""
-    manager, _ = install_command(package, present)
+    output candidates, whether the repository holds its own node_modules, whether
+    the command is buildq's own detection (not the repository's or the request's)
+    and the package.json's bytes.
+
+    buildq's detected ``npm ci && …`` keeps node_modules keyed by the lockfile *and*
+    package.json: a restored one is what ``npm ci`` made from exactly these inputs
+    before, after which it succeeded, so the install step is skipped
+    (:attr:`CachePlan.install_step`). A command someone wrote runs as written."""
+    manager, detected_command = install_command(package, present)
+    name, data = lock
+    ci_step = detected and command == detected_command and command.startswith(NPM_CI_STEP)
     why_not = ""
     if in_repository:
         why_not = "the repository has its own node_modules"
     elif outputs_overlap(outputs):
         why_not = "an output directory could contain node_modules"
-    elif NPM_CI_RE.search(command):
+    elif NPM_CI_RE.search(command) and not ci_step:
         why_not = "npm ci removes node_modules"
-    name, data = lock
-    return CachePlan(service, manager, name, lock_hash(name, data), not why_not, why_not)
+    key = lock_hash(name, data + b"\0package.json\0" + package_json if ci_step else data)
+    step = NPM_CI_STEP if ci_step and not why_not else ""
+    return CachePlan(service, manager, name, key, not why_not, why_not, step)
 
 
 def is_tool_cache(rel: str) -> bool:
@@ -178,4 +194,6 @@ def read_plan(service: str, config: BuildConfig, checkout: Path) -> CachePlan | 
         command=config.command,
         outputs=config.outputs,
         in_repository=in_repository,
+        detected=config.origin == "package.json",
+        package_json=raw,
     )

@@ -273,10 +273,17 @@ class JobRunner:
             self.storage, s, writer, service=record.service, config=config,
             checkout=checkout, workdir=workdir,
         )  # fmt: skip
-        env = cache.build_env(env) if cache is not None else env
+        command = config.command
+        if cache is not None:
+            env, command = cache.build_env(env), cache.command(command)
+            if command != config.command:
+                await writer.line(
+                    f"buildq: node_modules restored for this package-lock.json and "
+                    f"package.json: skipping {cache.plan.install_step.removesuffix(' && ')}"
+                )
         sandbox = await sandbox_for(s)
         code = await run_build(
-            config.command,
+            command,
             checkout,
             env,
             limits,

@@ -4,12 +4,15 @@ build of the same app does not get it, and the cache never reaches the output.""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 
+from shared.cli.demo_repo import GIT_IDENTITY
 from tests.integration.helpers import Stack
 from tests.integration.test_frontend_apps import _registry_reachable, create_app
 
@@ -76,3 +79,34 @@ def test_a_second_build_starts_from_its_services_cache_and_no_other_service_gets
         assert b"_cacache" not in body
     page = stack.site("cache-a", "node_modules/.package-lock.json")
     assert "lockfileVersion" not in page.text  # the SPA fallback, never the cache
+
+
+def test_with_a_lockfile_the_detected_npm_ci_is_skipped_on_an_exact_cache_hit(
+    stack: Stack, vite_app: Path, tmp_path: Path
+) -> None:
+    repo = tmp_path / "locked"
+    shutil.copytree(vite_app, repo)
+    subprocess.run(["npm", "install", "--package-lock-only", "--no-audit", "--no-fund"],
+                   cwd=repo, check=True, capture_output=True, timeout=BUILD_TIMEOUT_S)  # fmt: skip
+    env = {**os.environ, **GIT_IDENTITY}
+    for cmd in (["git", "add", "package-lock.json"], ["git", "commit", "-qm", "lockfile"]):
+        subprocess.run(cmd, cwd=repo, env=env, check=True, capture_output=True)
+
+    first = deploy(stack, repo, "cache-ci")
+    assert "buildq: build from package.json: npm ci && npm run build" in first
+    assert re.search(r"^added \d+ packages", first, re.M), first[-3000:]
+    assert "node_modules for lockfile" in first, first[-3000:]
+
+    second = deploy(stack, repo, "cache-ci")
+    assert "package.json: skipping npm ci" in second, second[-3000:]
+    assert not re.search(r"^added \d+ packages", second, re.M), second[-3000:]
+    assert "npm cache not needed" in second, second[-3000:]
+    assert "saved build cache" not in second, second[-3000:]
+
+    (repo / "package.json").write_text(
+        (repo / "package.json").read_text().replace('"private": true', '"private": true, "x": 1')
+    )
+    subprocess.run(["git", "commit", "-qam", "package.json only"], cwd=repo, env=env, check=True)
+    third = deploy(stack, repo, "cache-ci")  # another package.json: npm ci runs again
+    assert "skipping npm ci" not in third, third[-3000:]
+    assert re.search(r"^added \d+ packages", third, re.M), third[-3000:]

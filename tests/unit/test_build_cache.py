@@ -78,6 +78,36 @@ def test_node_modules_is_left_alone_where_it_could_not_help_or_could_reach_the_o
     assert shop.kinds() == (CacheKind.PACKAGES,)
 
 
+def test_detected_npm_ci_keys_node_modules_by_lockfile_and_package_json() -> None:
+    def ci(package_json: bytes, *, detected: bool = True) -> CachePlan:
+        return plan_cache(
+            "shop", PACKAGE, {"package-lock.json"}, LOCK, command="npm ci && npm run build",
+            outputs=("dist",), in_repository=False, detected=detected, package_json=package_json,
+        )  # fmt: skip
+
+    a, b = ci(b'{"name": "a"}'), ci(b'{"name": "b"}')
+    assert a.node_modules
+    assert a.install_step == "npm ci && "
+    assert a.key(CacheKind.NODE_MODULES) != b.key(CacheKind.NODE_MODULES)
+    assert a.key(CacheKind.NODE_MODULES) != plan().key(CacheKind.NODE_MODULES)
+    written = ci(b'{"name": "a"}', detected=False)  # the repository's own: runs as written
+    assert not written.node_modules
+    assert written.install_step == ""
+
+
+def test_a_restored_node_modules_stands_in_for_the_detected_npm_ci(tmp_path: Path) -> None:
+    plan_ci = dataclasses.replace(plan(), install_step="npm ci && ")
+    cache = BuildCache(None, plan_ci, tmp_path, tmp_path, tmp_path, 1)  # type: ignore[arg-type]
+    assert cache.command("npm ci && npm run build") == "npm ci && npm run build"
+    cache.restored[CacheKind.PACKAGES] = {}
+    assert cache.command("npm ci && npm run build") == "npm ci && npm run build"
+    cache.restored[CacheKind.NODE_MODULES] = {}
+    assert cache.command("npm ci && npm run build") == "npm run build"
+    plain = BuildCache(None, plan(), tmp_path, tmp_path, tmp_path, 1)  # type: ignore[arg-type]
+    plain.restored[CacheKind.NODE_MODULES] = {}
+    assert plain.command("npm ci && npm run build") == "npm ci && npm run build"
+
+
 def test_the_manager_comes_from_the_lockfile() -> None:
     pnpm = plan_cache(
         "shop", PACKAGE, {"pnpm-lock.yaml"}, ("pnpm-lock.yaml", b"lockfileVersion: 9"),
@@ -340,7 +370,12 @@ def test_the_plan_reads_the_checkout(tmp_path: Path) -> None:
     found = read_plan("shop", detect(tmp_path), tmp_path)
     assert found is not None
     assert found.manager == "npm"
-    assert not found.node_modules
+    assert found.node_modules  # detected npm ci: keyed by the lockfile and package.json
+    assert found.install_step == "npm ci && "
+    written = BuildConfig("buildq.toml", "npm ci && npm run build", ("dist",))
+    found = read_plan("shop", written, tmp_path)
+    assert found is not None
+    assert not found.node_modules  # someone wrote npm ci: it runs, and removes node_modules
     (tmp_path / "package-lock.json").unlink()
     found = read_plan("shop", detect(tmp_path), tmp_path)
     assert found is not None
