@@ -7,9 +7,11 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
+from cryptography.fernet import Fernet
 
 from shared.cli.embedded import EMBEDDED_AWS_ENV, free_port, start_moto, start_valkey, stop_process
 from shared.core.settings import Settings, load_settings
@@ -63,6 +65,21 @@ def stack(bq_env: dict[str, str], tmp_path: Path, s3_client: object) -> Iterator
     logs = tmp_path / "logs"
     logs.mkdir()
     running = Stack(bq_env, logs).start(deployers=1, slots=2)
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture
+def secret_stack(valkey_url: str, s3_url: str, tmp_path: Path, s3_client: Any) -> Iterator[Stack]:
+    """A stack (one deployer, one slot) that can keep secrets: a fresh
+    ``BUILDQ_SECRETS_KEY``."""
+    env = make_env(valkey_url, s3_url, tmp_path, BUILDQ_SECRETS_KEY=Fernet.generate_key().decode())
+    s3_client.create_bucket(Bucket=env["BUILDQ_S3_BUCKET"])
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    running = Stack(env, logs).start(deployers=1, slots=1)
     try:
         yield running
     finally:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 import os
 import signal
 import subprocess
@@ -181,3 +184,19 @@ class Stack:
 
     def logs_text(self, job_id: str) -> str:
         return httpx.get(f"{self.url}/deployments/{job_id}/logs", headers=self.auth).text
+
+
+def github_delivery(
+    url: str, payload: Mapping[str, Any], *, secret: str, delivery: str, event: str = "push"
+) -> httpx.Response:
+    """POST ``payload`` to ``url``'s ``/hooks/github`` as GitHub would: signed with
+    ``secret`` (``X-Hub-Signature-256``), with its event and delivery id."""
+    body = json.dumps(payload).encode()
+    signature = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    headers = {
+        "Content-Type": "application/json",
+        "X-GitHub-Event": event,
+        "X-GitHub-Delivery": delivery,
+        "X-Hub-Signature-256": signature,
+    }
+    return httpx.post(f"{url}/hooks/github", content=body, headers=headers)

@@ -5,8 +5,6 @@ never into a log."""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import threading
 import time
@@ -19,7 +17,7 @@ import httpx
 import pytest
 from cryptography.fernet import Fernet
 
-from tests.integration.helpers import Stack, make_env, make_repo
+from tests.integration.helpers import Stack, github_delivery, make_env, make_repo
 
 pytestmark = pytest.mark.integration
 
@@ -95,15 +93,7 @@ def push(stack: Stack, repo: Path, sha: str, delivery: str) -> httpx.Response:
         "after": sha,
         "repository": {"clone_url": f"file://{repo}", "full_name": "acme/web"},
     }
-    body = json.dumps(payload).encode()
-    signature = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
-    headers = {
-        "Content-Type": "application/json",
-        "X-GitHub-Event": "push",
-        "X-GitHub-Delivery": delivery,
-        "X-Hub-Signature-256": signature,
-    }
-    return httpx.post(f"{stack.url}/hooks/github", content=body, headers=headers)
+    return github_delivery(stack.url, payload, secret=SECRET, delivery=delivery)
 
 
 def head(repo: Path) -> str:

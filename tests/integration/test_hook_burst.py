@@ -10,9 +10,6 @@ those may build; no later one but the newest may.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import json
 import os
 import subprocess
 import time
@@ -24,7 +21,7 @@ import pytest
 from cryptography.fernet import Fernet
 
 from shared.cli.demo_repo import GIT_IDENTITY
-from tests.integration.helpers import TERMINAL, Stack, make_env, make_repo
+from tests.integration.helpers import TERMINAL, Stack, github_delivery, make_env, make_repo
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -69,15 +66,7 @@ def deliver(stack: Stack, origin: Path, sha: str, delivery: str) -> httpx.Respon
         "after": sha,
         "repository": {"clone_url": f"file://{origin}", "html_url": "https://example.invalid/b"},
     }
-    body = json.dumps(payload).encode()
-    signature = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
-    headers = {
-        "Content-Type": "application/json",
-        "X-GitHub-Event": "push",
-        "X-GitHub-Delivery": delivery,
-        "X-Hub-Signature-256": signature,
-    }
-    return httpx.post(f"{stack.url}/hooks/github", content=body, headers=headers)
+    return github_delivery(stack.url, payload, secret=SECRET, delivery=delivery)
 
 
 def release_builds(work_dir: Path) -> None:

@@ -7,20 +7,16 @@ commit neither. Builds publish only the secret's SHA-256."""
 from __future__ import annotations
 
 import hashlib
-import hmac
-import json
 import os
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from cryptography.fernet import Fernet
 
 from shared.cli.demo_repo import GIT_IDENTITY
-from tests.integration.helpers import Stack, make_env, make_repo
+from tests.integration.helpers import Stack, github_delivery, make_repo
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -42,19 +38,6 @@ BUILDQ_TOML = '[build]\ncommand = "sh build.sh"\noutput = "out"\n'
 DELIVERED = hashlib.sha256(API_KEY.encode()).hexdigest()
 
 
-@pytest.fixture
-def secret_stack(valkey_url: str, s3_url: str, tmp_path: Path, s3_client: Any) -> Iterator[Stack]:
-    env = make_env(valkey_url, s3_url, tmp_path, BUILDQ_SECRETS_KEY=Fernet.generate_key().decode())
-    s3_client.create_bucket(Bucket=env["BUILDQ_S3_BUCKET"])
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    running = Stack(env, logs).start(deployers=1, slots=2)
-    try:
-        yield running
-    finally:
-        running.stop()
-
-
 def git(repo: Path, *argv: str) -> str:
     env = {**os.environ, **GIT_IDENTITY}
     done = subprocess.run(["git", *argv], cwd=repo, env=env, check=True, capture_output=True)
@@ -73,15 +56,7 @@ def commit_on(repo: Path, branch: str, page: str) -> str:
 
 def deliver_raw(stack: Stack, event: str, payload: dict[str, Any], delivery: str) -> httpx.Response:
     """A signed GitHub delivery; the answer."""
-    body = json.dumps(payload).encode()
-    headers = {
-        "Content-Type": "application/json",
-        "X-GitHub-Event": event,
-        "X-GitHub-Delivery": delivery,
-        "X-Hub-Signature-256": "sha256="
-        + hmac.new(HOOK_SECRET.encode(), body, hashlib.sha256).hexdigest(),
-    }
-    return httpx.post(f"{stack.url}/hooks/github", content=body, headers=headers)
+    return github_delivery(stack.url, payload, secret=HOOK_SECRET, delivery=delivery, event=event)
 
 
 def deliver(stack: Stack, event: str, payload: dict[str, Any], delivery: str) -> dict[str, Any]:

@@ -9,7 +9,6 @@ import base64
 import hashlib
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ from cryptography.fernet import Fernet
 
 from shared.redis.keys import Keys
 from tests.integration.faults import redis_client
-from tests.integration.helpers import Stack, make_env, make_repo
+from tests.integration.helpers import Stack, make_repo
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -51,19 +50,6 @@ def forms(value: str) -> list[bytes]:
 def leaks(data: bytes | str) -> list[bytes]:
     blob = data.encode() if isinstance(data, str) else data
     return [f for f in forms(SECRET) if f in blob]
-
-
-@pytest.fixture
-def secret_stack(valkey_url: str, s3_url: str, tmp_path: Path, s3_client: Any) -> Iterator[Stack]:
-    env = make_env(valkey_url, s3_url, tmp_path, BUILDQ_SECRETS_KEY=Fernet.generate_key().decode())
-    s3_client.create_bucket(Bucket=env["BUILDQ_S3_BUCKET"])
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    running = Stack(env, logs).start(deployers=1, slots=1)
-    try:
-        yield running
-    finally:
-        running.stop()
 
 
 def wait_for_line(stack: Stack, job_id: str, text: str, timeout_s: float = 60) -> None:
