@@ -96,12 +96,18 @@ class LockRecord:
 @dataclass(frozen=True, slots=True)
 class Acquisition:
     """What one acquire call did. ``record`` is ours (of the first service) when the
-    lock was taken, handed over or renewed, and the holder's when it is ``HELD``."""
+    lock was taken, handed over or renewed (unless not asked for), and the holder's
+    when it is ``HELD``."""
 
     reply: AcquireReply
-    record: LockRecord
+    record: LockRecord | None
     fences: tuple[int, ...] = ()  # taken: one per service; handed over: the one
     holder_ttl_ms: int = 0  # held: how long the holder's lock still lives
+
+
+def _mine(service: str, body: str, got: Acquisition) -> LockRecord:
+    """Our record of a lock taken or handed over: the one we sent, with its fence."""
+    return LockRecord.parse(service, f'{body[:-1]},"fence":{got.fences[0]}}}')
 
 
 class LockError(TransientError):
@@ -132,20 +138,34 @@ class Lease:
     ttl_ms: int
     valid_until: float  # monotonic seconds; the lock may have expired after this
     monotonic: Callable[[], float] = time.monotonic
-    lost: anyio.Event = field(default_factory=anyio.Event)
     released: bool = False
     depth: int = 1
     task_id: int | None = None
+    # Made on first use: most leases are released before anyone asks (an Event costs
+    # an async-library lookup, on every acquisition otherwise).
+    _lost: anyio.Event | None = field(default=None, repr=False)
+
+    @property
+    def lost(self) -> anyio.Event:
+        """Set once the lock is known lost (an extend found it gone, or the watchdog
+        stopped while the lease was still held)."""
+        if self._lost is None:
+            self._lost = anyio.Event()
+        return self._lost
 
     @property
     def fence(self) -> int:
         """The fencing token of the (first) service: pass it to ``Sites.promote``."""
         return self.fences[self.services[0]]
 
+    def is_lost(self) -> bool:
+        """``lost.is_set()``, without making the event."""
+        return self._lost is not None and self._lost.is_set()
+
     def still_held(self) -> bool:
         """False once released, once an extend found the lock gone, or once the TTL
         may have run out since the last successful extend (a paused process)."""
-        return not (self.released or self.lost.is_set()) and self.monotonic() < self.valid_until
+        return not (self.released or self.is_lost()) and self.monotonic() < self.valid_until
 
 
 class LockBook:
@@ -159,6 +179,8 @@ class LockBook:
         self.events_max = events_max
         self.clock = clock
         self.host = socket.gethostname()
+        self._pid = 0  # the process _host_pid names
+        self._host_pid = ""
         self._key_cache: dict[tuple[str, ...], tuple[list[str], list[str]]] = {}
         self._acquire: AsyncScript = redis.register_script(source("lock_acquire"))
         self._release: AsyncScript = redis.register_script(source("lock_release"))
@@ -177,48 +199,79 @@ class LockBook:
         user_id: str | None = None,
         refresh: bool = False,
         queue_until_ms: int = 0,
+        own_record: bool = True,
     ) -> Acquisition:
         """One ``lock_acquire.lua`` call.
 
         With ``queue_until_ms`` (one service) a refused caller waits in line until
-        then: a release hands the lock straight to the oldest live waiter."""
-        now, pid = now_ms(self.clock), os.getpid()
-        reason = clean_reason(reason)
-        record = {
-            "token": token,
-            "owner": owner,
-            "host": self.host,
-            "pid": pid,
-            "task": task,
-            "acquired_at": now,
-            "expires_at": now + ttl_ms,
-            "reason": reason,
-            "user_id": user_id,
-        }
-        body = json.dumps(record, separators=(",", ":"))
+        then: a release hands the lock straight to the oldest live waiter. Without
+        ``own_record`` the ``record`` of a lock taken or handed over is left None
+        (every lock call: the caller knows what it sent)."""
+        got, body = await self._acquire_call(
+            names,
+            token=token,
+            owner=owner,
+            ttl_ms=ttl_ms,
+            task=task,
+            reason=reason,
+            user_id=user_id,
+            refresh=refresh,
+            queue_until_ms=queue_until_ms,
+        )
+        if got.record is not None or not own_record:
+            return got
+        return replace(got, record=_mine(names[0], body, got))
+
+    async def _acquire_call(
+        self,
+        names: Sequence[str],
+        *,
+        token: str,
+        owner: str,
+        ttl_ms: int,
+        task: str,
+        reason: str,
+        user_id: str | None,
+        refresh: bool,
+        queue_until_ms: int,
+    ) -> tuple[Acquisition, str]:
+        """The acquisition, and the record we sent (JSON without its fence)."""
+        now = now_ms(self.clock)
+        body = self._body(
+            token, owner=owner, task=task, reason=reason, user_id=user_id, now=now, ttl_ms=ttl_ms
+        )
         args = (len(names), ttl_ms, now, self.events_max, owner, int(refresh), queue_until_ms)
         reply = await self._acquire(keys=self._keys(names), args=[*args, token, body, *names])
         what = LOCK_ACQUIRE(reply[0])
         if what is AcquireReply.HELD:
             holder = LockRecord.parse(names[int(reply[1]) - 1], reply[2])
-            return Acquisition(what, holder, holder_ttl_ms=int(reply[3]))
+            return Acquisition(what, holder, holder_ttl_ms=int(reply[3])), body
         if what is AcquireReply.RENEWED:
-            return Acquisition(what, LockRecord.parse(names[0], reply[1]))
-        fences = tuple(int(f) for f in reply[1:])
-        mine = LockRecord(
-            service=names[0],
-            token=token,
-            owner=owner,
-            host=self.host,
-            pid=pid,
-            task=task,
-            fence=fences[0],
-            acquired_at=now,
-            expires_at=now + ttl_ms,
-            reason=reason,
-            user_id=user_id,
+            return Acquisition(what, LockRecord.parse(names[0], reply[1])), body
+        return Acquisition(what, None, tuple(int(f) for f in reply[1:])), body
+
+    def _body(
+        self,
+        token: str,
+        *,
+        owner: str,
+        task: str,
+        reason: str,
+        user_id: str | None,
+        now: int,
+        ttl_ms: int,
+    ) -> str:
+        """The record as ``lock_acquire.lua`` stores it, less the fence it adds.
+        Formatted here rather than by ``json.dumps`` of a dict: this runs on every
+        acquisition."""
+        pid = os.getpid()
+        if pid != self._pid:  # forked: the record names this process
+            self._pid, self._host_pid = pid, f'"host":{json.dumps(self.host)},"pid":{pid}'
+        return (
+            f'{{"token":{json.dumps(token)},"owner":{json.dumps(owner)},{self._host_pid},'
+            f'"task":{json.dumps(task)},"reason":{json.dumps(clean_reason(reason))},'
+            f'"user_id":{json.dumps(user_id)},"acquired_at":{now},"expires_at":{now + ttl_ms}}}'
         )
-        return Acquisition(what, mine, fences)
 
     async def extend(self, names: Sequence[str], *, token: str, ttl_ms: int) -> bool:
         """Renew every lock in ``names`` that still carries ``token``: all, or none."""
@@ -314,7 +367,7 @@ class LockBook:
         """``(True, record)`` when taken, or renewed by the same owner; ``(False,
         holder)`` when someone else holds it. Never waits."""
         service, owner = validate_name(service), validate_owner(owner)
-        got = await self.acquire(
+        got, body = await self._acquire_call(
             [service],
             token=os.urandom(16).hex(),
             owner=owner,
@@ -323,8 +376,9 @@ class LockBook:
             reason=reason,
             user_id=user_id,
             refresh=True,
+            queue_until_ms=0,
         )
-        return got.reply is not AcquireReply.HELD, got.record
+        return got.reply is not AcquireReply.HELD, got.record or _mine(service, body, got)
 
     async def release_manual(
         self, service: str, *, owner: str, force: bool = False

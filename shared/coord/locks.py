@@ -8,11 +8,13 @@ it). Manual locks (API, CLI, ChatOps) use the same records with a long TTL.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
+from types import TracebackType
 
 import anyio
 from redis.asyncio import Redis
@@ -36,6 +38,7 @@ __all__ = ["DeployLock", "Lease", "LockError", "LockLostError", "LockRecord", "L
 
 DEFAULT_TTL_MS = 30_000
 DEFAULT_POLL_MAX_S = 2.0
+NAMES_CACHE_SIZE = 1024  # validated sets of services kept (cleared when full)
 
 
 # (DeployLock instance, service) -> lease, per task: reentrancy without thread-locals.
@@ -43,7 +46,39 @@ _HELD: ContextVar[Mapping[tuple[str, str], Lease] | None] = ContextVar("buildq_l
 
 
 def _task_id() -> int:
-    return anyio.get_current_task().id
+    """``anyio.get_current_task().id`` without building the TaskInfo on asyncio (it
+    is ``id`` of the asyncio task there), as this runs on every acquisition."""
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # no asyncio loop: another anyio backend
+        task = None
+    return id(task) if task is not None else anyio.get_current_task().id
+
+
+class _Watched:
+    """Renews ``lease`` by ``watchdog`` for a ``with`` block, which a loss cancels if
+    ``cancel_on_loss`` (a plain class: this is entered on every hold)."""
+
+    __slots__ = ("lease", "scope", "watchdog")
+
+    def __init__(self, lease: Lease, watchdog: Watchdog, cancel_on_loss: bool) -> None:
+        self.lease = lease
+        self.watchdog = watchdog
+        self.scope = anyio.CancelScope() if cancel_on_loss else None
+
+    def __enter__(self) -> None:
+        if self.scope is not None:
+            self.scope.__enter__()
+        self.watchdog.watch(self.lease, self.scope)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        self.watchdog.unwatch(self.lease)
+        return self.scope is not None and bool(self.scope.__exit__(exc_type, exc, tb))
 
 
 class DeployLock:
@@ -71,6 +106,7 @@ class DeployLock:
         self._uid = secrets.token_hex(8)  # reentrancy is per instance and task
         self._watchdog = self._new_watchdog()  # runs inside ``running()``
         self._subscriptions = Subscriptions(redis)
+        self._valid: dict[tuple[str, ...], tuple[str, ...]] = {}  # see ``_names``
 
     # -- taking --------------------------------------------------------------------
 
@@ -130,9 +166,7 @@ class DeployLock:
         ttl_ms: int | None = None,
     ) -> Lease:
         """Block until every service is ours at once (none is taken otherwise)."""
-        names = tuple(dict.fromkeys(validate_name(s) for s in services))
-        if not names:
-            raise LockError("no service to lock")
+        names = self._names(services)
         again = self._reenter(names)
         if again is not None:
             return again
@@ -150,6 +184,20 @@ class DeployLock:
         held.update({(self._uid, s): lease for s in names})
         _HELD.set(held)
         return lease
+
+    def _names(self, services: Sequence[str]) -> tuple[str, ...]:
+        """``services`` validated, without repeats; remembered per set (a deployer
+        locks the same few services again and again)."""
+        spec = tuple(services)
+        names = self._valid.get(spec)
+        if names is None:
+            names = tuple(dict.fromkeys(validate_name(s) for s in spec))
+            if not names:
+                raise LockError("no service to lock")
+            if len(self._valid) >= NAMES_CACHE_SIZE:
+                self._valid.clear()
+            self._valid[spec] = names
+        return names
 
     def _reenter(self, names: tuple[str, ...]) -> Lease | None:
         held = _HELD.get()
@@ -245,7 +293,13 @@ class DeployLock:
         if held and any(held.get((self._uid, s)) is lease for s in lease.services):
             _HELD.set({key: v for key, v in held.items() if v is not lease})
         released = await self.book.release(lease.services, token=lease.token, actor=lease.owner)
+        if self._subscriptions.untidy and not self._subscriptions.keeping:
+            await self._subscriptions.tidy()  # after our waiters were handed the lock
         return released == len(lease.services)
+
+    async def aclose(self) -> None:
+        """Close the pub/sub connections kept between waits outside :meth:`running`."""
+        await self._subscriptions.aclose()
 
     @property
     def serving(self) -> bool:
@@ -256,7 +310,8 @@ class DeployLock:
     async def running(self) -> AsyncIterator[None]:
         """Serve this instance's lock calls while inside: one shared watchdog renews
         every ``holding`` block entered meanwhile (instead of a task per block), and
-        waiters keep their pub/sub connection between waits."""
+        a finished wait's pub/sub connection is made ready for the next wait off the
+        waiter's path; kept connections are closed at the end."""
         if self.serving:
             raise LockError("this DeployLock is already running")
         async with anyio.create_task_group() as tg:
@@ -292,13 +347,13 @@ class DeployLock:
             if lease.depth > 1:  # the outer hold's watchdog renews it
                 yield lease
             elif self._watchdog.running:
-                async with self._watched(lease, self._watchdog, cancel_on_loss):
+                with _Watched(lease, self._watchdog, cancel_on_loss):
                     yield lease
             else:
                 async with anyio.create_task_group() as tg:
                     watchdog = self._new_watchdog()
                     tg.start_soon(watchdog.run)
-                    async with self._watched(lease, watchdog, cancel_on_loss):
+                    with _Watched(lease, watchdog, cancel_on_loss):
                         yield lease
                     tg.cancel_scope.cancel()
         except BaseExceptionGroup as group:
@@ -310,20 +365,8 @@ class DeployLock:
         finally:
             with anyio.CancelScope(shield=True):
                 await self.release(lease)
-        if cancel_on_loss and lease.lost.is_set():
+        if cancel_on_loss and lease.is_lost():
             raise LockLostError(f"lost the lock on {', '.join(lease.services)}")
-
-    @staticmethod
-    @asynccontextmanager
-    async def _watched(
-        lease: Lease, watchdog: Watchdog, cancel_on_loss: bool
-    ) -> AsyncIterator[None]:
-        with anyio.CancelScope() as scope:
-            watchdog.watch(lease, scope if cancel_on_loss else None)
-            try:
-                yield
-            finally:
-                watchdog.unwatch(lease)
 
     def _new_watchdog(self) -> Watchdog:
         return Watchdog(self.extend, idle_period_s=self.ttl_ms / 3000, monotonic=self.monotonic)

@@ -3,8 +3,8 @@
 A waiter subscribes to the release channels of its services, then keeps a place in
 line (one service) with each attempt; a release hands the lock straight to the
 oldest live waiter and publishes ``g:<token>:<fence>``, or publishes the service
-name when nobody is in line. Inside ``DeployLock.running()`` the pub/sub connection
-of a finished wait is kept for the next one instead of a new connection per wait.
+name when nobody is in line. The pub/sub connection of a finished wait is kept for
+the next one instead of a new connection per wait.
 """
 
 from __future__ import annotations
@@ -72,6 +72,7 @@ class Attempt:
             task=self.task,
             reason=self.reason,
             queue_until_ms=until_ms,
+            own_record=False,
         )
         if got.reply is AcquireReply.TAKEN:
             return self._lease(got.fences, sent), None, 0
@@ -105,9 +106,14 @@ class Attempt:
 
 
 class Subscriptions:
-    """Pub/sub connections for waiters. While ``keep`` runs (inside
-    ``DeployLock.running()``) a finished wait's connection is kept for the next wait:
-    ``keep`` unsubscribes it once the waiter has gone on with its lock."""
+    """Pub/sub connections for waiters, kept between waits (at most
+    ``MAX_IDLE_SUBSCRIPTIONS``) instead of a connection opened and closed per wait.
+
+    A finished wait's connection stays subscribed until it is tidied: by ``keep``
+    (inside ``DeployLock.running()``) at once, otherwise by the next release or wait
+    of the same ``DeployLock``; either way off the path from the hand-over to the
+    new holder. Tidying sends UNSUBSCRIBE, whose confirmation the next wait reads.
+    ``aclose`` closes the kept connections."""
 
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
@@ -116,11 +122,20 @@ class Subscriptions:
         self._used: list[PubSub] = []  # still subscribed to a finished wait's channels
         self._tidy = anyio.Event()
 
+    @property
+    def untidy(self) -> bool:
+        """True while a finished wait's connection is still subscribed."""
+        return bool(self._used)
+
     @asynccontextmanager
     async def listening(self, channels: Sequence[str]) -> AsyncIterator[PubSub]:
         """A connection subscribed to ``channels`` (confirmed) for the block."""
-        pubsub = self._idle.pop() if self._idle else self.redis.pubsub()
+        untidy = not self._idle and bool(self._used)
+        kept = self._used if untidy else self._idle
+        pubsub = kept.pop() if kept else self.redis.pubsub()
         try:
+            if untidy:
+                await pubsub.unsubscribe()
             await pubsub.subscribe(*channels)
             # A kept connection may still deliver its previous wait's unsubscribe
             # confirmation and late messages first: count only our confirmations.
@@ -135,36 +150,50 @@ class Subscriptions:
             with anyio.CancelScope(shield=True):
                 await _close(pubsub)
             raise
-        if self.keeping and len(self._idle) + len(self._used) < MAX_IDLE_SUBSCRIPTIONS:
-            self._used.append(pubsub)  # unsubscribed by ``keep``, off the waiter's path
-            self._tidy.set()
+        if len(self._idle) + len(self._used) < MAX_IDLE_SUBSCRIPTIONS:
+            self._used.append(pubsub)
+            if self.keeping:
+                self._tidy.set()
         else:
             with anyio.CancelScope(shield=True):
                 await _close(pubsub)
 
+    async def tidy(self) -> None:
+        """Unsubscribe finished waits' connections, keeping them for the next wait (a
+        connection that fails is closed)."""
+        while self._used:
+            pubsub = self._used.pop()
+            try:
+                await pubsub.unsubscribe()  # the next wait reads the confirmation
+            except BaseException as exc:
+                with anyio.CancelScope(shield=True):
+                    await _close(pubsub)
+                if isinstance(exc, RedisError):
+                    continue  # the next wait opens a new connection
+                raise
+            self._idle.append(pubsub)
+
     async def keep(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Keep finished waits' connections (unsubscribed) until cancelled, then close
+        """Tidy finished waits' connections as they come until cancelled, then close
         every kept connection."""
         self.keeping = True
+        if self._used:  # left by waits before ``running()``
+            self._tidy.set()
         task_status.started()
         try:
             while True:
                 await self._tidy.wait()
                 self._tidy = anyio.Event()
-                while self._used:
-                    pubsub = self._used[-1]
-                    try:
-                        await pubsub.unsubscribe()  # the next wait reads the confirmation
-                    except RedisError:
-                        self._used.pop()
-                        await _close(pubsub)
-                        continue
-                    self._idle.append(self._used.pop())
+                await self.tidy()
         finally:
             self.keeping = False
-            with anyio.CancelScope(shield=True):
-                while self._used or self._idle:
-                    await _close((self._used or self._idle).pop())
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close every kept connection."""
+        with anyio.CancelScope(shield=True):
+            while self._used or self._idle:
+                await _close((self._used or self._idle).pop())
 
 
 async def _close(pubsub: PubSub) -> None:

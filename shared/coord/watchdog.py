@@ -96,7 +96,7 @@ class Watchdog:
                 await self._extend(lease)  # sets ``lost`` when the lock is no longer ours
             except RedisError as exc:
                 log.warning("lock.extend_failed", services=lease.services, error=str(exc))
-        if lease.lost.is_set():
+        if lease.is_lost():
             log.warning("lock.lost", services=lease.services, fence=lease.fences)
             if self._watched.get(lease) is watch:
                 del self._watched[lease]

@@ -89,6 +89,7 @@ class Buildq(System):
         await self.locks.release(self.lease)
 
     async def close(self) -> None:
+        await self.locks.aclose()
         await self.redis.aclose()
 
 
@@ -358,7 +359,11 @@ def report(results: list[Result], args: argparse.Namespace, began: float) -> Non
     print(
         " - the holding variant is the deployer's path: DeployLock.holding(..., "
         "cancel_on_loss=True) inside DeployLock.running(), whose one shared watchdog "
-        "renews every hold; waiters there keep their pub/sub connection between waits."
+        "renews every hold."
+    )
+    print(
+        " - waiters of both variants keep their pub/sub connection between waits; it is "
+        "unsubscribed off the waiter's path (by running()'s task, else by the next release)."
     )
     print(f" - {args.samples} handoff samples after 20 warm-up; {args.ops} rate ops after 50.")
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+from collections.abc import Iterator
 from typing import Any
 
 import anyio
@@ -14,21 +16,36 @@ from shared.redis.keys import Keys
 pytestmark = pytest.mark.anyio
 
 
+@pytest.fixture(autouse=True)
+def _no_long_collection_pause() -> Iterator[None]:
+    """These tests hold locks with a TTL of 150 ms. A full collection of what the
+    suite has built up before (moto, boto) pauses the loop for longer, and a paused
+    holder rightly loses its lock; objects frozen here are not scanned again."""
+    gc.freeze()
+    yield
+    gc.unfreeze()
+
+
 def make(redis: fakeredis.FakeAsyncRedis, keys: Keys, owner: str, **kw: Any) -> DeployLock:
     return DeployLock(redis, keys, events_max=1000, owner=owner, **kw)
 
 
-def count_pubsubs(redis: fakeredis.FakeAsyncRedis, monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """How many pub/sub connections ``redis`` has handed out (one element each)."""
-    made: list[int] = []
+def count_pubsubs(redis: fakeredis.FakeAsyncRedis, monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """The pub/sub objects ``redis`` hands out from now on (one connection each)."""
+    made: list[Any] = []
     original = redis.pubsub
 
     def pubsub(**kw: Any) -> Any:
-        made.append(1)
-        return original(**kw)
+        made.append(original(**kw))
+        return made[-1]
 
     monkeypatch.setattr(redis, "pubsub", pubsub)
     return made
+
+
+async def subscribers(redis: fakeredis.FakeAsyncRedis, channel: str) -> int:
+    """How many connections are subscribed to ``channel`` now."""
+    return int((await redis.pubsub_numsub(channel))[0][1])
 
 
 async def in_line(redis: fakeredis.FakeAsyncRedis, keys: Keys, service: str) -> None:
@@ -142,22 +159,59 @@ async def test_waits_inside_running_keep_one_pubsub_connection_across_services(
     assert len(made) == 1
 
 
-async def test_waits_outside_running_close_their_pubsub_connection(
+async def test_waits_outside_running_reuse_one_pubsub_connection_until_aclose(
     redis: fakeredis.FakeAsyncRedis, keys: Keys, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     made = count_pubsubs(redis, monkeypatch)
     holder, waiter = make(redis, keys, "holder"), make(redis, keys, "waiter", poll_max_s=30)
+    channel = keys.lock_channel("web")
+    subscribed_while_held: list[int] = []
 
     async def wait() -> None:
-        await waiter.release(await waiter.lock("web", timeout_s=10))
+        lease = await waiter.lock("web", timeout_s=10)
+        subscribed_while_held.append(await subscribers(redis, channel))
+        await waiter.release(lease)  # also unsubscribes the wait's connection
 
-    for _ in range(2):
+    for _ in range(3):
         held = await holder.lock("web")
         async with anyio.create_task_group() as tg:
             tg.start_soon(wait)
             await in_line(redis, keys, "web")
             await holder.release(held)
-    assert len(made) == 2
+        assert await subscribers(redis, channel) == 0
+    assert len(made) == 1
+    assert subscribed_while_held == [1, 1, 1]  # tidied by the release, not before
+    assert made[0].connection is not None
+    await waiter.aclose()
+    assert made[0].connection is None
+
+
+async def test_a_wait_reuses_a_connection_still_subscribed_for_an_earlier_wait(
+    redis: fakeredis.FakeAsyncRedis, keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made = count_pubsubs(redis, monkeypatch)
+    holder, waiter = make(redis, keys, "holder"), make(redis, keys, "waiter", poll_max_s=30)
+    won = []
+
+    async def wait(service: str) -> None:
+        won.append(await waiter.lock(service, timeout_s=10))
+
+    for service in ("web", "api"):  # the web lease stays held: nothing tidied between
+        held = await holder.lock(service)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(wait, service)
+            await in_line(redis, keys, service)
+            await holder.release(held)
+    assert len(made) == 1
+    assert await subscribers(redis, keys.lock_channel("web")) == 0  # left for the api wait
+    assert await subscribers(redis, keys.lock_channel("api")) == 1
+    async with waiter.running():  # tidies what waits before it left subscribed
+        with anyio.fail_after(5):
+            while await subscribers(redis, keys.lock_channel("api")):  # noqa: ASYNC110 - server state
+                await anyio.sleep(0.001)
+        for lease in won:
+            assert await waiter.release(lease) is True
+    assert made[0].connection is None  # closed when running() ended
 
 
 async def test_a_wait_cancelled_inside_running_leaves_the_line_and_its_connection_closed(
