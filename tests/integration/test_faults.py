@@ -124,6 +124,17 @@ def test_kill_9_of_deployers_at_random_moments_loses_no_job(
     assert recoveries, "no kill caught a job in flight"
 
 
+def wait_logged(
+    log: Path, event: str, proc: subprocess.Popen[bytes], timeout_s: float = 60
+) -> None:
+    """Wait until ``proc`` has written ``event`` to its ``log``."""
+    deadline = time.monotonic() + timeout_s
+    while event not in (log.read_text() if log.exists() else ""):
+        assert proc.poll() is None, f"{log.name}: exited with {proc.returncode}"
+        assert time.monotonic() < deadline, f"{log.name}: no {event} after {timeout_s}s"
+        time.sleep(0.05)
+
+
 def test_rolling_sigterm_restart_loses_nothing_and_runs_nothing_twice(
     fast_env: dict[str, str], logs_dir: Path, tmp_path: Path, s3_client: object
 ) -> None:
@@ -138,16 +149,22 @@ def test_rolling_sigterm_restart_loses_nothing_and_runs_nothing_twice(
         target=lambda: ids.extend(submit_many(stack, repo, 100, services=100))
     )
     restarts = 0
+    logs = {1: logs_dir / "deployer-0.log", 2: logs_dir / "deployer-1.log"}
     try:
         submitter.start()
         for round_ in range(2):
             for slot in (1, 2):
                 time.sleep(0.8)
+                # A deployer still importing has no signal handler yet (SIGTERM would
+                # simply end it): restart one that has started taking work.
+                wait_logged(logs[slot], "consumer.started", stack.procs[slot])
                 old = stack.procs[slot]
                 old.send_signal(signal.SIGTERM)
                 assert old.wait(30) == 0, "deployer did not drain and exit cleanly"
-                stack.procs[slot] = stack.add_deployer(2, index=slot + 10 * (round_ + 1))
+                index = slot + 10 * (round_ + 1)
+                stack.procs[slot] = stack.add_deployer(2, index=index)
                 stack.procs.pop()
+                logs[slot] = logs_dir / f"deployer-{index}.log"
                 restarts += 1
         submitter.join(60)
         records = wait_all_ended(client, keys, ids, 180, stack)
