@@ -109,6 +109,7 @@ def test_the_fake_answers_have_the_api_shapes() -> None:
         "priority": "normal",
         "superseded_by": None,
         "served_by": None,
+        "secrets_of": None,
     }
     assert Claim(**CLAIMS[0]).public() == CLAIMS[0]
 
