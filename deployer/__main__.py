@@ -43,7 +43,9 @@ def limit_malloc_arenas() -> None:
 
 
 def release_free_memory() -> None:
-    """Give the heap that start-up freed (botocore's parsed JSON) back to the system."""
+    """Give the heap that start-up freed back to the system. (boto3 and botocore's
+    parsed JSON, the bulk of it once, now load with the first job's S3 call:
+    ``shared/storage/s3.py``.)"""
     libc = _libc()
     if libc is not None and hasattr(libc, "malloc_trim"):
         libc.malloc_trim(0)

@@ -40,6 +40,9 @@ from shared.storage.manifest import ManifestCache
 from shared.storage.s3 import Storage, alias_key
 
 log = structlog.get_logger("deployer")
+# Manifests a deployer keeps: the live chains (REUSE_DEPTH each) of the ~100 services
+# it published last; a miss costs one GET of a manifest.
+DEPLOYER_MANIFESTS = 300
 
 
 class BuildFailed(BuildError):
@@ -77,7 +80,8 @@ class JobRunner:
     def __post_init__(self) -> None:
         s = self.settings
         self.sites = Sites(self.redis, self.keys, events_max=s.events_max_entries)
-        self.manifests = ManifestCache(self.storage)  # immutable: safe to keep in memory
+        # Immutable, so safe to keep; a publish reads only its own service's live chain.
+        self.manifests = ManifestCache(self.storage, max_entries=DEPLOYER_MANIFESTS)
         self.locks = DeployLock(
             self.redis,
             self.keys,

@@ -15,8 +15,8 @@ import json
 import re
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from cryptography.fernet import Fernet, InvalidToken
 from redis.asyncio import Redis
 
 from shared.core.buildenv import MAX_ENTRIES, refusal
@@ -24,6 +24,9 @@ from shared.core.clock import Clock, now_ms
 from shared.core.errors import ConfigError, ValidationError
 from shared.core.settings import Settings
 from shared.redis.keys import Keys
+
+if TYPE_CHECKING:
+    from cryptography.fernet import Fernet
 
 SECRET_NAME_RE = re.compile(r"^[A-Z_][A-Z0-9_]{0,127}$")
 MAX_VALUE_BYTES = 16 * 1024
@@ -36,6 +39,10 @@ NO_KEY = (
 
 def cipher(settings: Settings) -> Fernet:
     """The Fernet of ``BUILDQ_SECRETS_KEY``, or ConfigError when there is none."""
+    # Imported here: cryptography costs a process ~7 MiB, and a deployer needs it only
+    # for a service that has secrets.
+    from cryptography.fernet import Fernet
+
     if settings.secrets_key is None:
         raise ConfigError(NO_KEY)
     return Fernet(settings.secrets_key.get_secret_value().encode("ascii"))
@@ -49,6 +56,8 @@ def seal(settings: Settings, value: str) -> str:
 def unseal(settings: Settings, token: str, what: str) -> str:
     """A :func:`seal`-ed value; ConfigError if the key is missing or is not the one
     it was sealed with (the message names ``what``, never the value)."""
+    from cryptography.fernet import InvalidToken  # see cipher()
+
     try:
         return cipher(settings).decrypt(token.encode("ascii")).decode("utf-8")
     except InvalidToken:

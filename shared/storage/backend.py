@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from shared.core.settings import Settings
 from shared.storage.localdir import LocalStorage
 from shared.storage.objects import Storage
@@ -17,5 +19,8 @@ def open_storage(settings: Settings) -> Storage:
             settings.storage_dir, settings.s3_bucket, concurrency=settings.upload_concurrency
         )
     return S3Storage(
-        make_s3_client(settings), settings.s3_bucket, concurrency=settings.upload_concurrency
+        None,
+        settings.s3_bucket,
+        concurrency=settings.upload_concurrency,
+        connect=partial(make_s3_client, settings),
     )

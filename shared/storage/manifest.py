@@ -246,13 +246,18 @@ class ManifestCache:
     """Manifests by deployment id, least recently used first out.
 
     Bounded by the number of file entries held (a manifest of 100,000 files weighs
-    what 100 small ones do); the most recent manifest is kept even if it alone is
-    over the bound. Absent manifests are not cached: they may be published later.
+    what 100 small ones do) and, with ``max_entries``, by the number of manifests (a
+    deployer publishing many one-file sites would otherwise keep 50,000 manifests of
+    ~0.8 KiB each); the most recent manifest is kept even if it alone is over the
+    bound. Absent manifests are not cached: they may be published later.
     """
 
-    def __init__(self, storage: Storage, *, max_files: int = 50_000) -> None:
+    def __init__(
+        self, storage: Storage, *, max_files: int = 50_000, max_entries: int | None = None
+    ) -> None:
         self.storage = storage
         self.max_files = max_files
+        self.max_entries = max_entries
         self.entries: OrderedDict[str, Loaded] = OrderedDict()
         self.files = 0
 
@@ -283,7 +288,10 @@ class ManifestCache:
             self.files -= len(old.manifest.files)
         self.entries[job_id] = loaded
         self.files += len(loaded.manifest.files)
-        while self.files > self.max_files and len(self.entries) > 1:
+        while len(self.entries) > 1 and (
+            self.files > self.max_files
+            or (self.max_entries is not None and len(self.entries) > self.max_entries)
+        ):
             _, evicted = self.entries.popitem(last=False)
             self.files -= len(evicted.manifest.files)
 

@@ -1,10 +1,15 @@
-"""S3 storage: boto3 calls in worker threads behind a limiter; errors translated here."""
+"""S3 storage: boto3 calls in worker threads behind a limiter; errors translated here.
+
+boto3 and botocore are imported only where a client is made or its errors are
+translated: with the client they cost a process ~25 MiB (botocore's parsed JSON data)
+that a deployer which has not run a job yet never needs (see :class:`S3Storage`)."""
 
 from __future__ import annotations
 
 import dataclasses
 import email.utils
 import functools
+import threading
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -12,10 +17,6 @@ from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 import anyio
 import anyio.to_thread
-import boto3
-from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
-from botocore.utils import determine_content_length
 
 from shared.core.errors import StorageError
 from shared.core.settings import Settings
@@ -36,6 +37,7 @@ from shared.storage.objects import (
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
+    from mypy_boto3_s3.type_defs import DeleteObjectsOutputTypeDef, ObjectIdentifierTypeDef
 
 # The interface's names, for the modules that import them from here.
 __all__ = [
@@ -60,6 +62,9 @@ NOT_FOUND_CODES = frozenset({"404", "NoSuchKey", "NotFound", "NoSuchBucket"})
 
 def make_s3_client(settings: Settings) -> S3Client:
     """A boto3 S3 client for the configured endpoint (credentials from AWS_*)."""
+    import boto3  # here, not at the top: see the module docstring
+    from botocore.config import Config
+
     config = Config(
         retries={"max_attempts": 3, "mode": "standard"},
         connect_timeout=5,
@@ -83,6 +88,8 @@ def drop_expect_for_small_bodies(request: Any, **_: Any) -> None:
     botocore asks for it on every PutObject (it turns even ``bytes`` into a file):
     one more round trip before the body for each small file, where the check it
     buys (refused before sending) saves nothing."""
+    from botocore.utils import determine_content_length  # loaded with the client
+
     decoded = request.headers.get("X-Amz-Decoded-Content-Length")  # aws-chunked (HTTPS)
     length = int(decoded) if decoded else determine_content_length(request.body)
     if length is not None and length <= EXPECT_MIN_BYTES and "Expect" in request.headers:
@@ -90,12 +97,40 @@ def drop_expect_for_small_bodies(request: Any, **_: Any) -> None:
 
 
 class S3Storage:
-    """A bucket in S3 (:class:`Storage`); at most ``concurrency`` calls run at once."""
+    """A bucket in S3 (:class:`Storage`); at most ``concurrency`` calls run at once.
 
-    def __init__(self, client: S3Client, bucket: str, *, concurrency: int = 16) -> None:
-        self.client = client
+    Given ``connect`` instead of a client, the client is made on first use, in the
+    worker thread of that call (never on the event loop): every call reads
+    :attr:`client` inside its worker thread."""
+
+    def __init__(
+        self,
+        client: S3Client | None,
+        bucket: str,
+        *,
+        concurrency: int = 16,
+        connect: Callable[[], S3Client] | None = None,
+    ) -> None:
+        if client is None and connect is None:
+            raise ValueError("S3Storage needs a client or a way to connect one")
+        self._client = client
+        self._connect = connect
+        self._connecting = threading.Lock()
         self.bucket = bucket
         self.limiter = anyio.CapacityLimiter(concurrency)
+
+    @property
+    def client(self) -> S3Client:
+        """The boto3 client, made by ``connect`` on first use (blocking: call it only
+        from a worker thread until then)."""
+        client = self._client
+        if client is None:
+            with self._connecting:
+                if self._client is None:
+                    assert self._connect is not None  # __init__ requires one of the two
+                    self._client = self._connect()
+                client = self._client
+        return client
 
     async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         call = functools.partial(_translate, fn, *args, **kwargs)
@@ -104,30 +139,34 @@ class S3Storage:
     async def ensure_bucket(self) -> None:
         """Create the bucket if it does not exist."""
         try:
-            await self._run(self.client.head_bucket, Bucket=self.bucket)
+            await self._run(lambda: self.client.head_bucket(Bucket=self.bucket))
         except ObjectNotFound:
-            await self._run(self.client.create_bucket, Bucket=self.bucket)
+            await self._run(lambda: self.client.create_bucket(Bucket=self.bucket))
 
     async def check(self) -> None:
         """Raise StorageError unless the bucket is reachable."""
-        await self._run(self.client.head_bucket, Bucket=self.bucket)
+        await self._run(lambda: self.client.head_bucket(Bucket=self.bucket))
 
     async def put_file(self, key: str, path: Path, *, mime: str | None = None) -> None:
         """Store the file at ``path`` (multipart when large: boto3's transfer manager)."""
         check_key(key)
         extra = {"ContentType": mime or content_type(key)}
-        await self._run(self.client.upload_file, str(path), self.bucket, key, ExtraArgs=extra)
+        await self._run(
+            lambda: self.client.upload_file(str(path), self.bucket, key, ExtraArgs=extra)
+        )
 
     async def put_fileobj(self, key: str, fileobj: BinaryIO, *, mime: str | None = None) -> None:
         """Upload an already open binary file (read in a worker thread)."""
         check_key(key)
         extra = {"ContentType": mime or content_type(key)}
-        await self._run(self.client.upload_fileobj, fileobj, self.bucket, key, ExtraArgs=extra)
+        await self._run(
+            lambda: self.client.upload_fileobj(fileobj, self.bucket, key, ExtraArgs=extra)
+        )
 
     async def put_bytes(self, key: str, data: bytes, *, mime: str) -> None:
         check_key(key)
         await self._run(
-            self.client.put_object, Bucket=self.bucket, Key=key, Body=data, ContentType=mime
+            lambda: self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=mime)
         )
 
     async def put_json(self, key: str, value: Any) -> None:
@@ -135,7 +174,7 @@ class S3Storage:
 
     async def get_to_file(self, key: str, path: Path) -> None:
         check_key(key)
-        await self._run(self.client.download_file, self.bucket, key, str(path))
+        await self._run(lambda: self.client.download_file(self.bucket, key, str(path)))
 
     async def get(self, key: str) -> tuple[bytes, str]:
         """The whole object and its Content-Type."""
@@ -200,7 +239,7 @@ class S3Storage:
     async def head(self, key: str) -> Blob:
         """The object's metadata only (``body`` is empty)."""
         check_key(key)
-        head = await self._run(self.client.head_object, Bucket=self.bucket, Key=key)
+        head = await self._run(lambda: self.client.head_object(Bucket=self.bucket, Key=key))
         return Blob(
             body=b"",
             content_type=head.get("ContentType", "application/octet-stream"),
@@ -212,7 +251,7 @@ class S3Storage:
     async def exists(self, key: str) -> bool:
         check_key(key)
         try:
-            await self._run(self.client.head_object, Bucket=self.bucket, Key=key)
+            await self._run(lambda: self.client.head_object(Bucket=self.bucket, Key=key))
         except ObjectNotFound:
             return False
         return True
@@ -248,12 +287,10 @@ class S3Storage:
         for key in keys:
             check_key(key)
         for start in range(0, len(keys), DELETE_BATCH):
-            batch = [{"Key": key} for key in keys[start : start + DELETE_BATCH]]
-            answer = await self._run(
-                self.client.delete_objects,
-                Bucket=self.bucket,
-                Delete={"Objects": batch, "Quiet": True},
-            )
+            batch: list[ObjectIdentifierTypeDef] = [
+                {"Key": key} for key in keys[start : start + DELETE_BATCH]
+            ]
+            answer = await self._run(self._delete_batch, batch)
             errors = answer.get("Errors") or []
             if errors:
                 first = errors[0]
@@ -261,6 +298,12 @@ class S3Storage:
                     f"S3 refused to delete {len(errors)} object(s), "
                     f"e.g. {first.get('Key')!r}: {first.get('Code')}"
                 )
+
+    def _delete_batch(self, batch: list[ObjectIdentifierTypeDef]) -> DeleteObjectsOutputTypeDef:
+        """One DeleteObjects call, in a worker thread."""
+        return self.client.delete_objects(
+            Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True}
+        )
 
 
 def _http_date(when: Any) -> str:
@@ -271,6 +314,8 @@ def _http_date(when: Any) -> str:
 
 
 def _translate(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    from botocore.exceptions import BotoCoreError, ClientError  # see the module docstring
+
     try:
         return fn(*args, **kwargs)
     except ClientError as exc:

@@ -134,7 +134,8 @@ def memory_table(
     rows = [
         ("idle deployer RSS (16 slots)", f"{deployer.idle / MIB:.1f} MiB",
          f"goal <= {IDLE_GOAL_MIB} MiB"),
-        (f"RSS after {deployer.warmup_jobs} warm-up jobs", f"{deployer.warm / MIB:.1f} MiB", ""),
+        (f"RSS after {deployer.warmup_jobs} warm-up jobs", f"{deployer.warm / MIB:.1f} MiB",
+         "boto3 and the S3 client load with the first job"),
         (f"RSS after {deployer.jobs} more no-op jobs", f"{deployer.after / MIB:.1f} MiB",
          f"growth {deployer.growth:+.1%} over the warm RSS (goal < {GROWTH_GOAL:.0%}); "
          f"{(deployer.after - deployer.idle) / MIB:+.1f} MiB over idle"),

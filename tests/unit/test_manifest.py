@@ -200,3 +200,14 @@ def test_the_cache_is_bounded_by_file_entries_and_keeps_the_newest() -> None:
     cache.put("c", Loaded(five, ""))
     assert list(cache.entries) == ["c"]
     assert cache.files == 5
+
+
+def test_the_cache_is_bounded_by_manifests_when_asked() -> None:
+    cache = ManifestCache(storage=None, max_entries=2)  # type: ignore[arg-type]
+    one = manifest({"index.html": FileRef(HASH, 1, "text/html")})
+
+    for job_id in ("a", "b", "c"):
+        cache.put(job_id, Loaded(one, ""))
+
+    assert list(cache.entries) == ["b", "c"]
+    assert cache.files == 2

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import io
+import threading
+import time
+from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import anyio
 import pytest
 from botocore.awsrequest import AWSRequest
 
@@ -18,6 +23,9 @@ from shared.storage.s3 import (
     drop_expect_for_small_bodies,
     make_s3_client,
 )
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 
 @pytest.mark.parametrize(
@@ -54,6 +62,37 @@ def test_binary_types_get_no_charset() -> None:
 @pytest.fixture
 def storage(aws: None, settings: Settings) -> Storage:
     return S3Storage(make_s3_client(settings), "unit-bucket", concurrency=4)
+
+
+@pytest.mark.anyio
+async def test_a_connecting_storage_makes_its_client_once_off_the_event_loop(
+    aws: None, settings: Settings
+) -> None:
+    loop_thread = threading.get_ident()
+    made_in: list[int] = []
+
+    def connect() -> S3Client:
+        made_in.append(threading.get_ident())
+        time.sleep(0.05)  # widens the window in which the other calls race for it
+        return make_s3_client(settings)
+
+    storage = S3Storage(None, "unit-bucket", concurrency=4, connect=connect)
+    assert made_in == []  # nothing made until a call needs it
+
+    async with anyio.create_task_group() as tg:
+        for name in ("a", "b", "c", "d"):
+            tg.start_soon(partial(storage.exists, f"k/{name}"))
+    await storage.ensure_bucket()
+    await storage.put_bytes("k/a", b"1", mime="text/plain")
+
+    assert len(made_in) == 1
+    assert made_in[0] != loop_thread
+    assert [o.key for o in await storage.list_objects("k/")] == ["k/a"]
+
+
+def test_a_storage_needs_a_client_or_a_way_to_connect() -> None:
+    with pytest.raises(ValueError, match="client"):
+        S3Storage(None, "unit-bucket")
 
 
 @pytest.mark.anyio
