@@ -1,11 +1,12 @@
 """A pool of slots consuming one reliable queue: take, run, retry, drain, recover.
 
 Both stages use it: the uploader's ingest stage (``{ns}:ingest``) and the deployer
-(``{ns}:queue``). Each slot owns one connection, and a job costs it one round trip
-for its queue bookkeeping while the queue has work: the call that ends a job also
-takes and starts the next (``take.lua``). A slot with nothing in hand blocks in
-BLMOVE with the start pipelined behind it, so the handler starts the moment an id is
-pushed, with the record in hand (see :mod:`shared.engine.queue`). Nothing polls.
+(``{ns}:queue``). A job costs one call for its queue bookkeeping while the queue has
+work: the call that ends a job also takes and starts the next (``take.lua``), and
+the slots' calls share writes on two connections (:mod:`shared.engine.batching`). A
+slot with nothing in hand blocks in BLMOVE on its own connection with the start
+pipelined behind it, so the handler starts the moment an id is pushed, with the
+record in hand (see :mod:`shared.engine.queue`). Nothing polls.
 
 The consumer owns a job's lifecycle around the handler: the start transition
 (counting attempts), the final transition (acking the id from the active list),
@@ -26,15 +27,17 @@ from redis.exceptions import RedisError
 
 from shared.core.clock import Clock
 from shared.core.settings import Settings
+from shared.engine.batching import Batcher
 from shared.engine.control import follow_control
 from shared.engine.ending import end_run, write_last_lines
 from shared.engine.fleet import FleetGate
 from shared.engine.jobs import TERMINAL, JobRecord, JobStore, Status
 from shared.engine.logs import LogWriter
-from shared.engine.outcome import Outcome, after_fault, dead_letter, outcome_line, transient_cause
+from shared.engine.outcome import Outcome, after_fault, dead_letter, transient_cause
 from shared.engine.queue import Queue, Taken
 from shared.engine.recovery import EndedHook, recover_dead_workers, requeue, requeue_all
 from shared.engine.replies import Claimed
+from shared.engine.reporting import EndHook, report_end
 from shared.engine.stages import Stage
 from shared.engine.upkeep import ended_among, release_due_forever, requeue_orphans
 from shared.engine.workers import Registry
@@ -44,10 +47,10 @@ log = structlog.get_logger("consumer")
 
 TAKE_TIMEOUT_S = 5.0
 ERROR_BACKOFF_S = 1.0
+BATCHERS = 2  # connections carrying the slots' end-and-take calls
 
 
 Handler = Callable[[JobRecord, LogWriter], Awaitable[Outcome]]
-EndHook = Callable[[dict[str, str]], Awaitable[None]]
 
 
 class Consumer:
@@ -108,6 +111,7 @@ class Consumer:
         self._drained: anyio.Event | None = None
         self._healthy_beats = 0
         self._orphan_suspects: set[str] = set()
+        self._batchers: list[Batcher] = []
 
     # -- lifecycle of the process -------------------------------------------------
 
@@ -117,6 +121,12 @@ class Consumer:
         self.log.info("consumer.started", slots=self.slots)
         try:
             async with anyio.create_task_group() as tg:
+                # Two groups of slots in turn keep both Redis and this process busy: one
+                # group's calls run in Redis while this process handles the other's.
+                groups = min(BATCHERS, self.slots)
+                self._batchers = [Batcher(self.blocking_redis()) for _ in range(groups)]
+                for batcher in self._batchers:
+                    tg.start_soon(batcher.run)
                 tg.start_soon(self._housekeeping)
                 tg.start_soon(release_due_forever, self.redis, self.store, self.log)
                 tg.start_soon(
@@ -173,7 +183,9 @@ class Consumer:
     async def _slot(self, index: int, stopping: anyio.Event) -> None:
         conn = self.blocking_redis()
         store = JobStore(conn, self.keys, self.settings, self.clock)
-        queue = Queue(store, self.stage, self.active_key, fields={"worker": self.worker_id})
+        batcher = self._batchers[index % len(self._batchers)]
+        fields = {"worker": self.worker_id}
+        queue = Queue(store, self.stage, self.active_key, fields=fields, batcher=batcher)
         slot = f"{self.worker_id}:{index}"
         held: Claimed | None = None  # taken by the call that ended the slot's last job
         try:
@@ -358,23 +370,7 @@ class Consumer:
         if ended is None:
             return None
         claimed = None if ended.taken is None else self._claimed(ended.taken)
-        result = ended.result
-        if result.changed and terminal and self.on_end is not None:
-            try:
-                await self.on_end(result.record)
-            except Exception:
-                # The job has ended; a failing end hook must not take the daemon down.
-                self.log.exception("job.end_hook_failed")
-        if terminal and result.changed:  # this call ended the job: its one outcome line
-            self.log.info("job.outcome", **outcome_line(result.record))
-            return claimed
-        self.log.info(
-            "job.finished" if terminal else "job.moved",
-            status=outcome.status.value,
-            duration_ms=int((time.monotonic() - began) * 1000),
-            error=outcome.fields.get("error"),
-            applied=result.changed,
-        )
+        await report_end(ended.result, outcome, on_end=self.on_end, began=began, log=self.log)
         return claimed
 
     # -- background duties -------------------------------------------------------

@@ -10,7 +10,9 @@ trip that also starts the job (``take.lua``, on the slot's own connection):
   work, else the moment one is pushed) and Redis runs ``take.lua``, which starts it,
   before anything else of that connection; the handler needs no second round trip;
 - a slot ending a job ends it and takes the next in one ``take.lua`` call, which comes
-  back empty-handed when the queue is empty (the slot then blocks as above).
+  back empty-handed when the queue is empty (the slot then blocks as above). Given a
+  :class:`~shared.engine.batching.Batcher`, that call shares a write with the calls
+  of the worker's other slots that end a job at the same time.
 
 A taken id is never only in a client's memory: it is in the active list from the
 moment it leaves the queue, and leaves that list only when the job's final transition
@@ -26,6 +28,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, ResponseError
 
+from shared.engine.batching import Batcher
 from shared.engine.jobs import JobStore, Move, decode_transition
 from shared.engine.replies import TAKE, Claimed, Transition
 from shared.engine.stages import Stage
@@ -55,13 +58,16 @@ class Queue:
         active: str,
         *,
         fields: Mapping[str, str] | None = None,
+        batcher: Batcher | None = None,
     ) -> None:
-        """``store`` is on the slot's own connection; ``fields`` are set on each start."""
+        """``store`` is on the slot's own connection; ``fields`` are set on each start;
+        ``batcher`` (shared by the worker's slots) carries :meth:`take`'s calls."""
         self.store = store
         self.stage = stage
         self.key = stage.queue(store.keys)
         self.active = active
         self.fields = dict(fields or {})
+        self.batcher = batcher
 
     def _call(self, mode: str, end: Move | None) -> tuple[list[str], list[str | int]]:
         call = self.store.take_call(
@@ -81,9 +87,11 @@ class Queue:
         oldest id and start it if the queue has one: one call, never blocking."""
         keys, args = self._call("q", end)
         script = self.store.scripts.take
-        (reply,) = await send_together(
-            self.store.redis, ("EVALSHA", script.sha, len(keys), *keys, *args)
-        )
+        command = ("EVALSHA", script.sha, len(keys), *keys, *args)
+        if self.batcher is not None:
+            reply = await self.batcher.call(*command)
+        else:
+            (reply,) = await send_together(self.store.redis, command)
         if isinstance(reply, NoScriptError):  # the server lost its scripts: load it
             reply = await script(keys=keys, args=args)
         elif isinstance(reply, ResponseError):

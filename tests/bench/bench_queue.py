@@ -501,6 +501,9 @@ NOTES = (
     "Lua script runs (an EVALSHA counts 1 plus its redis.call()s); sent cmd/job: commands "
     "redis-py packed in this process; rtt/job: requests written (a pipeline is one).",
     "cpu us/job: valkey's used_cpu_user+sys, and this (worker) process's CPU time.",
+    "buildq's slots share writes: the end-and-take calls of slots that end jobs while "
+    "another batch is on the wire go out together (shared/engine/batching.py, two "
+    "connections), so its rtt/job is below 1; each call is still one take.lua run.",
     "a drain includes worker start-up (connections, registration) and its upkeep polls; "
     "'*' marks an aborted round.",
     "pickup: the producer's enqueue call starts the clock; the clock stops where the job "

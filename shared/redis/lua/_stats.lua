@@ -22,12 +22,15 @@ local function stats_observe(stats, series, ms)
 end
 
 -- Job `job` has just ended at `status` (its record already written): count the ending
--- and observe each phase it finished and its whole life ('total').
-local function stats_ended(stats, job, status, now)
+-- and observe each phase it finished and its whole life ('total'). `record` is the
+-- job's hash as a table if the caller has read it already, else nil.
+local function stats_ended(stats, job, status, now, record)
   redis.call('HINCRBY', stats, 'deployments:' .. status, 1)
-  local flat = redis.call('HGETALL', job)
-  local record = {}
-  for i = 1, #flat, 2 do record[flat[i]] = flat[i + 1] end
+  if not record then
+    local flat = redis.call('HGETALL', job)
+    record = {}
+    for i = 1, #flat, 2 do record[flat[i]] = flat[i + 1] end
+  end
   if record['dead'] == '1' then redis.call('HINCRBY', stats, 'dead_letters', 1) end
   if record['created_at'] then
     stats_observe(stats, 'phase:total', tonumber(now) - tonumber(record['created_at']))
@@ -40,9 +43,9 @@ local function stats_ended(stats, job, status, now)
 end
 
 -- A transition moved a job to `status` with the 's' flag: count what it means.
-local function stats_moved(stats, job, status, now, terminal)
+local function stats_moved(stats, job, status, now, terminal, record)
   if terminal then
-    stats_ended(stats, job, status, now)
+    stats_ended(stats, job, status, now, record)
   elseif status == 'retrying' then
     redis.call('HINCRBY', stats, 'retries', 1)
   end

@@ -73,10 +73,26 @@ local function transition(K, A)
   end
   redis.call('HSET', K[1], unpack(set))
   if #drop > 0 then redis.call('HDEL', K[1], unpack(drop)) end
-  if has('s') then stats_moved(K[#K], K[1], status, now, terminal) end
+  -- The record as written, read once for both the stats and the reply ('f' writes
+  -- 'qscore' after: the reply then reads it again).
+  local record
+  local function read_record()
+    if not record then
+      local flat = redis.call('HGETALL', K[1])
+      record = {}
+      for i = 1, #flat, 2 do record[flat[i]] = flat[i + 1] end
+    end
+    return record
+  end
+  if has('s') then
+    stats_moved(K[#K], K[1], status, now, terminal, terminal and read_record() or nil)
+  end
   if has('p') then redis.call('LPUSH', K[6], id) end
   if has('h') then redis.call('RPUSH', K[6], id) end
-  if has('f') then fair_push(K[6], K[7], string.sub(K[1], 1, #K[1] - #id), id) end
+  if has('f') then
+    fair_push(K[6], K[7], string.sub(K[1], 1, #K[1] - #id), id)
+    record = nil
+  end
   if has('d') then redis.call('ZADD', K[6], A[8], id) end
   redis.call('XADD', K[2], 'MAXLEN', '~', A[6], '*',
     'kind', 'job', 'id', id, 'status', status, 'at', now)
@@ -92,11 +108,6 @@ local function transition(K, A)
   else
     redis.call('XADD', K[3], '*', 'kind', 'phase', 'status', status, 'at', now)
   end
-  if has('r') then
-    local flat = redis.call('HGETALL', K[1])
-    local record = {}
-    for i = 1, #flat, 2 do record[flat[i]] = flat[i + 1] end
-    return {1, cjson.encode(record)}
-  end
+  if has('r') then return {1, cjson.encode(read_record())} end
   return {1, ''}
 end
