@@ -5,14 +5,12 @@ in the active list, and a server that lost its scripts mid-drain changes nothing
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
 from typing import Any
 
 import anyio
 import pytest
 
 from shared.core.settings import Settings
-from shared.engine import batching
 from shared.engine.consumer import Consumer
 from shared.engine.jobs import JobRecord, JobStore, Status, new_job_id
 from shared.engine.logs import LogWriter
@@ -20,6 +18,7 @@ from shared.engine.outcome import Outcome
 from shared.engine.stages import BUILD
 from shared.redis.client import make_redis
 from shared.redis.keys import Keys
+from tests.unit.test_batching import counting_writes
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio, pytest.mark.timeout(120)]
 
@@ -31,14 +30,7 @@ SLOTS = 8
 async def test_slots_sharing_writes_start_every_job_once_in_queue_order(
     bq_settings: Settings, monkeypatch: pytest.MonkeyPatch, flush_scripts_at: int | None
 ) -> None:
-    sizes: list[int] = []
-    send = batching.send_together
-
-    async def counted(redis: Any, *commands: Sequence[Any]) -> list[Any]:
-        sizes.append(len(commands))
-        return await send(redis, *commands)
-
-    monkeypatch.setattr(batching, "send_together", counted)
+    sizes = counting_writes(monkeypatch)
     keys = Keys(bq_settings.namespace)
     redis = make_redis(bq_settings)
     store = JobStore(redis, keys, bq_settings)
