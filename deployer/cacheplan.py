@@ -23,9 +23,11 @@ MAX_PACKAGE_JSON_BYTES = 256 * 1024
 MAX_LOCKFILE_BYTES = 64 * 1024 * 1024
 # `npm ci` deletes node_modules before it installs: restoring one is wasted work.
 NPM_CI_RE = re.compile(r"(?:^|[\s;&|(])npm\s+(?:ci|clean-install)(?:\s|$|[;&|)])")
-# The install step of the detected command for an npm lockfile; a restored
-# node_modules made from the same lockfile and package.json stands in for it.
+# The install steps of buildq's detected npm commands; a restored node_modules made
+# from the same lockfile and package.json (package.json alone without a lockfile)
+# stands in for them.
 NPM_CI_STEP = "npm ci && "
+NPM_INSTALL_STEP = "npm install && "
 MB = 1024 * 1024
 
 
@@ -106,12 +108,14 @@ def plan_cache(
     and the package.json's bytes.
 
     buildq's detected ``npm ci && …`` keeps node_modules keyed by the lockfile *and*
-    package.json: a restored one is what ``npm ci`` made from exactly these inputs
-    before, after which it succeeded, so the install step is skipped
-    (:attr:`CachePlan.install_step`). A command someone wrote runs as written."""
+    package.json (``npm install && …`` without a lockfile: by package.json): a restored
+    one is what that install made from exactly these inputs before, in a build that
+    succeeded, so the install step is skipped (:attr:`CachePlan.install_step`); ``npm
+    install`` would only find it up to date. A command someone wrote runs as written."""
     manager, detected_command = install_command(package, present)
     name, data = lock
-    ci_step = detected and command == detected_command and command.startswith(NPM_CI_STEP)
+    ours = detected and command == detected_command
+    ci_step = ours and command.startswith(NPM_CI_STEP)
     why_not = ""
     if in_repository:
         why_not = "the repository has its own node_modules"
@@ -120,7 +124,9 @@ def plan_cache(
     elif NPM_CI_RE.search(command) and not ci_step:
         why_not = "npm ci removes node_modules"
     key = lock_hash(name, data + b"\0package.json\0" + package_json if ci_step else data)
-    step = NPM_CI_STEP if ci_step and not why_not else ""
+    step = ""
+    if ours and not why_not:
+        step = next((p for p in (NPM_CI_STEP, NPM_INSTALL_STEP) if command.startswith(p)), "")
     return CachePlan(service, manager, name, key, not why_not, why_not, step)
 
 

@@ -281,9 +281,12 @@ class JobRunner:
         if cache is not None:
             env, command = cache.build_env(env), cache.command(command)
             if command != config.command:
+                inputs = f"{cache.plan.lock_name} and package.json"
+                if cache.plan.lock_name == "package.json":
+                    inputs = "package.json"
                 await writer.line(
-                    f"buildq: node_modules restored for this package-lock.json and "
-                    f"package.json: skipping {cache.plan.install_step.removesuffix(' && ')}"
+                    f"buildq: node_modules restored for this {inputs}: skipping "
+                    f"{cache.plan.install_step.removesuffix(' && ')}"
                 )
         sandbox = await sandbox_for(s)
         code = await run_build(

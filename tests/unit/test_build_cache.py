@@ -381,4 +381,9 @@ def test_the_plan_reads_the_checkout(tmp_path: Path) -> None:
     assert found is not None
     assert found.node_modules
     assert found.lock_name == "package.json"
+    assert found.install_step == "npm install && "
+    written = BuildConfig("buildq.toml", "npm install && npm run build", ("dist",))
+    found = read_plan("shop", written, tmp_path)
+    assert found is not None
+    assert found.install_step == ""  # someone wrote it: it runs
     assert read_plan("shop", BuildConfig("static", None), tmp_path) is None
