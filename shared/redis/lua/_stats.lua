@@ -21,16 +21,20 @@ local function stats_observe(stats, series, ms)
   redis.call('HINCRBY', stats, series .. ':count', 1)
 end
 
+-- The hash at `key` as a Lua table.
+local function hash_table(key)
+  local flat = redis.call('HGETALL', key)
+  local out = {}
+  for i = 1, #flat, 2 do out[flat[i]] = flat[i + 1] end
+  return out
+end
+
 -- Job `job` has just ended at `status` (its record already written): count the ending
 -- and observe each phase it finished and its whole life ('total'). `record` is the
 -- job's hash as a table if the caller has read it already, else nil.
 local function stats_ended(stats, job, status, now, record)
   redis.call('HINCRBY', stats, 'deployments:' .. status, 1)
-  if not record then
-    local flat = redis.call('HGETALL', job)
-    record = {}
-    for i = 1, #flat, 2 do record[flat[i]] = flat[i + 1] end
-  end
+  record = record or hash_table(job)
   if record['dead'] == '1' then redis.call('HINCRBY', stats, 'dead_letters', 1) end
   if record['created_at'] then
     stats_observe(stats, 'phase:total', tonumber(now) - tonumber(record['created_at']))

@@ -77,11 +77,7 @@ local function transition(K, A)
   -- 'qscore' after: the reply then reads it again).
   local record
   local function read_record()
-    if not record then
-      local flat = redis.call('HGETALL', K[1])
-      record = {}
-      for i = 1, #flat, 2 do record[flat[i]] = flat[i + 1] end
-    end
+    record = record or hash_table(K[1])
     return record
   end
   if has('s') then
