@@ -16,8 +16,9 @@ Fields of the ``{ns}:stats`` hash:
   requeued because their worker died (its process is gone, or its heartbeat stale);
 - per histogram series (``phase:<phase>``, ``phase:total``, ``lock_wait``):
   ``<series>:le:<bound ms>`` and ``<series>:le:inf`` count observations in that
-  bucket only (made cumulative when read), ``<series>:sum_ms`` and
-  ``<series>:count``.
+  bucket only (made cumulative when read) and ``<series>:sum_ms``; the count is the
+  sum of the buckets (one HINCRBY fewer per observation; a ``<series>:count`` field
+  written by older versions is ignored).
 """
 
 from __future__ import annotations
@@ -99,7 +100,7 @@ def histogram(raw: Mapping[str, str], series: str) -> Histogram:
     return Histogram(
         tuple(buckets),
         sum_s=int(raw.get(f"{series}:sum_ms", 0)) / 1000,
-        count=int(raw.get(f"{series}:count", 0)),
+        count=total,
     )
 
 
@@ -110,8 +111,8 @@ def parse_stats(raw: Mapping[str, str]) -> Stats:
     for name, value in raw.items():
         if name.startswith("deployments:"):
             deployments[name.removeprefix("deployments:")] = int(value)
-        elif name.startswith("phase:") and name.endswith(":count"):
-            phases.add(name.removeprefix("phase:").removesuffix(":count"))
+        elif name.startswith("phase:") and name.endswith(":sum_ms"):
+            phases.add(name.removeprefix("phase:").removesuffix(":sum_ms"))
     return Stats(
         deployments=deployments,
         dead_letters=int(raw.get("dead_letters", 0)),
@@ -134,7 +135,6 @@ async def observe(redis: Redis, keys: Keys, series: str, ms: int) -> None:
     pipe = redis.pipeline(transaction=True)
     pipe.hincrby(keys.stats, bucket_field(series, ms), 1)
     pipe.hincrby(keys.stats, f"{series}:sum_ms", ms)
-    pipe.hincrby(keys.stats, f"{series}:count", 1)
     await pipe.execute()
 
 

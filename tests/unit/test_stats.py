@@ -80,7 +80,7 @@ def test_beyond_the_last_bound_is_the_inf_bucket() -> None:
 
 
 def test_a_histogram_is_read_back_cumulative_in_seconds() -> None:
-    raw = {"s:le:10": "2", "s:le:1000": "1", "s:le:inf": "1", "s:sum_ms": "9000", "s:count": "4"}
+    raw = {"s:le:10": "2", "s:le:1000": "1", "s:le:inf": "1", "s:sum_ms": "9000"}
 
     h = histogram(raw, "s")
 
@@ -89,6 +89,19 @@ def test_a_histogram_is_read_back_cumulative_in_seconds() -> None:
     assert dict(h.buckets)[1.0] == 3
     assert h.buckets[-1] == (float("inf"), 4)
     assert (h.sum_s, h.count) == (9.0, 4)
+
+
+def test_the_count_is_the_sum_of_the_buckets_whatever_an_older_count_field_says() -> None:
+    # Versions before 2026-12-04 also kept '<series>:count'; it always equalled the sum.
+    raw = {"s:le:10": "2", "s:le:inf": "1", "s:sum_ms": "90", "s:count": "7"}
+
+    assert histogram(raw, "s").count == 3
+
+
+def test_a_phase_is_reported_once_it_has_observations() -> None:
+    stats = parse_stats({"phase:custom:le:10": "1", "phase:custom:sum_ms": "5"})
+
+    assert stats.phases["custom"].count == 1
 
 
 def test_an_empty_hash_reports_every_status_and_phase_at_zero() -> None:
@@ -299,10 +312,8 @@ def test_the_stats_render_as_prometheus_counters_and_histograms() -> None:
         "phase:building:le:1000": "2",
         "phase:building:le:inf": "1",
         "phase:building:sum_ms": "4000000",
-        "phase:building:count": "3",
         "lock_wait:le:10": "4",
         "lock_wait:sum_ms": "12",
-        "lock_wait:count": "4",
     }
 
     got = scrape(raw)

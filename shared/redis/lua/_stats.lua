@@ -6,7 +6,8 @@
 local STATS_BOUNDS_MS = {10, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000,
   120000, 300000, 600000, 1800000, 3600000}
 
--- One observation of `ms` in histogram `series` (buckets are not cumulative here).
+-- One observation of `ms` in histogram `series` (buckets are not cumulative here; the
+-- count is their sum, see shared/engine/stats.py).
 local function stats_observe(stats, series, ms)
   if ms < 0 then ms = 0 end
   local le = 'inf'
@@ -18,7 +19,6 @@ local function stats_observe(stats, series, ms)
   end
   redis.call('HINCRBY', stats, series .. ':le:' .. le, 1)
   redis.call('HINCRBY', stats, series .. ':sum_ms', string.format('%d', ms))
-  redis.call('HINCRBY', stats, series .. ':count', 1)
 end
 
 -- The hash at `key` as a Lua table.
