@@ -9,9 +9,11 @@ from functools import partial
 from pathlib import Path
 
 import anyio
+import structlog
 from redis.asyncio import Redis
 
 from deployer.pipeline import JobRunner
+from deployer.workdirs import claim, sweep
 from shared.coord.ended import release_locks_of_ended
 from shared.core.settings import Settings
 from shared.engine.consumer import Consumer
@@ -19,6 +21,8 @@ from shared.engine.jobs import JobStore
 from shared.engine.stages import BUILD
 from shared.redis.keys import Keys
 from shared.storage.s3 import Storage
+
+log = structlog.get_logger("deployer")
 
 
 class Deployer:
@@ -61,7 +65,15 @@ class Deployer:
         )
 
     async def run(self, stopping: anyio.Event) -> None:
-        self.work_root.mkdir(parents=True, exist_ok=True)
+        await anyio.to_thread.run_sync(claim, self.work_root)
+        swept = await anyio.to_thread.run_sync(sweep, self.work_root.parent, self.work_root)
+        if swept.removed:
+            log.info(
+                "workdirs.swept",
+                removed=list(swept.removed),
+                bytes=swept.bytes,
+                why="their deployers have ended without removing them",
+            )
         try:
             async with self.runner.locks.running():  # one watchdog for every deploy lock
                 await self.consumer.run(stopping)

@@ -64,6 +64,8 @@ def test_a_deployer_killed_mid_build_gives_its_job_to_the_next_deployer_of_its_h
         victim.kill()  # SIGKILL: no drain, no unregister, its job stays in its active list
         victim.wait()
         stack.procs.remove(victim)
+        left_behind = Path(env["BUILDQ_WORK_DIR"]) / dead_worker
+        assert (left_behind / job_id / "src").is_dir()  # its checkout, mid-build
         stack.add_deployer(2, index=2)
 
         again = wait_building(client, keys, job_id, runs=2)
@@ -78,6 +80,15 @@ def test_a_deployer_killed_mid_build_gives_its_job_to_the_next_deployer_of_its_h
     assert again["attempts"] == "2"
     assert record["status"] == "live", record
     assert f"worker {dead_worker} (pid {victim.pid} on this host) is gone" in job_log
+    # The new deployer removed the killed one's work directory (source, build output).
+    assert not left_behind.exists()
+    swept = [
+        line
+        for line in (logs / "deployer-2.log").read_text().splitlines()
+        if "workdirs.swept" in line
+    ]
+    assert len(swept) == 1, swept
+    assert dead_worker in swept[0]
     assert "stopped heartbeating" not in job_log
     assert executions(client, keys, job_id) == 2
     # Its deploy lock went to the next deployer at once, not when its TTL ran out.

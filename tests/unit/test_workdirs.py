@@ -1,0 +1,102 @@
+"""Deployer work directories: each records its owner; a starting deployer removes
+those of deployers that have certainly ended, and nothing else."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+from deployer.workdirs import OWNER_FILE, claim, owner_ended, sweep
+from shared.core.host import Host, locate, this_host, this_process
+
+
+def ended_process_owner() -> dict[str, object]:
+    """The owner record of a real process that has ended (started, then reaped)."""
+    proc = subprocess.Popen(["sleep", "5"])
+    ref = locate(proc.pid)
+    proc.kill()
+    proc.wait()
+    host = ref.host
+    return {
+        "host_id": host.host_id,
+        "boot_id": host.boot_id,
+        "pid_ns": host.pid_ns,
+        "pid": ref.pid,
+        "started": ref.started,
+    }
+
+
+def a_work_dir(root: Path, name: str, owner: dict[str, object] | None) -> Path:
+    directory = root / name
+    (directory / "job1" / "src").mkdir(parents=True)
+    (directory / "job1" / "src" / "index.html").write_bytes(b"x" * 1000)
+    if owner is not None:
+        (directory / OWNER_FILE).write_text(json.dumps(owner))
+    return directory
+
+
+def test_claim_records_this_process_as_the_owner(tmp_path: Path) -> None:
+    root = tmp_path / "work" / "deployer-a"
+
+    claim(root)
+
+    owner = json.loads((root / OWNER_FILE).read_text())
+    me = this_process()
+    assert (owner["pid"], owner["started"], owner["host_id"]) == (
+        os.getpid(),
+        me.started,
+        me.host.host_id,
+    )
+    assert not owner_ended(owner, this_host())
+
+
+def test_the_directory_of_an_ended_deployer_is_removed_and_counted(tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    mine = work / "deployer-me"
+    claim(mine)
+    dead = a_work_dir(work, "deployer-dead", ended_process_owner())
+    alive = work / "deployer-alive"
+    claim(alive)  # this test process: alive
+
+    swept = sweep(work, mine)
+
+    assert swept.removed == ("deployer-dead",)
+    assert swept.bytes >= 1000
+    assert not dead.exists()
+    assert mine.exists()
+    assert alive.exists()
+
+
+def test_what_cannot_be_told_for_sure_is_left_alone(tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    mine = work / "deployer-me"
+    claim(mine)
+    ended = ended_process_owner()
+    kept = [
+        a_work_dir(work, "no-owner-file", None),
+        a_work_dir(work, "other-host", {**ended, "host_id": "another-machine"}),
+        a_work_dir(work, "other-pid-namespace", {**ended, "pid_ns": "pid:[1]"}),
+        a_work_dir(work, "start-unknown", {**ended, "started": 0}),
+    ]
+    (work / "garbled").mkdir()
+    (work / "garbled" / OWNER_FILE).write_text("{not json")
+    kept.append(work / "garbled")
+
+    swept = sweep(work, mine)
+
+    assert swept.removed == ()
+    assert all(path.exists() for path in kept)
+
+
+def test_a_deployer_of_an_earlier_boot_has_ended() -> None:
+    host = Host("machine", "boot-now", "pid:[4026531836]", 0)
+    owner = {"host_id": "machine", "boot_id": "boot-before", "pid_ns": "x", "pid": 1, "started": 1}
+
+    assert owner_ended(owner, host)
+    assert not owner_ended({**owner, "boot_id": "boot-now", "pid_ns": "x"}, host)
+
+
+def test_a_missing_work_dir_sweeps_nothing(tmp_path: Path) -> None:
+    assert sweep(tmp_path / "absent", tmp_path / "absent" / "me").removed == ()
