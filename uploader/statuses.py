@@ -9,8 +9,10 @@ service record names. The webhook route remembers the job's target (forge,
 repository, commit) in ``{ns}:status-target:<id>`` and posts ``pending`` after its
 answer; every uploader follows ``{ns}:events`` (``uploader/loghub.py``) and posts the
 end state. Several uploaders see the same event: ``SET NX`` on
-``{ns}:status-sent:<id>:<state>`` lets exactly one post it. A job that ends while no
-uploader runs gets no end status (the forge keeps showing ``pending``).
+``{ns}:status-sent:<id>:<state>`` lets exactly one post it. The uploaders keep where
+they have read to in ``{ns}:status-cursor``, and a starting uploader reads on from
+there: a job that ended while no uploader ran still gets its end status when one
+starts (unless the events stream was trimmed past it meanwhile: that is logged).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from shared.core.settings import Settings
 from shared.core.siteaddr import preview_url, site_url
 from shared.engine.jobs import JobStore, Status
 from shared.redis.keys import Keys
-from uploader.events import latest_id
+from uploader.events import latest_id, trimmed_past
 from uploader.loghub import LogHub, StreamEntry
 
 log = structlog.get_logger("statuses")
@@ -121,6 +123,10 @@ class StatusReporter:
             json.dumps(asdict(target)),
             ex=self.settings.job_ttl_s,
         )
+
+    async def read_to(self, entry_id: str) -> None:
+        """Record that the events up to ``entry_id`` have been read for end statuses."""
+        await self._redis.set(self.keys.status_cursor, entry_id)
 
     async def target(self, job_id: str) -> StatusTarget | None:
         raw = await self._redis.get(self.keys.status_target(job_id))
@@ -242,11 +248,26 @@ async def report_statuses(hub: LogHub, store: JobStore, reporter: StatusReporter
         while True:
             try:
                 if after is None:
-                    after = await latest_id(store.redis, store.keys.events)
+                    after = await _start_point(store.redis, store.keys)
                 after = await _follow(hub, reporter, after, posts, limiter)
             except RedisError as exc:
                 log.warning("statuses.redis_error", error=str(exc))
                 await anyio.sleep(RETRY_S)
+
+
+async def _start_point(redis: Redis, keys: Keys) -> str:
+    """Where to read on from: where the uploaders last read to, else the newest event."""
+    cursor = await redis.get(keys.status_cursor)
+    if cursor is None:
+        return await latest_id(redis, keys.events)
+    if await trimmed_past(redis, keys.events, str(cursor)):
+        log.warning(
+            "statuses.events_trimmed",
+            after=str(cursor),
+            why="no uploader ran while more events happened than the stream keeps: "
+            "jobs that ended then get no end status",
+        )
+    return str(cursor)
 
 
 async def _follow(
@@ -270,6 +291,8 @@ async def _follow(
                     if target is not None and reporter.enabled(target.forge):
                         posts.start_soon(_post_end, reporter, end[0], end[1], target, limiter)
                 after = entry.id
+            if batch:
+                await reporter.read_to(after)
     finally:
         subscription.close()
 

@@ -143,6 +143,12 @@ class Keys:
         statuses go (``uploader/statuses.py``)."""
         return f"{self.prefix}:status-target:{job_id}"
 
+    @property
+    def status_cursor(self) -> str:
+        """string: the id of the last ``events`` entry the uploaders have read for end
+        statuses; a starting uploader reads on from it (``uploader/statuses.py``)."""
+        return f"{self.prefix}:status-cursor"
+
     def status_sent(self, job_id: str, state: str) -> str:
         """string: set NX by the one uploader that posts this commit status."""
         return f"{self.prefix}:status-sent:{job_id}:{state}"

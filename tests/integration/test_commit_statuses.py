@@ -17,7 +17,10 @@ import httpx
 import pytest
 from cryptography.fernet import Fernet
 
-from tests.integration.helpers import Stack, github_delivery, make_env, make_repo
+from shared.cli.embedded import wait_for_port
+from shared.redis.keys import Keys
+from tests.integration.faults import redis_client
+from tests.integration.helpers import Stack, github_delivery, make_env, make_repo, spawn, stop
 
 pytestmark = pytest.mark.integration
 
@@ -150,3 +153,53 @@ def test_a_failed_build_gets_failure(stack: Stack, forge: Forge, tmp_path: Path)
     assert forge.states(sha) == ["pending", "failure"]
     assert failure["body"]["context"] == "buildq/broken"
     assert failure["body"]["description"] == "failed"
+
+
+# The build waits (at most 60 s) for the test's go-ahead in its job directory.
+HELD_BUILD = """\
+i=0
+while [ ! -e "$HOME/../go" ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done
+mkdir -p out
+cp index.html out/
+"""
+
+
+def test_a_deploy_that_ends_while_no_uploader_runs_gets_its_status_when_one_starts(
+    stack: Stack, forge: Forge, tmp_path: Path
+) -> None:
+    repo = make_repo(
+        tmp_path / "held",
+        {
+            "index.html": "<h1>held</h1>",
+            "build.sh": HELD_BUILD,
+            "buildq.toml": '[build]\ncommand = "sh build.sh"\noutput = "out"\n',
+        },
+    )
+    register(stack, "held", repo)
+    sha = head(repo)
+    job_id = push(stack, repo, sha, "delivery-3").json()["deployments"][0]["id"]
+    forge.wait_for(sha, "pending")
+    work = Path(stack.env["BUILDQ_WORK_DIR"])
+    deadline = time.monotonic() + 30
+    while not list(work.glob(f"*/{job_id}")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    uploader = stack.procs[0]
+    stop(uploader)  # SIGTERM: the only uploader is gone
+
+    for job_dir in work.glob(f"*/{job_id}"):
+        (job_dir / "go").touch()  # the build finishes and the job goes live meanwhile
+    client = redis_client(stack.env)
+    job_key = Keys(stack.env["BUILDQ_NAMESPACE"]).job(job_id)
+    deadline = time.monotonic() + 60
+    while client.hget(job_key, "status") != "live":
+        assert time.monotonic() < deadline, "the held deploy did not go live"
+        time.sleep(0.1)
+    time.sleep(0.5)
+    assert forge.states(sha) == ["pending"]
+
+    stack.procs[0] = spawn("uploader", stack.env, stack.logs / "uploader-2.log")
+    wait_for_port(stack.port, 30, stack.procs[0])
+    success = forge.wait_for(sha, "success")
+
+    assert success["body"]["target_url"] == f"http://held.localhost:{stack.sites_port}/"
+    assert forge.states(sha) == ["pending", "success"]
