@@ -48,16 +48,38 @@ router = APIRouter(tags=["hooks"])
 log = structlog.get_logger("uploader.hooks")
 
 
-def preview_service(service: str, event: HookEvent) -> str:
+NAME_MAX = 63
+DIGEST_CHARS = 8
+
+
+def preview_service(service: str, event: HookEvent) -> str | None:
     """The preview's service name: ``<service>--pr-<n>`` or ``<service>--<branch>``,
-    shortened with a digest of the branch when too long; the same for every push."""
+    its label shortened with a digest of the branch when too long; the same for every
+    push. None when ``service`` leaves no room for ``--`` and a digest (over 51
+    characters): a preview's name must start with its service's name and ``--``, which
+    is what the webhook may deploy to."""
     label = f"pr-{event.number}" if event.kind is Kind.PULL_REQUEST else event.branch or ""
     slug = re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-") or "branch"
     name = f"{service}--{slug}"
-    if len(name) > 63:
-        digest = hashlib.sha256(label.encode()).hexdigest()[:8]
-        name = f"{service}--{slug}"[: 63 - 9].rstrip("-") + "-" + digest
+    if len(name) > NAME_MAX:
+        room = NAME_MAX - len(service) - len("--") - len("-") - DIGEST_CHARS
+        if room < 1:
+            return None
+        digest = hashlib.sha256(label.encode()).hexdigest()[:DIGEST_CHARS]
+        head = slug[:room].rstrip("-")
+        name = f"{service}--{head}-{digest}" if head else f"{service}--{digest}"
     return validate_name(name)
+
+
+def _preview(record: ServiceRecord, event: HookEvent, why: str) -> tuple[str | None, str]:
+    name = preview_service(record.name, event)
+    if name is None:
+        limit = NAME_MAX - len("---") - DIGEST_CHARS - 1
+        return None, (
+            f"{why}: not built, the service name is too long for preview names "
+            f"(previews need a service name of at most {limit} characters)"
+        )
+    return name, why
 
 
 def _secrets_grant(record: ServiceRecord, event: HookEvent, target: str) -> dict[str, str]:
@@ -70,12 +92,12 @@ def _secrets_grant(record: ServiceRecord, event: HookEvent, target: str) -> dict
 def _target(record: ServiceRecord, event: HookEvent) -> tuple[str | None, str]:
     """(service to deploy, why) for a push or pull request to ``record``."""
     if event.kind is Kind.PULL_REQUEST:
-        return preview_service(record.name, event), f"preview of pull request {event.number}"
+        return _preview(record, event, f"preview of pull request {event.number}")
     branch = event.branch or ""
     if branch == record.production_branch:
         return record.name, f"push to {branch}"
     if record.wants_preview(branch):
-        return preview_service(record.name, event), f"preview of branch {branch}"
+        return _preview(record, event, f"preview of branch {branch}")
     return None, f"branch {branch} is neither {record.production_branch} nor a preview branch"
 
 

@@ -13,13 +13,14 @@ import fakeredis
 import httpx
 import pytest
 
+from shared.coord.services import ServiceRecord
 from shared.core.settings import Settings, load_settings
 from shared.engine.jobs import JobRecord, JobStore
 from shared.redis.keys import Keys
 from tests.unit.test_services_api import KEY, client_for
 from uploader.access import HOOK_PATHS, is_open
 from uploader.forges import FORGES, HookEvent, Kind
-from uploader.hooks import preview_service
+from uploader.hooks import _target, preview_service
 
 pytestmark = pytest.mark.anyio
 
@@ -308,6 +309,42 @@ def test_preview_names_are_valid_and_stable_for_long_branches() -> None:
 
     name = preview_service("web", event)
 
+    assert name is not None
     assert len(name) <= 63
     assert name == preview_service("web", event)
     assert name != preview_service("web", HookEvent(Kind.PUSH, branch=branch + "2", commit=SHA))
+
+
+@pytest.mark.parametrize("length", [20, 40, 50, 51])
+def test_a_shortened_preview_name_keeps_its_whole_service_name_and_the_separator(
+    length: int,
+) -> None:
+    service = ("s" * length)[:length]
+    long_branch = HookEvent(Kind.PUSH, branch="feature/" + "x" * 80, commit=SHA)
+
+    name = preview_service(service, long_branch)
+
+    assert name is not None
+    assert name.startswith(f"{service}--")
+    assert len(name) <= 63
+
+
+def test_a_service_name_too_long_for_a_shortened_preview_gets_none_but_short_labels_fit() -> None:
+    service = "s" * 55
+
+    assert preview_service(service, HookEvent(Kind.PUSH, branch="x" * 30, commit=SHA)) is None
+    assert preview_service(service, HookEvent(Kind.PULL_REQUEST, number=7, commit=SHA)) == (
+        f"{service}--pr-7"
+    )
+
+
+def test_a_preview_that_cannot_be_named_is_not_built_and_says_why() -> None:
+    record = ServiceRecord(name="s" * 55, repo_url=REPO)
+    event = HookEvent(Kind.PUSH, branch="feature/" + "x" * 30, commit=SHA)
+
+    target, why = _target(record, event)
+
+    assert target is None
+    assert why.startswith("preview of branch feature/")
+    assert "service name is too long for preview names" in why
+    assert "at most 51 characters" in why
