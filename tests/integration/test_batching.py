@@ -70,12 +70,66 @@ async def test_slots_sharing_writes_start_every_job_once_in_queue_order(
     finally:
         await redis.aclose()
 
-    # The slots' first takes block in BLMOVE together, each starting the newest id of
-    # the active list (take.lua, mode 'a'): those first SLOTS start in any order.
-    # Every later take ends a job and takes the next through a batch, in queue order.
-    assert sorted(started[:SLOTS]) == sorted(ids[:SLOTS])
-    assert started[SLOTS:] == ids[SLOTS:]
+    # The slots' first takes go through BLMOVE, each starting the oldest waiting id of
+    # the active list (take.lua, mode 'a'); every later take ends a job and takes the
+    # next through a batch: all in queue order.
+    assert started == ids
     assert sorted(ran) == sorted(ids)
     assert statuses == {"live": JOBS}
     assert active == 0
     assert max(sizes) > 1  # the slots' calls did share writes
+
+
+async def test_blocked_slots_woken_at_once_start_their_jobs_in_queue_order(
+    bq_settings: Settings,
+) -> None:
+    keys = Keys(bq_settings.namespace)
+    redis = make_redis(bq_settings)
+    store = JobStore(redis, keys, bq_settings)
+    worker = "deployer-woken-1"
+    ids = [new_job_id() for _ in range(SLOTS)]
+    for n, job_id in enumerate(ids):
+        await store.submit(job_id, service=f"woken-{n}", repo_url="https://h/o/r")
+        await store.transition(job_id, Status.QUEUED, ack=keys.ingest)  # not pushed yet
+    stopping = anyio.Event()
+    ran: list[str] = []
+
+    async def handler(record: JobRecord, writer: LogWriter) -> Outcome:
+        ran.append(record.id)
+        if len(ran) == SLOTS:
+            stopping.set()
+        return Outcome(Status.LIVE)
+
+    consumer = Consumer(
+        redis,
+        keys,
+        bq_settings,
+        stage=BUILD,
+        worker_id=worker,
+        slots=SLOTS,
+        handler=handler,
+        blocking_redis=lambda: make_redis(bq_settings, blocking=True),
+    )
+
+    async def push_when_all_block() -> None:
+        with anyio.fail_after(30):
+            while True:
+                clients: Any = await redis.client_list()
+                if sum(c.get("cmd") == "blmove" for c in clients) >= SLOTS:
+                    break
+                await anyio.sleep(0.02)
+        # One command wakes every blocked slot at once; the oldest is at the tail.
+        await redis.lpush(keys.queue, *ids)
+
+    try:
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(push_when_all_block)
+                await consumer.run(stopping)
+        events: Any = await redis.xrange(keys.events, "-", "+")
+        started = [e["id"] for _, e in events if e.get("status") == "building"]
+    finally:
+        await redis.aclose()
+
+    assert started == ids
+    assert sorted(ran) == sorted(ids)

@@ -10,12 +10,14 @@
 -- mode 'q': move the oldest id of the queue into the active list and start it
 --           (flag 'x': an ended or missing job is dropped from the active list).
 -- mode 'a': sent right behind this connection's BLMOVE, which has just moved an id
---           into the active list (or timed out): start the newest id of the active
+--           into the active list (or timed out): start the oldest id of the active
 --           list whose job is still at the waiting status (most often the one this
---           BLMOVE moved; any other is one whose start was lost, or another slot's,
---           whose own call then starts this one). Ended or missing jobs in the active
---           list are dropped from it. The start time is the server's: the client
---           read its clock before it blocked.
+--           BLMOVE moved; any other is one another slot's BLMOVE moved before, whose
+--           own call then starts this one, or one whose start was lost): so jobs
+--           start in the order they were claimed, even when several blocked slots
+--           are woken at once. Ended or missing jobs in the active list are dropped
+--           from it. The start time is the server's: the client read its clock
+--           before it blocked.
 -- Returns {ended, id, started, dropped}: ended is the first transition's reply ({}
 -- if none); id is '' and started {} when nothing was taken; dropped lists the ids
 -- mode 'a' removed, each followed by its status ('' if the job is gone). Key
@@ -42,7 +44,9 @@ if mode == 'q' then
   if not id then return {ended, '', {}, {}} end
   return {ended, id, start(id), {}}
 end
-local dropped, seen, newest = {}, {}, nil
+-- The active list's head is its newest id (LMOVE pushes there): the last waiting id
+-- met on the way to the tail is the oldest.
+local dropped, seen, oldest = {}, {}, nil
 for _, id in ipairs(redis.call('LRANGE', active, 0, -1)) do
   if not seen[id] then
     seen[id] = true
@@ -51,12 +55,12 @@ for _, id in ipairs(redis.call('LRANGE', active, 0, -1)) do
       redis.call('LREM', active, 0, id)
       dropped[#dropped + 1] = id
       dropped[#dropped + 1] = cur[1] or ''
-    elseif cur[1] == waiting and not newest then
-      newest = id
+    elseif cur[1] == waiting then
+      oldest = id
     end
   end
 end
-if not newest then return {ended, '', {}, dropped} end
+if not oldest then return {ended, '', {}, dropped} end
 local t = redis.call('TIME')
 local now = string.format('%.0f', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
-return {ended, newest, start(newest, now), dropped}
+return {ended, oldest, start(oldest, now), dropped}
