@@ -234,13 +234,21 @@ class DeployLock:
             reason=reason,
             monotonic=self.monotonic,
         )
-        lease, holder, pttl_ms = await attempt.run()
-        if lease is not None or (deadline is not None and self.monotonic() >= deadline):
-            return lease, holder
-        # Subscribe, wait for the confirmation, then try again: a release between our
-        # failed attempt and the subscription can then never be missed.
-        channels = [self.keys.lock_channel(s) for s in names]
+        # A call that may wait takes its place in line with its first attempt: a
+        # release from then on hands the lock over directly, even before the
+        # subscription below is confirmed (the attempt after it finds the hand-over).
+        bound_s = min(self.poll_max_s, ttl_ms / 3000)
+        if deadline is not None:
+            bound_s = min(bound_s, deadline - self.monotonic())
         try:
+            lease, holder, pttl_ms = await attempt.run(
+                queue_for_s=bound_s + 1.0 if bound_s > 0 else 0.0
+            )
+            if lease is not None or (deadline is not None and self.monotonic() >= deadline):
+                return lease, holder
+            # Subscribe, wait for the confirmation, then try again: a release between
+            # our failed attempt and the subscription can then never be missed.
+            channels = [self.keys.lock_channel(s) for s in names]
             async with self._subscriptions.listening(channels) as pubsub:
                 while True:
                     # No busy polling: sleep until a release is published (or the lock

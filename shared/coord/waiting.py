@@ -1,9 +1,11 @@
 """Waiting for a deploy lock: attempts with a place in line, woken by pub/sub.
 
-A waiter subscribes to the release channels of its services, then keeps a place in
-line (one service) with each attempt; a release hands the lock straight to the
-oldest live waiter and publishes ``g:<token>:<fence>``, or publishes the service
-name when nobody is in line. The pub/sub connection of a finished wait is kept for
+A waiter that may wait takes a place in line (one service) with its first attempt,
+subscribes to the release channels of its services, and keeps its place with each
+later attempt; a release hands the lock straight to the oldest live waiter and
+publishes ``g:<token>:<fence>``, or publishes the service name when nobody is in
+line. A hand-over before the subscription was confirmed is found by the attempt
+that follows it. The pub/sub connection of a finished wait is kept for
 the next one instead of a new connection per wait.
 """
 

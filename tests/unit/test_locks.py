@@ -383,3 +383,120 @@ async def test_invalid_service_names_never_reach_redis(
     with pytest.raises(ValidationError):
         await locks.book.acquire_manual(service, owner="alice", ttl_ms=1000)
     assert await redis.dbsize() == 0
+
+
+async def test_a_waiter_is_in_line_from_its_first_attempt_and_finds_an_early_hand_over(
+    redis: fakeredis.FakeAsyncRedis, keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    holder, waiter = make(redis, keys, "holder"), make(redis, keys, "waiter", poll_max_s=30)
+    lease = await holder.lock("web")
+    sent: list[int] = []
+    acquire = waiter.book.acquire
+
+    async def first_then_release(names: list[str], **kw: object) -> object:
+        got = await acquire(names, **kw)  # type: ignore[arg-type]
+        sent.append(kw["queue_until_ms"])  # type: ignore[arg-type]
+        if len(sent) == 1:
+            assert await redis.hlen(keys.lock_waiters("web")) == 1  # in line already
+            assert await holder.release(lease) is True  # before the waiter subscribed
+        return got
+
+    monkeypatch.setattr(waiter.book, "acquire", first_then_release)
+    with anyio.fail_after(5):  # far below the 30 s poll bound
+        got = await waiter.lock("web", timeout_s=20)
+
+    assert got.fence == 2
+    assert sent[0] > 0
+    assert len(sent) == 2  # the attempt after subscribing found the hand-over
+    assert json.loads(await redis.get(keys.lock("web")))["token"] == got.token
+    assert await redis.hlen(keys.lock_waiters("web")) == 0
+    await waiter.release(got)
+
+
+async def test_a_try_lock_that_cannot_wait_never_takes_a_place_in_line(
+    redis: fakeredis.FakeAsyncRedis, keys: Keys
+) -> None:
+    holder, other = make(redis, keys, "holder"), make(redis, keys, "other")
+    lease = await holder.lock("web")
+
+    assert await other.try_lock("web") is None
+    assert await redis.hlen(keys.lock_waiters("web")) == 0
+    await holder.release(lease)
+    assert await redis.exists(keys.lock("web")) == 0  # not handed to anybody
+
+
+async def test_a_handed_over_record_has_the_shape_and_times_of_a_taken_one(
+    redis: fakeredis.FakeAsyncRedis, keys: Keys, clock: FakeClock
+) -> None:
+    holder = make(redis, keys, "holder", clock=clock)
+    waiter = make(redis, keys, "waiter", poll_max_s=30, ttl_ms=20_000, clock=clock)
+    lease = await holder.lock("web")
+    async with anyio.create_task_group() as tg:
+        got: list[object] = []
+
+        async def wait() -> None:
+            got.append(await waiter.lock("web", task="deploy job-2", reason="next"))
+
+        tg.start_soon(wait)
+        await in_line(redis, keys, 1)
+        clock.advance(7)
+        await holder.release(lease)
+
+    raw = await redis.get(keys.lock("web"))
+    record = json.loads(raw)
+    released_at = int(clock.now_s * 1000)
+    assert raw.startswith('{"token":')
+    assert record["token"] == got[0].token  # type: ignore[attr-defined]
+    assert (record["owner"], record["task"], record["reason"]) == ("waiter", "deploy job-2", "next")
+    assert (record["fence"], record["acquired_at"]) == (2, released_at)
+    assert record["expires_at"] == released_at + 20_000
+    assert json.loads(await redis.hget(keys.lock_history("web"), "current")) == record
+    assert ("locked", "waiter") in await lock_events(redis, keys)
+
+
+async def test_records_whose_strings_look_like_keys_are_extended_and_released_correctly(
+    redis: fakeredis.FakeAsyncRedis, keys: Keys, clock: FakeClock
+) -> None:
+    locks = make(redis, keys, "deployer", ttl_ms=30_000, clock=clock)
+    reason = 'x","owner":"mallory","fence":99,"expires_at":1,"end":"forced'
+    lease = await locks.lock("web", task='"token":"t"}', reason=reason)
+    clock.advance(5)
+
+    assert await locks.extend(lease) is True
+    record = json.loads(await redis.get(keys.lock("web")))
+    assert record["expires_at"] == int(clock.now_s * 1000) + 30_000
+    assert (record["owner"], record["fence"], record["reason"]) == ("deployer", 1, reason)
+    assert await locks.release(lease) is True
+
+    last = await locks.last_holder("web")
+    assert last is not None
+    assert (last.owner, last.fence, last.end, last.released_by) == (
+        "deployer",
+        1,
+        "released",
+        "deployer",
+    )
+    assert (last.reason, last.task) == (reason, '"token":"t"}')
+    assert last.released_at == int(clock.now_s * 1000)
+    events = [e for _, e in await redis.xrange(keys.events) if e["kind"] == "lock"]
+    assert [(e["action"], e["owner"], e["fence"]) for e in events] == [
+        ("locked", "deployer", "1"),
+        ("released", "deployer", "1"),
+    ]
+
+
+async def test_a_record_in_another_key_order_is_still_extended_and_released(
+    redis: fakeredis.FakeAsyncRedis, keys: Keys
+) -> None:
+    locks = make(redis, keys, "deployer")
+    lease = await locks.lock("web")
+    record = json.loads(await redis.get(keys.lock("web")))
+    reordered = dict(reversed(list(record.items())))  # as cjson may write it
+    await redis.set(keys.lock("web"), json.dumps(reordered), px=30_000)
+
+    assert await locks.extend(lease) is True
+    assert await locks.release(lease) is True
+    last = await locks.last_holder("web")
+    assert last is not None
+    assert (last.owner, last.fence, last.end) == ("deployer", 1, "released")
+    assert await lock_events(redis, keys) == [("locked", "deployer"), ("released", "deployer")]
