@@ -4,8 +4,9 @@ Run as ``python -I -S _launch.py FD`` with a fixed minimal environment; FD is
 an inherited pipe holding the launch spec ``{"spec": …, "command": …, "env": …}``
 in :mod:`marshal` format (written by the same interpreter; ``json`` would cost the
 launcher ~10 ms of CPU per build just to import). The launcher reads it to the end
-and closes it first thing. The
-build's command and environment never appear on a command line (``ps``) or in the
+and closes it first thing. (The deployer runs this file's code compiled once,
+sent ahead of the spec on the same pipe: ``deployer/sandbox.py``, ``LAUNCHER_BOOT``.)
+The build's command and environment never appear on a command line (``ps``) or in the
 launcher's own environment: the environment is applied only where the build
 shell is executed (``execve`` inside the sandbox, or bubblewrap's ``--clearenv``
 and ``--setenv`` read from an ``--args`` pipe), so no variable such as

@@ -11,11 +11,14 @@ content hash (its ETag and what later publishes deduplicate on), its pack and it
 offset (:class:`shared.storage.manifest.FileRef`). Serving reads the file's span of
 the pack with one ranged GET, as it reads a blob with one plain GET.
 
-Only uploads of at least PACK_MIN_FILES small files are packed: a redeploy that
+Uploads of at least PACK_MIN_FILES small files are packed: a redeploy that
 changes a file or two uploads them as blobs of their own, so a pack is not kept
-alive by one file of an otherwise dead deployment more often than it must. Files
-over PACK_FILE_MAX_BYTES (streamed, and rarely many) and empty files (nothing to
-read) are never packed.
+alive by one file of an otherwise dead deployment more often than it must. Fewer
+files are packed only when there are at least two and together they hold at most
+TINY_PACK_BYTES (a tiny site's first publish, say): a pack that small wastes next to
+nothing when one of its files outlives the others, and it saves a PUT per file.
+Files over PACK_FILE_MAX_BYTES (streamed, and rarely many) and empty files (nothing
+to read) are never packed.
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ from shared.storage.archive import Entry, open_entry
 
 PACK_FILE_MAX_BYTES = 1024 * 1024  # larger files are blobs of their own
 PACK_TARGET_BYTES = 4 * 1024 * 1024  # a pack is closed once it holds this much
-PACK_MIN_FILES = 8  # fewer small files to upload: one blob each
+PACK_MIN_FILES = 8  # fewer small files to upload: one blob each, unless tiny
+TINY_PACK_BYTES = 64 * 1024  # fewer files (two or more) this small still share a pack
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,8 +61,10 @@ def packable(entry: Entry) -> bool:
 def plan_packs(members: Sequence[Member]) -> list[list[Member]]:
     """``members`` in packs of about PACK_TARGET_BYTES each, in listing order (files of
     one directory, likely served together, stay together); none if there are fewer
-    than PACK_MIN_FILES of them."""
-    if len(members) < PACK_MIN_FILES:
+    than PACK_MIN_FILES of them, unless two or more hold TINY_PACK_BYTES at most."""
+    if len(members) < PACK_MIN_FILES and (
+        len(members) < 2 or sum(m.entry.size for m in members) > TINY_PACK_BYTES
+    ):
         return []
     packs: list[list[Member]] = []
     current: list[Member] = []

@@ -145,11 +145,20 @@ async def publish_site(
     """Store every regular file under ``root`` as a blob or in a pack (skipping
     ``known`` contents, reused where they are stored) and then the deployment's
     manifest."""
-    root_fd = await anyio.to_thread.run_sync(open_root, root)
+
+    def listed() -> tuple[int, list[Entry]]:
+        """The root, opened, and its listing: one worker-thread call for both."""
+        fd = open_root(root)
+        try:
+            return fd, list(
+                walk_tree(root, max_files=max_files, max_bytes=max_bytes, on_skip=on_skip)
+            )
+        except BaseException:
+            os.close(fd)
+            raise
+
+    root_fd, entries = await anyio.to_thread.run_sync(listed)
     try:
-        entries: list[Entry] = await anyio.to_thread.run_sync(
-            lambda: list(walk_tree(root, max_files=max_files, max_bytes=max_bytes, on_skip=on_skip))
-        )
         hashes = await _hash_all(root_fd, entries)
         stored = dict(known or {})
         missing: dict[str, Entry] = {}
@@ -194,6 +203,11 @@ async def _hash_all(root_fd: int, entries: list[Entry]) -> list[str]:
                 else:
                     digest = hashlib.file_digest(fh, "sha256")
             hashes[index] = digest.hexdigest()
+
+    if len(entries) <= HASH_BATCH:  # one batch at most (a small site): no task group
+        if entries:
+            await anyio.to_thread.run_sync(hash_batch, 0)
+        return hashes
 
     async def run(start: int) -> None:
         await anyio.to_thread.run_sync(hash_batch, start, limiter=limiter)

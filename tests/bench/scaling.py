@@ -30,11 +30,17 @@ def machine_busy() -> tuple[float, float]:
 
 def cpu_s(proc: psutil.Process) -> float:
     """CPU seconds of a process and of its children it has waited for (builds)."""
+    return sum(cpu_split(proc))
+
+
+def cpu_split(proc: psutil.Process) -> tuple[float, float]:
+    """CPU seconds of a process itself, and of the children it has waited for (for a
+    deployer: its builds, each launcher with everything it reaped)."""
     try:
         t = proc.cpu_times()
     except psutil.Error:
-        return 0.0
-    return float(t.user + t.system + t.children_user + t.children_system)
+        return 0.0, 0.0
+    return float(t.user + t.system), float(t.children_user + t.children_system)
 
 
 @dataclass(frozen=True)
@@ -48,7 +54,8 @@ class ScaleResult:
     valkey_cores: float
     moto_cores: float
     deployer_cores: float
-    deployer_cpu_s: float  # the deployers' and their builds' CPU time
+    deployer_cpu_s: float  # the deployers' own CPU time
+    builds_cpu_s: float  # their builds' (waited-for children's) CPU time
     done: bool
 
     @property
@@ -65,7 +72,16 @@ class ScaleResult:
 
     @property
     def cpu_ms_per_job(self) -> float:
+        """The deployers' and their builds' CPU time per job that went live."""
+        return self.own_ms_per_job + self.builds_ms_per_job
+
+    @property
+    def own_ms_per_job(self) -> float:
         return self.deployer_cpu_s * 1000 / self.live if self.live else 0.0
+
+    @property
+    def builds_ms_per_job(self) -> float:
+        return self.builds_cpu_s * 1000 / self.live if self.live else 0.0
 
     @property
     def saturated(self) -> str:
@@ -81,6 +97,9 @@ class ScaleResult:
 
 
 def _moto(stack: BenchStack) -> psutil.Process | None:
+    """The S3 server: the one the benchmark started, else one ``buildq up`` embeds."""
+    if stack.moto is not None:
+        return psutil.Process(stack.moto.pid)
     for child in psutil.Process(stack.proc.pid).children():
         if any("moto" in part for part in child.cmdline()):
             return child
@@ -103,22 +122,34 @@ def measure(
             )
         valkey, moto, deployers = stack.valkey(), _moto(stack), stack.deployers()
         busy0, total0 = machine_busy()
-        before = (cpu_s(valkey), cpu_s(moto) if moto else 0.0, sum(map(cpu_s, deployers)))
+        before = _cpu(valkey, moto, deployers)
         started_ms = time.time() * 1000
         wall0 = time.monotonic()
         fleet(stack, paused=False)
         ended = watcher.wait_ended(ids, limit_s)
         wall = time.monotonic() - wall0
         busy1, total1 = machine_busy()
-        after = (cpu_s(valkey), cpu_s(moto) if moto else 0.0, sum(map(cpu_s, deployers)))
+        after = _cpu(valkey, moto, deployers)
     finally:
         watcher.close()
     seconds = (ended.last_ended_ms - started_ms) / 1000 if ended.done else wall
-    used = [(a - b) / wall for a, b in zip(after, before, strict=True)]
+    spent = [a - b for a, b in zip(after, before, strict=True)]
     return ScaleResult(
         processes, slots, jobs, ended.live, seconds, (busy1 - busy0) / (total1 - total0),
-        used[0], used[1], used[2], after[2] - before[2], ended.done,
+        spent[0] / wall, spent[1] / wall, (spent[2] + spent[3]) / wall, spent[2], spent[3],
+        ended.done,
     )  # fmt: skip
+
+
+def _cpu(
+    valkey: psutil.Process, moto: psutil.Process | None, deployers: list[psutil.Process]
+) -> tuple[float, float, float, float]:
+    """CPU seconds so far of valkey, moto, the deployers themselves and their builds."""
+    own, builds = 0.0, 0.0
+    for deployer in deployers:
+        a, b = cpu_split(deployer)
+        own, builds = own + a, builds + b
+    return cpu_s(valkey), cpu_s(moto) if moto else 0.0, own, builds
 
 
 def run_scaling(
@@ -154,14 +185,14 @@ def scaling_table(results: list[ScaleResult]) -> tuple[list[str], list[Goal]]:
     head = f"{'processes x slots':<19}{'jobs':>6}{'jobs/s':>9}{'ideal':>8}{'of ideal':>10}  "
     lines = [
         head + f"{'CPU busy':>9}{'valkey':>8}{'moto':>7}{'deployers':>10}{'ms CPU/job':>12}"
-        "  saturated"
+        f"{'own':>6}{'builds':>8}  saturated"
     ]
     for r in results:
         lines.append(
             f"{f'{r.processes} x {r.slots}':<19}{r.jobs:>6}{r.rate_per_s:>9.1f}"
             f"{r.ideal_per_s:>8.0f}{r.of_ideal:>10.0%}  {r.machine_busy:>9.0%}"
             f"{r.valkey_cores:>8.0%}{r.moto_cores:>7.0%}{r.deployer_cores:>10.0%}"
-            f"{r.cpu_ms_per_job:>12.0f}  "
+            f"{r.cpu_ms_per_job:>12.0f}{r.own_ms_per_job:>6.0f}{r.builds_ms_per_job:>8.0f}  "
             f"{r.saturated or '-'}{'' if r.done else '  (time limit: not all jobs ended)'}"
         )
     if not results:

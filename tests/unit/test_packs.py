@@ -40,9 +40,22 @@ def test_only_small_non_empty_files_are_packable(monkeypatch: pytest.MonkeyPatch
 
 def test_too_few_files_are_not_packed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(deployer.packs, "PACK_MIN_FILES", 3)
-    found = members(tmp_path, {"a": b"1", "b": b"2"})
+    monkeypatch.setattr(deployer.packs, "TINY_PACK_BYTES", 2)
+    found = members(tmp_path, {"a": b"1", "b": b"23"})  # 3 bytes: more than tiny
 
     assert plan_packs(found) == []
+
+
+def test_a_few_tiny_files_share_one_pack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(deployer.packs, "PACK_MIN_FILES", 3)
+    monkeypatch.setattr(deployer.packs, "TINY_PACK_BYTES", 3)
+    found = members(tmp_path, {"a": b"1", "b": b"23"})
+
+    assert [[m.entry.rel for m in pack] for pack in plan_packs(found)] == [["a", "b"]]
+
+
+def test_a_single_file_is_never_packed(tmp_path: Path) -> None:
+    assert plan_packs(members(tmp_path, {"a": b"1"})) == []
 
 
 def test_packs_close_once_they_reach_the_target_and_keep_listing_order(

@@ -167,7 +167,10 @@ async def test_publish_refuses_a_symlink_swapped_in_after_the_walk(
 
 
 @pytest.mark.anyio
-async def test_publish_stores_each_file_as_a_blob_and_the_manifest_last(tree: Path) -> None:
+async def test_publish_stores_each_file_as_a_blob_and_the_manifest_last(
+    tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(deployer.packs, "TINY_PACK_BYTES", 0)  # two files: not packed
     storage = RecordingStorage()
 
     result = await publish(storage, tree, parent="job-0")
@@ -206,11 +209,27 @@ async def test_a_large_file_streams_and_is_hashed_on_the_way(
     tree: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(deployer.publish, "INLINE_UPLOAD_BYTES", 4)
+    monkeypatch.setattr(deployer.packs, "PACK_FILE_MAX_BYTES", 4)  # as large: not packed
     storage = RecordingStorage()
 
     await publish(storage, tree)
 
     assert storage.objects[blob_key(sha(b"console.log(1)"))] == b"console.log(1)"
+
+
+@pytest.mark.anyio
+async def test_a_few_tiny_files_go_in_one_pack_then_the_manifest(tree: Path) -> None:
+    storage = RecordingStorage()
+
+    result = await publish(storage, tree)
+
+    manifest = manifest_of(storage)
+    (pack,) = {ref.pack for ref in manifest.files.values()}
+    assert pack is not None
+    assert storage.puts == [blob_key(pack), manifest_key("job-1")]  # 2 PUTs, not 3
+    assert (result.uploaded, result.packs) == (2, 1)
+    for rel, data in contents(tree).items():
+        assert pack_span(storage, manifest.files[rel]) == data
 
 
 @pytest.fixture
