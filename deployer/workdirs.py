@@ -15,12 +15,16 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from shared.core.host import Host, process_ended, this_host, this_process
+from shared.engine.recovery import PROCESS_FIELDS, Reach, Registered, reach
+from shared.engine.workers import process_fields
 
 OWNER_FILE = ".owner"
+CLAIMED_AT = "claimed_at_ms"  # for an owner record, what a heartbeat is to a worker
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,16 +36,10 @@ class Swept:
 
 
 def claim(root: Path) -> None:
-    """Create this process's work directory ``root`` and record its owner."""
+    """Create this process's work directory ``root`` and record its owner (the fields a
+    worker registers for same-host recovery, and when)."""
     root.mkdir(parents=True, exist_ok=True)
-    me = this_process()
-    owner = {
-        "host_id": me.host.host_id,
-        "boot_id": me.host.boot_id,
-        "pid_ns": me.host.pid_ns,
-        "pid": me.pid,
-        "started": me.started,
-    }
+    owner = {**process_fields(this_process()), CLAIMED_AT: int(time.time() * 1000)}
     tmp = root / f"{OWNER_FILE}.tmp"
     tmp.write_text(json.dumps(owner), "utf-8")
     tmp.replace(root / OWNER_FILE)
@@ -49,18 +47,18 @@ def claim(root: Path) -> None:
 
 def owner_ended(owner: dict[str, object], host: Host) -> bool:
     """Whether the deployer described by ``owner`` (an ``.owner`` file) has certainly
-    ended, seen from ``host``."""
-    if owner.get("host_id") != host.host_id or not host.host_id:
-        return False  # another machine sharing the disk: it may well be running
-    boot = owner.get("boot_id")
-    if host.boot_id and isinstance(boot, str) and boot and boot != host.boot_id:
-        return True  # it ran before this boot
-    if owner.get("pid_ns") != host.pid_ns or not host.pid_ns:
-        return False  # its pid means nothing in this pid namespace
-    pid, started = owner.get("pid"), owner.get("started")
-    if not isinstance(pid, int) or not isinstance(started, int) or started <= 0:
-        return False
-    return process_ended(pid, started)
+    ended, seen from ``host``: judged as same-host recovery judges a worker."""
+    values = [owner.get(name) for name in PROCESS_FIELDS]
+    claimed = owner.get(CLAIMED_AT)
+    who = Registered.parse(
+        "",
+        claimed if isinstance(claimed, int) else 0,
+        [None if v is None else str(v) for v in values],
+    )
+    found = reach(who, host)
+    if found is Reach.REBOOTED:
+        return True
+    return found is Reach.PROBE and who.pid_start > 0 and process_ended(who.pid, who.pid_start)
 
 
 def _read_owner(directory: Path) -> dict[str, object] | None:

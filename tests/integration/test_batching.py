@@ -9,9 +9,10 @@ from typing import Any
 
 import anyio
 import pytest
+from redis.asyncio import Redis
 
 from shared.core.settings import Settings
-from shared.engine.consumer import Consumer
+from shared.engine.consumer import Consumer, Handler
 from shared.engine.jobs import JobRecord, JobStore, Status, new_job_id
 from shared.engine.logs import LogWriter
 from shared.engine.outcome import Outcome
@@ -24,6 +25,20 @@ pytestmark = [pytest.mark.integration, pytest.mark.anyio, pytest.mark.timeout(12
 
 JOBS = 300
 SLOTS = 8
+
+
+def slots_consumer(redis: Redis, settings: Settings, worker: str, handler: Handler) -> Consumer:
+    """A consumer of the build stage with SLOTS slots, each on its own connection."""
+    return Consumer(
+        redis,
+        Keys(settings.namespace),
+        settings,
+        stage=BUILD,
+        worker_id=worker,
+        slots=SLOTS,
+        handler=handler,
+        blocking_redis=lambda: make_redis(settings, blocking=True),
+    )
 
 
 @pytest.mark.parametrize("flush_scripts_at", [None, JOBS // 3])
@@ -50,16 +65,7 @@ async def test_slots_sharing_writes_start_every_job_once_in_queue_order(
             stopping.set()
         return Outcome(Status.LIVE)
 
-    consumer = Consumer(
-        redis,
-        keys,
-        bq_settings,
-        stage=BUILD,
-        worker_id="deployer-batching-1",
-        slots=SLOTS,
-        handler=handler,
-        blocking_redis=lambda: make_redis(bq_settings, blocking=True),
-    )
+    consumer = slots_consumer(redis, bq_settings, "deployer-batching-1", handler)
     try:
         with anyio.fail_after(100):
             await consumer.run(stopping)
@@ -100,16 +106,7 @@ async def test_blocked_slots_woken_at_once_start_their_jobs_in_queue_order(
             stopping.set()
         return Outcome(Status.LIVE)
 
-    consumer = Consumer(
-        redis,
-        keys,
-        bq_settings,
-        stage=BUILD,
-        worker_id=worker,
-        slots=SLOTS,
-        handler=handler,
-        blocking_redis=lambda: make_redis(bq_settings, blocking=True),
-    )
+    consumer = slots_consumer(redis, bq_settings, worker, handler)
 
     async def push_when_all_block() -> None:
         with anyio.fail_after(30):

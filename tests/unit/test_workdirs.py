@@ -8,8 +8,9 @@ import os
 import subprocess
 from pathlib import Path
 
-from deployer.workdirs import OWNER_FILE, claim, owner_ended, sweep
+from deployer.workdirs import CLAIMED_AT, OWNER_FILE, claim, owner_ended, sweep
 from shared.core.host import Host, locate, this_host, this_process
+from shared.engine.workers import process_fields
 
 
 def ended_process_owner() -> dict[str, object]:
@@ -18,14 +19,7 @@ def ended_process_owner() -> dict[str, object]:
     ref = locate(proc.pid)
     proc.kill()
     proc.wait()
-    host = ref.host
-    return {
-        "host_id": host.host_id,
-        "boot_id": host.boot_id,
-        "pid_ns": host.pid_ns,
-        "pid": ref.pid,
-        "started": ref.started,
-    }
+    return {**process_fields(ref), CLAIMED_AT: 1}
 
 
 def a_work_dir(root: Path, name: str, owner: dict[str, object] | None) -> Path:
@@ -44,7 +38,7 @@ def test_claim_records_this_process_as_the_owner(tmp_path: Path) -> None:
 
     owner = json.loads((root / OWNER_FILE).read_text())
     me = this_process()
-    assert (owner["pid"], owner["started"], owner["host_id"]) == (
+    assert (owner["pid"], owner["pid_start"], owner["host_id"]) == (
         os.getpid(),
         me.started,
         me.host.host_id,
@@ -76,9 +70,9 @@ def test_what_cannot_be_told_for_sure_is_left_alone(tmp_path: Path) -> None:
     ended = ended_process_owner()
     kept = [
         a_work_dir(work, "no-owner-file", None),
-        a_work_dir(work, "other-host", {**ended, "host_id": "another-machine"}),
+        a_work_dir(work, "other-host", {**ended, "host_id": "other", "boot_id": "other-boot"}),
         a_work_dir(work, "other-pid-namespace", {**ended, "pid_ns": "pid:[1]"}),
-        a_work_dir(work, "start-unknown", {**ended, "started": 0}),
+        a_work_dir(work, "start-unknown", {**ended, "pid_start": 0}),
     ]
     (work / "garbled").mkdir()
     (work / "garbled" / OWNER_FILE).write_text("{not json")
@@ -90,12 +84,13 @@ def test_what_cannot_be_told_for_sure_is_left_alone(tmp_path: Path) -> None:
     assert all(path.exists() for path in kept)
 
 
-def test_a_deployer_of_an_earlier_boot_has_ended() -> None:
-    host = Host("machine", "boot-now", "pid:[4026531836]", 0)
-    owner = {"host_id": "machine", "boot_id": "boot-before", "pid_ns": "x", "pid": 1, "started": 1}
+def test_a_deployer_of_this_machine_before_its_last_boot_has_ended() -> None:
+    host = Host("machine", "boot-now", "pid:[4026531836]", booted_at_ms=1_000)
+    owner = {"host_id": "machine", "boot_id": "boot-before", "pid_ns": "x", "pid": "1"}
 
-    assert owner_ended(owner, host)
-    assert not owner_ended({**owner, "boot_id": "boot-now", "pid_ns": "x"}, host)
+    assert owner_ended({**owner, CLAIMED_AT: 500}, host)
+    # Claimed after this boot under another boot id: a clone of this machine elsewhere.
+    assert not owner_ended({**owner, CLAIMED_AT: 2_000}, host)
 
 
 def test_a_missing_work_dir_sweeps_nothing(tmp_path: Path) -> None:
