@@ -175,21 +175,15 @@ class JobRunner:
             max_files=s.max_source_files,
             max_bytes=s.max_source_bytes,
         )
-        # These two lines go to the log with the next one (``_build`` starts with
-        # one, before anything slow): one Redis round trip instead of three.
+        # These two lines go to the log with the next one (``_build`` always starts
+        # with one): one Redis round trip instead of three. On an error, the
+        # consumer's last lines (``write_last_lines``) flush them first.
         writer.add(f"buildq: fetched source ({files} files, commit {record.commit})")
-        try:
-            checkout = workdir / "src" / (record.root_dir or "")
-            if not checkout.is_dir():
-                raise BuildFailed(
-                    f"root_dir {record.root_dir!r} is not a directory in the repository"
-                )
-            config = detect(checkout, await self._requested_build(record))
-            writer.add(f"buildq: detected {config.detected}")
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await writer.flush()
-            raise
+        checkout = workdir / "src" / (record.root_dir or "")
+        if not checkout.is_dir():
+            raise BuildFailed(f"root_dir {record.root_dir!r} is not a directory in the repository")
+        config = detect(checkout, await self._requested_build(record))
+        writer.add(f"buildq: detected {config.detected}")
         await self._build(record, config, checkout, workdir, writer)
         output = resolve_output(checkout, config)
 
