@@ -33,7 +33,7 @@ from shared.core.settings import Settings
 from shared.core.siteaddr import preview_url, site_url
 from shared.engine.jobs import JobStore, Status
 from shared.redis.keys import Keys
-from uploader.events import latest_id, trimmed_past
+from uploader.feed import follow_feed
 from uploader.loghub import LogHub, StreamEntry
 
 log = structlog.get_logger("statuses")
@@ -123,10 +123,6 @@ class StatusReporter:
             json.dumps(asdict(target)),
             ex=self.settings.job_ttl_s,
         )
-
-    async def read_to(self, entry_id: str) -> None:
-        """Record that the events up to ``entry_id`` have been read for end statuses."""
-        await self._redis.set(self.keys.status_cursor, entry_id)
 
     async def target(self, job_id: str) -> StatusTarget | None:
         raw = await self._redis.get(self.keys.status_target(job_id))
@@ -237,64 +233,25 @@ def ended(entry: StreamEntry) -> tuple[str, str] | None:
 
 
 async def report_statuses(hub: LogHub, store: JobStore, reporter: StatusReporter) -> None:
-    """Post end statuses of webhook deploys from now on, until cancelled; Redis
-    outages are retried, never fatal. Posts run beside the follow loop (a slow forge
-    delays nothing else), a few at a time."""
+    """Post end statuses of webhook deploys, from where the uploaders left off
+    (``uploader/feed.py``), until cancelled. Posts run beside the follow loop (a slow
+    forge delays nothing else), a few at a time."""
     if not reporter.tokens:
         return  # nothing configured: nothing to follow
     limiter = anyio.CapacityLimiter(4)
-    after: str | None = None
     async with anyio.create_task_group() as posts:
-        while True:
-            try:
-                if after is None:
-                    after = await _start_point(store.redis, store.keys)
-                after = await _follow(hub, reporter, after, posts, limiter)
-            except RedisError as exc:
-                log.warning("statuses.redis_error", error=str(exc))
-                await anyio.sleep(RETRY_S)
 
+        async def handle(entry: StreamEntry) -> None:
+            end = ended(entry)
+            if end is None:
+                return
+            target = await reporter.target(end[0])
+            if target is not None and reporter.enabled(target.forge):
+                posts.start_soon(_post_end, reporter, end[0], end[1], target, limiter)
 
-async def _start_point(redis: Redis, keys: Keys) -> str:
-    """Where to read on from: where the uploaders last read to, else the newest event."""
-    cursor = await redis.get(keys.status_cursor)
-    if cursor is None:
-        return await latest_id(redis, keys.events)
-    if await trimmed_past(redis, keys.events, str(cursor)):
-        log.warning(
-            "statuses.events_trimmed",
-            after=str(cursor),
-            why="no uploader ran while more events happened than the stream keeps: "
-            "jobs that ended then get no end status",
+        await follow_feed(
+            hub, store.redis, name="statuses", cursor=store.keys.status_cursor, handle=handle
         )
-    return str(cursor)
-
-
-async def _follow(
-    hub: LogHub,
-    reporter: StatusReporter,
-    after: str,
-    posts: anyio.abc.TaskGroup,
-    limiter: anyio.CapacityLimiter,
-) -> str:
-    subscription = await hub.follow_events(after, internal=True)
-    try:
-        while True:
-            try:
-                batch = await subscription.receive()
-            except anyio.EndOfStream:
-                return after
-            for entry in batch:
-                end = ended(entry)
-                if end is not None:
-                    target = await reporter.target(end[0])
-                    if target is not None and reporter.enabled(target.forge):
-                        posts.start_soon(_post_end, reporter, end[0], end[1], target, limiter)
-                after = entry.id
-            if batch:
-                await reporter.read_to(after)
-    finally:
-        subscription.close()
 
 
 async def _post_end(

@@ -146,8 +146,14 @@ class Keys:
     @property
     def status_cursor(self) -> str:
         """string: the id of the last ``events`` entry the uploaders have read for end
-        statuses; a starting uploader reads on from it (``uploader/statuses.py``)."""
+        statuses; a starting uploader reads on from it (``uploader/feed.py``)."""
         return f"{self.prefix}:status-cursor"
+
+    @property
+    def durations_cursor(self) -> str:
+        """string: the id of the last ``events`` entry the uploaders have read for build
+        durations; a starting uploader reads on from it (``uploader/feed.py``)."""
+        return f"{self.prefix}:durations-cursor"
 
     def status_sent(self, job_id: str, state: str) -> str:
         """string: set NX by the one uploader that posts this commit status."""

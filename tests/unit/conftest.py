@@ -6,6 +6,7 @@ import os
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import anyio
 import fakeredis
 import pytest
 from moto import mock_aws
@@ -13,6 +14,7 @@ from moto import mock_aws
 from shared.core.settings import Settings, load_settings
 from shared.engine.jobs import JobStore
 from shared.redis.keys import Keys
+from uploader.loghub import LogHub
 
 
 class FakeClock:
@@ -78,6 +80,23 @@ async def redis() -> AsyncIterator[fakeredis.FakeAsyncRedis]:
         yield client
     finally:
         await client.aclose()
+
+
+@pytest.fixture
+async def hub(redis: fakeredis.FakeAsyncRedis, keys: Keys) -> AsyncIterator[LogHub]:
+    """The uploader's stream reader (``uploader/loghub.py``) running on ``redis``."""
+    server = redis.connection_pool.connection_kwargs["server"]
+    running = LogHub(
+        make_reader=lambda: fakeredis.FakeAsyncRedis(server=server, decode_responses=True),
+        redis=redis,
+        keys=keys,
+        max_followers=10,
+        block_ms=20,  # fakeredis cannot CLIENT UNBLOCK: a short block stands in
+    )
+    async with anyio.create_task_group() as tg:
+        await tg.start(running.run)
+        yield running
+        tg.cancel_scope.cancel()
 
 
 @pytest.fixture

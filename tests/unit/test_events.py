@@ -35,22 +35,6 @@ class Client:
         self.gone = True
 
 
-@pytest.fixture
-async def hub(redis: fakeredis.FakeAsyncRedis, keys: Keys) -> AsyncIterator[LogHub]:
-    server = redis.connection_pool.connection_kwargs["server"]
-    running = LogHub(
-        make_reader=lambda: fakeredis.FakeAsyncRedis(server=server, decode_responses=True),
-        redis=redis,
-        keys=keys,
-        max_followers=10,
-        block_ms=20,  # fakeredis cannot CLIENT UNBLOCK: a short block stands in
-    )
-    async with anyio.create_task_group() as tg:
-        await tg.start(running.run)
-        yield running
-        tg.cancel_scope.cancel()
-
-
 def parse(event: str) -> tuple[str, str, dict[str, str]]:
     """(id, event name, data) of one SSE event."""
     lines = dict(line.split(": ", 1) for line in event.strip().splitlines())
