@@ -7,6 +7,12 @@ from typing import Any
 
 import hiredis
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.connection import (
+    AbstractConnection,
+    Connection,
+    SSLConnection,
+    UnixDomainSocketConnection,
+)
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -31,7 +37,7 @@ def make_redis(settings: Settings, *, blocking: bool = False) -> Redis:
     if blocking:
         # No client-side retries: a retried BLMOVE after a lost reply would claim a
         # second id; the consumer's own backoff and orphan check handle it instead.
-        return Redis.from_url(
+        client = Redis.from_url(
             settings.redis_url,
             decode_responses=True,
             single_connection_client=True,
@@ -40,6 +46,10 @@ def make_redis(settings: Settings, *, blocking: bool = False) -> Redis:
             socket_keepalive=True,
             retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=0),
         )
+        client.connection_pool.connection_class = packing_with_hiredis(
+            client.connection_pool.connection_class
+        )
+        return client
     retry = Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3)
     # A bounded pool: a burst of requests waits for a connection instead of opening
     # one Redis client each (hundreds of log followers must not mean hundreds).
@@ -55,6 +65,7 @@ def make_redis(settings: Settings, *, blocking: bool = False) -> Redis:
         retry=retry,
         retry_on_error=errors,
     )
+    pool.connection_class = packing_with_hiredis(pool.connection_class)
     return Redis.from_pool(pool)
 
 
@@ -64,6 +75,61 @@ def pack_command(*args: str | bytes | int | float) -> bytes:
     A bool is refused (TypeError): send an int or a string."""
     packed: bytes = hiredis.pack_command(args)  # type: ignore[arg-type]  # stub says 1-tuple
     return packed
+
+
+class HiredisConnection(Connection):
+    """A TCP connection whose commands hiredis's C packer packs (:func:`pack_command`)."""
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        return _packed(args) or super().pack_command(*args)
+
+
+class HiredisSSLConnection(SSLConnection):
+    """A TLS connection whose commands hiredis's C packer packs."""
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        return _packed(args) or super().pack_command(*args)
+
+
+class HiredisUnixConnection(UnixDomainSocketConnection):
+    """A Unix socket connection whose commands hiredis's C packer packs."""
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        return _packed(args) or super().pack_command(*args)
+
+
+_HIREDIS_CLASSES: dict[type[AbstractConnection], type[AbstractConnection]] = {
+    Connection: HiredisConnection,
+    SSLConnection: HiredisSSLConnection,
+    UnixDomainSocketConnection: HiredisUnixConnection,
+}
+
+
+def packing_with_hiredis(cls: type[AbstractConnection]) -> type[AbstractConnection]:
+    """The connection class to use instead of redis-py's ``cls``: the same connection,
+    its commands packed in C. redis-py's asyncio connections pack in Python, about a
+    sixth of a lock call's client CPU; the bytes sent are the same. Another class is
+    kept as it is."""
+    return _HIREDIS_CLASSES.get(cls, cls)
+
+
+def _packed(args: tuple[Any, ...]) -> list[bytes] | None:
+    """``args`` packed by hiredis, or None where redis-py's packer must do it: a
+    command name with its own arguments in it (``"CONFIG GET"``, which redis-py
+    splits), or a value hiredis refuses (redis-py then raises its own error)."""
+    name = args[0] if args else None
+    if isinstance(name, str):
+        compound = " " in name
+    elif isinstance(name, bytes):
+        compound = b" " in name
+    else:
+        return None
+    if compound:
+        return None
+    try:
+        return [pack_command(*args)]
+    except (TypeError, UnicodeError):
+        return None
 
 
 async def send_together(redis: Redis, *commands: Sequence[Any]) -> list[Any]:

@@ -34,6 +34,8 @@ from redis.asyncio import Redis
 from shared.cli.embedded import free_port, start_valkey, stop_process
 from shared.coord.locks import DeployLock, Lease
 from shared.core.logsetup import configure_logging
+from shared.core.settings import load_settings
+from shared.redis.client import make_redis
 from shared.redis.keys import Keys
 from tests.bench.goals import Goal
 
@@ -77,7 +79,8 @@ class Buildq(System):
 
     def __init__(self, url: str, name: str) -> None:
         super().__init__(url, name)
-        self.redis = Redis.from_url(url, decode_responses=True)
+        # The client the deployer gives its DeployLock (shared.redis.client.make_redis).
+        self.redis = make_redis(load_settings(environ={}, redis_url=url))
         self.locks = DeployLock(self.redis, Keys(f"bench-{name}"), events_max=1000, owner="bench")
         self.lease: Lease | None = None
 
@@ -360,6 +363,10 @@ def report(results: list[Result], args: argparse.Namespace, began: float) -> Non
         " - the holding variant is the deployer's path: DeployLock.holding(..., "
         "cancel_on_loss=True) inside DeployLock.running(), whose one shared watchdog "
         "renews every hold."
+    )
+    print(
+        " - buildq's variants use the client the deployer uses (make_redis: a bounded "
+        "pool, commands packed by hiredis); the peers use their library's default client."
     )
     print(
         " - waiters of both variants keep their pub/sub connection between waits; it is "

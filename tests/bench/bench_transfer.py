@@ -114,7 +114,10 @@ def run(args: argparse.Namespace, scratch: Path) -> list[Goal]:
         ensure_awscli(say)
         tree = package_tree(package, scratch / "tree", say)
         warmup = tiny_site(scratch / "warmup-site", "true")
-        say(f"tree: {package}, {tree.files:,} files, {tree.bytes / 1e6:.1f} MB; {awscli_version()}")
+        say(
+            f"tree: {package}, {tree.files:,} files, {tree.bytes / 1e6:.1f} MB, committed "
+            f"and packed (as a forge keeps a push); {awscli_version()}"
+        )
         samples = run_transfer(tree, warmup, scratch, args.rounds, say)
         lines, found = transfer_table(samples)
         title = f"transfer: {package} ({tree.files:,} files, {tree.bytes / 1e6:.1f} MB), "
