@@ -1,15 +1,20 @@
 """Sites.promote (promote.lua): a live alias moves only forward, only with a current
-fence, and never to a job that has ended."""
+fence, and never to a job that has ended. Also: every Lua script file is loaded by
+some module and compiles."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import fakeredis
 import pytest
+from lupa.lua51 import LuaRuntime  # fakeredis[lua]'s Lua, a test dependency
 
 from shared.coord.sites import Promotion, Sites, Verdict
 from shared.engine.jobs import JobStore, Status
+from shared.redis import scripts as scripts_module
 from shared.redis.keys import Keys
-from shared.redis.scripts import SCRIPT_NAMES, Scripts
+from shared.redis.scripts import SCRIPT_NAMES, Scripts, source
 from tests.unit.conftest import FakeClock
 
 pytestmark = pytest.mark.anyio
@@ -98,3 +103,22 @@ async def test_every_script_file_is_registered(redis: fakeredis.FakeAsyncRedis) 
 
     for name in SCRIPT_NAMES:
         assert getattr(scripts, name).script.strip()
+
+
+def test_every_script_file_is_used_and_compiles() -> None:
+    """Each script (``_name`` files are includes) is loaded by some module with
+    ``source("name")``, and its text with the includes spliced in compiles as Lua 5.1
+    (the server's dialect)."""
+    lua51 = LuaRuntime()
+    lua = Path(scripts_module.__file__).with_name("lua")
+    code = "\n".join(
+        f.read_text("utf-8")
+        for top in ("shared", "deployer", "uploader")
+        for f in (Path(__file__).parents[2] / top).rglob("*.py")
+    )
+    names = sorted(f.stem for f in lua.glob("*.lua") if not f.stem.startswith("_"))
+    assert len(names) >= 15
+    for name in names:
+        assert f'source("{name}")' in code, f"{name}.lua is loaded by no module"
+        assert not [x for x in source(name).splitlines() if x.startswith("-- #include ")]
+        lua51.compile(source(name))  # LuaSyntaxError names the line
