@@ -67,11 +67,13 @@ async def read_dashboard(svc: Services) -> Dashboard:
             {
                 "id": w.id,
                 "kind": w.kind,
-                "busy": w.busy,
+                # What its active list holds now, as the current-job column shows: the
+                # count its heartbeat reports lags by up to a beat.
+                "busy": len(ids),
                 "slots": w.slots,
                 "heartbeat_age_ms": w.heartbeat_age_ms,
             }
-            for w in workers
+            for w, ids in zip(workers, active, strict=True)
         ],
         active={w.id: [str(i) for i in ids] for w, ids in zip(workers, active, strict=True)},
         recent=[

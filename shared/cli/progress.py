@@ -11,12 +11,14 @@
 
 Every view ends with :func:`outcome`: exit code 0 when the job went live (or was
 superseded by a newer deployment of its service), 1 with the status and error on
-stderr otherwise. Log lines come from builds (other people's output): control
-characters are replaced before they reach the terminal.
+stderr otherwise. Log lines come from builds (other people's output): their terminal
+escape sequences (the colours build tools print, ``CI=true`` turns many on) are
+dropped, and any other control character is replaced, before they reach the terminal.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -61,9 +63,17 @@ def outcome(record: Mapping[str, Any]) -> Outcome:
     return Outcome(1, f"{status}: {record.get('error') or 'no error recorded'}")
 
 
+# ECMA-48 escape sequences: CSI (colours, cursor moves), OSC (window titles, links)
+# ended by BEL or ST, and the two-character ones. What is left of a malformed one is
+# replaced as a control character by ``cell``.
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-_]")
+
+
 def log_text(text: object) -> str:
-    """A build's log line, safe to print: no control characters, tabs as spaces."""
-    return cell(text) if text not in (None, "") else ""
+    """A build's log line, safe to print: escape sequences dropped, no control
+    characters, tabs as spaces."""
+    plain = "" if text is None else ANSI_ESCAPE.sub("", str(text))
+    return cell(plain) if plain else ""
 
 
 def elapsed(seconds: float) -> str:

@@ -31,7 +31,8 @@ BUILD_PY = """\
 import os, sys, time
 time.sleep(float(sys.argv[2]))  # let the browser open the page first
 for n in range(int(sys.argv[1])):
-    print(f"tick {n} {time.time() * 1000:.1f}", flush=True)
+    # coloured, as build tools print with CI=true: the page must show "tick" alone
+    print(f"\\x1b[32mtick\\x1b[0m {n} {time.time() * 1000:.1f}", flush=True)
     time.sleep(float(sys.argv[3]))
 os.makedirs("out", exist_ok=True)
 with open("out/index.html", "w") as fh:
@@ -41,7 +42,7 @@ with open("out/index.html", "w") as fh:
 
 def ticking_repo(path: Path, lines: int, *, delay_s: float, interval_s: float) -> Path:
     """A repository whose build waits ``delay_s``, then prints ``lines`` lines
-    ``tick <n> <epoch ms>`` ``interval_s`` apart."""
+    ``tick <n> <epoch ms>`` ``interval_s`` apart, ``tick`` in green (an SGR escape)."""
     command = f"python3 build.py {lines} {delay_s} {interval_s}"
     return make_repo(
         path,

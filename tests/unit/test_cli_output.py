@@ -350,9 +350,14 @@ def test_log_lines_from_a_build_reach_the_terminal_without_control_characters(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     view = progress.PlainProgress(clock=Ticks())
-    view.line("\x1b]0;owned\x07red\x1b[31m\tdone")
+    view.line("\x1b]0;owned\x07red\x1b[31m\tdone")  # a window title, a colour
     view.line("")
-    assert capsys.readouterr().out == "    \ufffd]0;owned\ufffdred\ufffd[31m done\n    \n"
+    view.line("\x1b[36mvite v8.4.0 \x1b[32mbuilding\x1b[39m\x1b[0m")  # what vite prints
+    view.line("\x1b[2K\x1b[1G")  # only cursor moves: an empty line
+    view.line("bell\x07 \x9b31m c1 \x1b]8;;http://e.example\x1b\\link\x1b]8;;\x1b\\ \x1bM")
+    assert capsys.readouterr().out == (
+        "    red done\n    \n    vite v8.4.0 building\n    \n    bell\ufffd \ufffd31m c1 link \n"
+    )
 
 
 def test_the_live_view_redraws_one_phase_line_and_keeps_phases_and_log_above(
@@ -381,7 +386,8 @@ def test_the_live_view_redraws_one_phase_line_and_keeps_phases_and_log_above(
     assert first.endswith(" cloning · 2.5s")  # spinner, phase, time since submission
     assert line.endswith(" building · 6.2s")
     assert "✓ cloning    2.0s" in out
-    assert "step 1\ufffd[2J" in out
+    assert "  step 1\n" in out  # the build's clear-screen never reaches the terminal
+    assert "[2J" not in out
     assert "✓ building   " in out
     assert out.index("✓ cloning") < out.index("step 1") < out.index("live: http://site")
     assert errors.getvalue() == ""

@@ -193,3 +193,19 @@ async def test_queued_job_json_carries_its_position(
         {"id": JOB, "position": 1},
         {"id": "d" * 20, "position": 2},
     ]
+
+
+async def test_a_workers_busy_count_is_what_its_active_list_holds_now(
+    app: tuple[FastAPI, Settings], redis: fakeredis.FakeAsyncRedis, keys: Keys
+) -> None:
+    # The heartbeat still says idle: the job was claimed after the last beat.
+    await redis.zadd(keys.workers, {"deployer-1": 1})
+    await redis.hset(keys.worker("deployer-1"), mapping={"kind": "deployer", "slots": 2, "busy": 0})
+    await redis.lpush(keys.active("deployer-1"), JOB)
+
+    body = (await get(api=app[0], path="/")).text
+
+    row = re.search(r"<tr><td>deployer-1</td>.*?</tr>", body)
+    assert row is not None
+    assert "<td>1/2</td>" in row.group(0)
+    assert f"/ui/deployments/{JOB}" in row.group(0)

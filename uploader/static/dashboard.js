@@ -63,6 +63,11 @@
     setInterval(refresh, 5000); // heartbeat ages move without events
   }
 
+  // Terminal escape sequences build tools print (colours above all; CI=true turns
+  // many on): CSI, OSC ended by BEL or ST, and the two-character ones, as the CLI
+  // drops them (shared/cli/progress.py).
+  var ANSI_ESCAPE = /\x1b\[[0-?]*[ -\/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-_]/g;
+
   function deployment() {
     var job = encodeURIComponent(body.dataset.job);
     var log = document.getElementById("log");
@@ -88,7 +93,7 @@
       setLive("reconnecting", false);
     };
     source.addEventListener("line", function (event) {
-      append(JSON.parse(event.data).text, "line");
+      append(JSON.parse(event.data).text.replace(ANSI_ESCAPE, ""), "line");
     });
     ["phase", "status"].forEach(function (kind) {
       source.addEventListener(kind, function (event) {
