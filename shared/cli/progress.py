@@ -229,11 +229,39 @@ class LiveProgress(_Timed):
         return end.code
 
 
+RECHECK_PHASES = frozenset({"queued", "building"})
+
+
 def follow(entries: Iterable[Mapping[str, Any]], view: Progress) -> None:
-    """Feed a job's log entries (``Client.follow``) to ``view`` until they end."""
+    """Feed a job's log entries (``Client.follow``) to ``view`` until they end.
+
+    A ``waiting`` job looks at its lock again now and then: ``queued``, ``building``,
+    and ``waiting`` again while the lock is still held. Those rounds are held back:
+    after ``waiting``, the phases of a round are shown only once the job gets further
+    (a log line, another phase, its end); ``waiting`` again drops them."""
+    held: list[str] = []  # phases of a round that may end in ``waiting`` again
+    waiting = False
     for entry in entries:
         kind = entry.get("kind")
         if kind in ("phase", "end"):
-            view.phase(str(entry.get("status")))
+            status = str(entry.get("status"))
+            if waiting and kind == "phase" and status in RECHECK_PHASES:
+                held.append(status)
+                continue
+            if waiting and kind == "phase" and status == "waiting":
+                held.clear()
+                continue
+            _show(held, view)
+            waiting = kind == "phase" and status == "waiting"
+            view.phase(status)
         elif kind == "line":
+            _show(held, view)
+            waiting = False
             view.line(str(entry.get("text") or ""))
+
+
+def _show(held: list[str], view: Progress) -> None:
+    """The held-back phases of a round that got further than a recheck."""
+    for status in held:
+        view.phase(status)
+    held.clear()

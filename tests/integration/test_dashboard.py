@@ -197,3 +197,39 @@ def test_with_tokens_the_browser_logs_in_through_the_form_and_uses_the_dashboard
     assert message == "cancel: cancelled"
     assert stack.wait(job_id)["status"] == "cancelled"
     assert httpx.get(f"{stack.url}/", headers={"Accept": "text/html"}).status_code == 303
+
+
+@pytest.mark.slow
+def test_the_log_view_shows_a_wait_for_a_persons_lock_once(stack: Stack, tmp_path: Path) -> None:
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser, driver_path = need_chromium()
+    taken = httpx.put(f"{stack.url}/locks/frozen", json={"reason": "release freeze"})
+    assert taken.status_code == 200, taken.text
+    repo = make_repo(tmp_path / "frozen", {"index.html": "after the freeze"})
+    job_id = stack.deploy(repo, service="frozen")
+    wait_status(stack, job_id, "waiting")
+    driver = open_chromium(browser, driver_path, tmp_path / "profile")
+    try:
+        wait = WebDriverWait(driver, 60, poll_frequency=0.1)
+        driver.get(f"{stack.url}/ui/deployments/{job_id}")
+        wait.until(lambda d: "==> waiting" in text_of(d, "log"))
+        raw = stack.logs_text(job_id)
+        deadline = time.monotonic() + 30
+        while raw.count("==> waiting") < 3:  # rounds that found the lock still held
+            assert time.monotonic() < deadline, raw
+            time.sleep(0.2)
+            raw = stack.logs_text(job_id)
+        released = httpx.request("DELETE", f"{stack.url}/locks/frozen", json={})
+        assert released.status_code == 200, released.text
+        wait.until(lambda d: "==> live" in text_of(d, "log"))
+        log_lines = text_of(driver, "log").splitlines()
+        driver.save_screenshot(str(tmp_path / "waited.png"))
+    finally:
+        driver.quit()
+
+    phases = [line for line in log_lines if line.startswith("==> ")]
+    assert phases.count("==> waiting") == 1, log_lines
+    assert phases.count("==> building") == 2, log_lines  # before the wait, and the build
+    assert phases[-3:] == ["==> building", "==> publishing", "==> live"], log_lines
+    assert any("is locked by" in line and "(release freeze)" in line for line in log_lines)

@@ -472,3 +472,57 @@ def test_buildq_deploy_on_a_terminal_draws_the_live_view(
     assert "npm run build" in result.stdout
     assert "==>" not in result.stdout
     assert "live: http://site.localhost:8001/" in result.stdout
+
+
+def test_rounds_that_find_the_lock_still_held_are_not_shown_again(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    def phase(status: str) -> dict[str, str]:
+        return {"kind": "phase", "status": status}
+
+    recheck = [phase("queued"), phase("building"), phase("waiting")]
+    entries = [
+        phase("queued"),
+        phase("building"),
+        {"kind": "line", "text": "buildq: site is locked by ada (freeze); waiting"},
+        phase("waiting"),
+        *recheck * 50,  # the lock stays held
+        phase("queued"),
+        phase("building"),
+        {"kind": "line", "text": "buildq: fetched source"},
+        phase("publishing"),
+        {"kind": "end", "status": "live"},
+    ]
+    progress.follow(entries, progress.PlainProgress(clock=lambda: 100.0))
+
+    phases = [line for line in capsys.readouterr().out.splitlines() if line.startswith("==>")]
+    assert [p.split()[1] for p in phases] == [
+        "queued",
+        "building",
+        "waiting",
+        "queued",  # the round that got the lock, shown when it got further
+        "building",
+        "publishing",
+        "live",
+    ]
+
+
+def test_a_job_that_ends_while_waiting_shows_its_end() -> None:
+    seen: list[str] = []
+
+    class Recorder:
+        def phase(self, status: str) -> None:
+            seen.append(status)
+
+        def line(self, text: str) -> None:
+            seen.append(f"line {text}")
+
+    progress.follow(
+        [
+            {"kind": "phase", "status": "waiting"},
+            {"kind": "phase", "status": "queued"},
+            {"kind": "end", "status": "cancelled"},
+        ],
+        Recorder(),  # type: ignore[arg-type]
+    )
+    assert seen == ["waiting", "queued", "cancelled"]

@@ -10,11 +10,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import anyio
 import fakeredis
 import pytest
 
-from deployer.pipeline import JobRunner
+from deployer.pipeline import MANUAL_RECHECK_MAX_S, JobRunner, recheck_delay_s
 from deployer.staleness import Decision, StaleVerdict
+from shared.coord.lockbook import MANUAL_TASK, LockBook, LockRecord
 from shared.coord.locks import DeployLock
 from shared.core.settings import Settings, load_settings
 from shared.engine.jobs import JobRecord, JobStore, Status
@@ -326,3 +328,51 @@ async def test_a_job_that_waits_past_the_lock_max_wait_fails_naming_the_holder(
         f"gave up after waiting {60 + settings.lock_max_wait_s:.0f}s for the deploy lock "
         "of site, held by alice (migrating the database)"
     )
+
+
+async def test_a_recheck_does_not_wait_in_its_slot_for_a_persons_lock(
+    env: Env, settings: Settings, clock: FakeClock
+) -> None:
+    source = repository(env.tmp / "repo", {"index.html": "v"})
+    await submit(env, "job-a")
+    await ingested(env, "job-a", source)
+    record = await started(env, "job-a")
+    book = LockBook(env.redis, env.keys, events_max=100)
+    await book.acquire_manual("site", owner="ada", ttl_ms=3_600_000, reason="release freeze")
+    patient = JobRunner(  # would wait 30 s in its slot for a deploy's lock
+        settings=settings.model_copy(update={"lock_wait_s": 30.0}),
+        keys=env.keys,
+        redis=env.redis,
+        store=env.store,
+        storage=env.storage,
+        work_root=env.tmp / "work",
+        owner=WORKER,
+    )
+    writer = LogWriter(env.redis, env.keys, "job-a", max_bytes=1 << 20, max_entries=1000)
+    since = int(clock.now_s * 1000) - 120_000  # it has waited two minutes
+    with anyio.fail_after(10):
+        again = await patient.run(record.model_copy(update={"waiting_since": since}), writer)
+    await writer.close()
+
+    assert again.status is Status.WAITING
+    assert again.fields == {"holder": "ada (release freeze)", "waiting_since": str(since)}
+    assert again.delay_s == MANUAL_RECHECK_MAX_S  # 120 s / 10, capped
+    lines = [e.text for e in await read_log(env.redis, env.keys, "job-a") if e.kind == "line"]
+    assert lines == []  # "locked by" was said at the first look, not again
+
+
+def test_a_waiting_job_rechecks_a_deploys_lock_often_and_a_persons_less_as_it_waits() -> None:
+    def holder(task: str) -> LockRecord:
+        return LockRecord("site", "t", "someone", "h", 1, task, 1, 0, 1)
+
+    deploy, person = holder("deploy 01abc"), holder(MANUAL_TASK)
+    assert [recheck_delay_s(deploy, w, 1.0) for w in (0, 60, 3600)] == [1.0, 1.0, 1.0]
+    assert [recheck_delay_s(person, w, 1.0) for w in (0, 5, 40, 100, 3600)] == [
+        1.0,
+        1.0,
+        4.0,
+        MANUAL_RECHECK_MAX_S,
+        MANUAL_RECHECK_MAX_S,
+    ]
+    assert recheck_delay_s(person, 3600, 30.0) == 30.0  # never below the setting
+    assert recheck_delay_s(None, 3600, 1.0) == 1.0

@@ -93,15 +93,40 @@
       setLive("reconnecting", false);
     };
     source.addEventListener("line", function (event) {
+      showHeld();
       append(JSON.parse(event.data).text.replace(ANSI_ESCAPE, ""), "line");
     });
+    // A waiting job looks at its lock again now and then (queued, building, waiting
+    // again while it is held): after "waiting", a round's phases are shown only once
+    // the job gets further, as the CLI does (shared/cli/progress.py).
+    var held = [];
+    var waiting = false;
+    function showHeld() {
+      held.forEach(function (status) {
+        append("==> " + status, "phase");
+      });
+      held = [];
+      waiting = false;
+    }
     ["phase", "status"].forEach(function (kind) {
       source.addEventListener(kind, function (event) {
-        append("==> " + JSON.parse(event.data).status, "phase");
+        var status = JSON.parse(event.data).status;
         refresh();
+        if (waiting && (status === "queued" || status === "building")) {
+          held.push(status);
+          return;
+        }
+        if (waiting && status === "waiting") {
+          held = [];
+          return;
+        }
+        showHeld();
+        waiting = status === "waiting";
+        append("==> " + status, "phase");
       });
     });
     source.addEventListener("end", function (event) {
+      showHeld();
       append("==> " + JSON.parse(event.data).status, "end");
       source.close();
       setLive("ended", true);
