@@ -296,11 +296,12 @@ async def queue_status(svc: Svc) -> dict[str, Any]:
                 "host": w.host,
                 "pid": w.pid,
                 "slots": w.slots,
-                "busy": w.busy,
+                # What ``active`` lists for it now (its heartbeat's count lags a beat).
+                "busy": len(ids),
                 "version": w.version,
                 "heartbeat_age_ms": w.heartbeat_age_ms,
             }
-            for w in workers
+            for w, ids in zip(workers, active, strict=True)
         ],
     }
 

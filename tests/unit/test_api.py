@@ -212,7 +212,8 @@ async def test_queue_status_lists_pending_oldest_first(
     await redis.lpush(keys.queue, "first", "second", "third")
     await redis.lpush(keys.active("w1"), "running")
     await redis.zadd(keys.workers, {"w1": 1})
-    await redis.hset(keys.worker("w1"), mapping={"kind": "deployer", "slots": 2, "busy": 1})
+    # Its heartbeat still says idle: the job was claimed after the last beat.
+    await redis.hset(keys.worker("w1"), mapping={"kind": "deployer", "slots": 2, "busy": 0})
 
     body = (await client.get("/queue")).json()
 
