@@ -137,6 +137,13 @@ async def started(env: Env, job_id: str) -> JobRecord:
     return record
 
 
+async def claimed_with(env: Env, job_id: str, files: dict[str, str]) -> JobRecord:
+    """A job whose source is ``files``: submitted, ingested and claimed by this deployer."""
+    await submit(env, job_id)
+    await ingested(env, job_id, repository(env.tmp / "repo", files))
+    return await started(env, job_id)
+
+
 async def run(env: Env, job_id: str) -> tuple[Outcome, list[str]]:
     record = await started(env, job_id)
     writer = LogWriter(env.redis, env.keys, job_id, max_bytes=1 << 20, max_entries=1000)
@@ -269,10 +276,7 @@ async def test_an_older_submission_finishing_after_a_newer_one_is_superseded(
 
 
 async def test_a_job_cancelled_before_promotion_never_goes_live(env: Env) -> None:
-    source = repository(env.tmp / "repo", {"index.html": "v"})
-    await submit(env, "job-a")
-    await ingested(env, "job-a", source)
-    record = await started(env, "job-a")
+    record = await claimed_with(env, "job-a", {"index.html": "v"})
     await env.store.cancel("job-a", "cancelled while building")
     writer = LogWriter(env.redis, env.keys, "job-a", max_bytes=1 << 20, max_entries=1000)
 
@@ -303,10 +307,7 @@ async def test_a_service_locked_by_someone_else_defers_the_job_as_waiting(
 async def test_a_job_that_waits_past_the_lock_max_wait_fails_naming_the_holder(
     env: Env, settings: Settings, clock: FakeClock
 ) -> None:
-    source = repository(env.tmp / "repo", {"index.html": "v"})
-    await submit(env, "job-a")
-    await ingested(env, "job-a", source)
-    record = await started(env, "job-a")
+    record = await claimed_with(env, "job-a", {"index.html": "v"})
     writer = LogWriter(env.redis, env.keys, "job-a", max_bytes=1 << 20, max_entries=1000)
     alice = DeployLock(env.redis, env.keys, events_max=100, owner="alice", ttl_ms=60_000)
     async with alice.holding("site", reason="migrating the database"):
@@ -333,10 +334,7 @@ async def test_a_job_that_waits_past_the_lock_max_wait_fails_naming_the_holder(
 async def test_a_recheck_does_not_wait_in_its_slot_for_a_persons_lock(
     env: Env, settings: Settings, clock: FakeClock
 ) -> None:
-    source = repository(env.tmp / "repo", {"index.html": "v"})
-    await submit(env, "job-a")
-    await ingested(env, "job-a", source)
-    record = await started(env, "job-a")
+    record = await claimed_with(env, "job-a", {"index.html": "v"})
     book = LockBook(env.redis, env.keys, events_max=100)
     await book.acquire_manual("site", owner="ada", ttl_ms=3_600_000, reason="release freeze")
     patient = JobRunner(  # would wait 30 s in its slot for a deploy's lock
