@@ -20,7 +20,7 @@ from deployer.publish import Target, known_blobs, publish_site
 from deployer.sandbox import sandbox_for
 from deployer.source import fetch_source
 from deployer.staleness import Staleness, StaleVerdict, ended_fields
-from shared.coord.lockbook import MANUAL_TASK, LockLostError, LockRecord, LockTimeoutError
+from shared.coord.lockbook import LockLostError, LockRecord, LockTimeoutError
 from shared.coord.locks import DeployLock
 from shared.coord.secrets import build_secrets
 from shared.coord.sites import Sites, Verdict
@@ -43,7 +43,8 @@ log = structlog.get_logger("deployer")
 # Manifests a deployer keeps: the live chains (REUSE_DEPTH each) of the ~100 services
 # it published last; a miss costs one GET of a manifest.
 DEPLOYER_MANIFESTS = 300
-MANUAL_RECHECK_MAX_S = 10.0  # the longest sleep of a job waiting out a person's lock
+RECHECK_MAX_S = 10.0  # the longest sleep of a job waiting for a deploy lock
+LOCK_JOBS_SLACK_S = 60  # how long past lock_max_wait_s a service's waiting-job set lives
 
 
 class BuildFailed(BuildError):
@@ -65,15 +66,12 @@ def looks_like_spa(output: Path) -> bool:
     return True
 
 
-def recheck_delay_s(holder: LockRecord | None, waited_s: float, recheck_s: float) -> float:
-    """How long a ``waiting`` job sleeps before it looks at the lock again. A deploy
-    holds the lock for minutes at most: every ``recheck_s``. A person's lock (a
-    freeze) may stay for hours: a tenth of the time waited so far, between
-    ``recheck_s`` and MANUAL_RECHECK_MAX_S, so a long freeze does not keep a slot and
-    the events stream busy with rounds that find it still held."""
-    if holder is None or holder.task != MANUAL_TASK:
-        return recheck_s
-    return max(recheck_s, min(waited_s / 10, MANUAL_RECHECK_MAX_S))
+def recheck_delay_s(waited_s: float, recheck_s: float) -> float:
+    """How long a ``waiting`` job sleeps before it looks at the lock again: a tenth of
+    the time waited so far, between ``recheck_s`` and RECHECK_MAX_S. The release that
+    frees the lock wakes it sooner; the sleep bounds what a missed wake costs (a lock
+    that expired, or was released the instant the job was deferred)."""
+    return max(recheck_s, min(waited_s / 10, RECHECK_MAX_S))
 
 
 @dataclass
@@ -115,10 +113,12 @@ class JobRunner:
         if stale is not None:
             return Outcome(stale[0], {**stale[1], "holder": "", "waiting_since": ""})
         if record.waiting_since is not None:
-            # A recheck: a person's lock (a freeze) is not waited for in a slot.
+            # A recheck: the lock is not waited for in a slot again. A release that
+            # leaves it free makes this job due at once (lock_release.lua).
             holder = await self.locks.holder(record.service)
-            if holder is not None and holder.task == MANUAL_TASK:
+            if holder is not None:
                 return await self._wait_for_lock(record, writer, holder)
+            await self.redis.srem(self.keys.lock_jobs(record.service), record.id)
         workdir = self.work_root / record.id
         try:
             async with self.locks.holding(
@@ -169,10 +169,15 @@ class JobRunner:
             )
         if since == now:  # once, not on every recheck
             await writer.line(f"buildq: {record.service} is locked by {who}{why}; waiting")
+        jobs = self.keys.lock_jobs(record.service)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.sadd(jobs, record.id)  # woken by the release that frees the lock
+        pipe.expire(jobs, int(self.settings.lock_max_wait_s) + LOCK_JOBS_SLACK_S)
+        await pipe.execute()
         return Outcome(
             Status.WAITING,
             {"holder": f"{who}{why}", "waiting_since": str(since)},
-            delay_s=recheck_delay_s(holder, waited_s, self.settings.lock_recheck_s),
+            delay_s=recheck_delay_s(waited_s, self.settings.lock_recheck_s),
             resume=BUILD,
             refund_attempt=True,
         )

@@ -181,7 +181,7 @@ class LockBook:
         self.host = socket.gethostname()
         self._pid = 0  # the process _host_pid names
         self._host_pid = ""
-        self._key_cache: dict[tuple[str, ...], tuple[list[str], list[str]]] = {}
+        self._key_cache: dict[tuple[str, ...], tuple[list[str], list[str], list[str]]] = {}
         self._acquire: AsyncScript = redis.register_script(source("lock_acquire"))
         self._release: AsyncScript = redis.register_script(source("lock_release"))
         self._extend: AsyncScript = redis.register_script(source("lock_extend"))
@@ -291,7 +291,7 @@ class LockBook:
         self, names: Sequence[str], *, mode: str, value: str, actor: str
     ) -> Any:
         """One ``lock_release.lua`` call (mode ``token``, ``owner`` or ``force``)."""
-        keys, channels = self._keys_and_channels(names)
+        _, channels, keys = self._keys_and_channels(names)
         args: list[str | int] = [len(names), mode, value, now_ms(self.clock), self.events_max]
         args += [actor, *channels]
         return await self._release(keys=keys, args=args)
@@ -307,9 +307,11 @@ class LockBook:
     def _keys(self, names: Sequence[str]) -> list[str]:
         return self._keys_and_channels(names)[0]
 
-    def _keys_and_channels(self, names: Sequence[str]) -> tuple[list[str], list[str]]:
-        """The scripts' KEYS for ``names``, and each name followed by its channel; built
-        once per set of names (a deployer locks the same few services again and again)."""
+    def _keys_and_channels(self, names: Sequence[str]) -> tuple[list[str], list[str], list[str]]:
+        """The scripts' KEYS for ``names``, each name followed by its channel, and
+        ``lock_release.lua``'s KEYS (those, then ``delayed`` and each service's waiting
+        jobs); built once per set of names (a deployer locks the same few services
+        again and again)."""
         spec = tuple(names)
         cached = self._key_cache.get(spec)
         if cached is None:
@@ -318,9 +320,10 @@ class LockBook:
             for s in spec:
                 keys += [k.lock(s), k.fence(s), k.lock_history(s), k.lock_waiters(s)]
                 channels += [s, k.lock_channel(s)]
+            release = [*keys, k.delayed, *(k.lock_jobs(s) for s in spec)]
             if len(self._key_cache) >= KEY_CACHE_SIZE:
                 self._key_cache.clear()
-            cached = self._key_cache[spec] = (keys, channels)
+            cached = self._key_cache[spec] = (keys, channels, release)
         return cached
 
     # -- reading -----------------------------------------------------------------------

@@ -118,6 +118,11 @@ class Keys:
         """hash: waiter token -> queued request, for direct FIFO handoff on release."""
         return f"{self.prefix}:lock-waiters:{service}"
 
+    def lock_jobs(self, service: str) -> str:
+        """set: ids of jobs ``waiting`` in ``delayed`` for ``service``'s lock; a release
+        that leaves the lock free makes them due at once (``lock_release.lua``)."""
+        return f"{self.prefix}:lock-jobs:{service}"
+
     def lock_channel(self, service: str) -> str:
         """Pub/sub channel on which a release of ``service``'s lock is announced."""
         return f"{self.prefix}:lock-released:{service}"

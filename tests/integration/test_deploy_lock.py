@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -93,3 +94,40 @@ def test_different_services_build_in_parallel_and_one_service_serialises(
     fences = client.hget(keys.site("serial"), "fence")
     assert fences is not None
     assert int(fences) >= 2
+
+
+@pytest.fixture
+def sleepy_stack(bq_env: dict[str, str], tmp_path: Path, s3_client: object) -> Iterator[Stack]:
+    """A stack whose waiting jobs would look at the lock again only every 30 s."""
+    bq_env["BUILDQ_LOCK_RECHECK_S"] = "30"
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    running = Stack(bq_env, logs).start(deployers=1, slots=2)
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def test_the_unlock_wakes_a_waiting_deploy_before_its_next_look(
+    sleepy_stack: Stack, tmp_path: Path
+) -> None:
+    stack = sleepy_stack
+    taken = httpx.put(f"{stack.url}/locks/woken", json={"reason": "freeze"})
+    assert taken.status_code == 200, taken.text
+    repo = make_repo(tmp_path / "woken", {"index.html": "woken"})
+    job_id = stack.deploy(repo, service="woken")
+    deadline = time.monotonic() + 30
+    while httpx.get(f"{stack.url}/deployments/{job_id}").json()["status"] != "waiting":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    time.sleep(1.0)  # deferred for 30 s now
+
+    released = httpx.request("DELETE", f"{stack.url}/locks/woken", json={})
+    assert released.status_code == 200, released.text
+    unlocked = time.monotonic()
+    record = stack.wait(job_id, timeout_s=25)  # well before the 30 s look
+    live_after_s = time.monotonic() - unlocked
+    assert record["status"] == "live", record
+    assert stack.site("woken").text == "woken"
+    summary("unlock wakes a waiting deploy", live_after_unlock_s=round(live_after_s, 2))

@@ -14,9 +14,9 @@ import anyio
 import fakeredis
 import pytest
 
-from deployer.pipeline import MANUAL_RECHECK_MAX_S, JobRunner, recheck_delay_s
+from deployer.pipeline import RECHECK_MAX_S, JobRunner, recheck_delay_s
 from deployer.staleness import Decision, StaleVerdict
-from shared.coord.lockbook import MANUAL_TASK, LockBook, LockRecord
+from shared.coord.lockbook import LockBook
 from shared.coord.locks import DeployLock
 from shared.core.settings import Settings, load_settings
 from shared.engine.jobs import JobRecord, JobStore, Status
@@ -331,13 +331,9 @@ async def test_a_job_that_waits_past_the_lock_max_wait_fails_naming_the_holder(
     )
 
 
-async def test_a_recheck_does_not_wait_in_its_slot_for_a_persons_lock(
-    env: Env, settings: Settings, clock: FakeClock
-) -> None:
-    record = await claimed_with(env, "job-a", {"index.html": "v"})
-    book = LockBook(env.redis, env.keys, events_max=100)
-    await book.acquire_manual("site", owner="ada", ttl_ms=3_600_000, reason="release freeze")
-    patient = JobRunner(  # would wait 30 s in its slot for a deploy's lock
+def patient_runner(env: Env, settings: Settings) -> JobRunner:
+    """A runner that would wait 30 s in its slot for the lock at a first look."""
+    return JobRunner(
         settings=settings.model_copy(update={"lock_wait_s": 30.0}),
         keys=env.keys,
         redis=env.redis,
@@ -346,31 +342,62 @@ async def test_a_recheck_does_not_wait_in_its_slot_for_a_persons_lock(
         work_root=env.tmp / "work",
         owner=WORKER,
     )
+
+
+@pytest.mark.parametrize("holder", ["a person", "a deploy"])
+async def test_a_recheck_does_not_wait_in_its_slot_and_sleeps_longer_as_it_waits(
+    env: Env, settings: Settings, clock: FakeClock, holder: str
+) -> None:
+    record = await claimed_with(env, "job-a", {"index.html": "v"})
+    if holder == "a person":
+        book = LockBook(env.redis, env.keys, events_max=100)
+        await book.acquire_manual("site", owner="ada", ttl_ms=3_600_000, reason="release freeze")
+        expected = "ada (release freeze)"
+    else:
+        other = DeployLock(env.redis, env.keys, events_max=100, owner="deployer-2")
+        await other.lock("site", ttl_ms=60_000, reason="deploying job-0")
+        expected = "deployer-2 (deploying job-0)"
     writer = LogWriter(env.redis, env.keys, "job-a", max_bytes=1 << 20, max_entries=1000)
     since = int(clock.now_s * 1000) - 120_000  # it has waited two minutes
     with anyio.fail_after(10):
-        again = await patient.run(record.model_copy(update={"waiting_since": since}), writer)
+        again = await patient_runner(env, settings).run(
+            record.model_copy(update={"waiting_since": since}), writer
+        )
     await writer.close()
 
     assert again.status is Status.WAITING
-    assert again.fields == {"holder": "ada (release freeze)", "waiting_since": str(since)}
-    assert again.delay_s == MANUAL_RECHECK_MAX_S  # 120 s / 10, capped
+    assert again.fields == {"holder": expected, "waiting_since": str(since)}
+    assert again.delay_s == RECHECK_MAX_S  # 120 s / 10, capped
+    assert await env.redis.smembers(env.keys.lock_jobs("site")) == {"job-a"}
     lines = [e.text for e in await read_log(env.redis, env.keys, "job-a") if e.kind == "line"]
     assert lines == []  # "locked by" was said at the first look, not again
 
 
-def test_a_waiting_job_rechecks_a_deploys_lock_often_and_a_persons_less_as_it_waits() -> None:
-    def holder(task: str) -> LockRecord:
-        return LockRecord("site", "t", "someone", "h", 1, task, 1, 0, 1)
+async def test_the_release_that_frees_the_lock_makes_the_waiting_jobs_due_at_once(
+    env: Env, clock: FakeClock
+) -> None:
+    keys = env.keys
+    holder = DeployLock(env.redis, keys, events_max=100, owner="deployer-2", clock=clock)
+    lease = await holder.lock("site", ttl_ms=60_000)
+    await env.redis.sadd(keys.lock_jobs("site"), "job-a", "job-gone")
+    far = int(clock.now_s * 1000) + 600_000
+    await env.redis.zadd(keys.delayed, {"job-a": far, "job-retry": far})
 
-    deploy, person = holder("deploy 01abc"), holder(MANUAL_TASK)
-    assert [recheck_delay_s(deploy, w, 1.0) for w in (0, 60, 3600)] == [1.0, 1.0, 1.0]
-    assert [recheck_delay_s(person, w, 1.0) for w in (0, 5, 40, 100, 3600)] == [
+    await holder.release(lease)
+
+    now = int(clock.now_s * 1000)
+    assert await env.redis.zscore(keys.delayed, "job-a") == now  # due: the next tick
+    assert await env.redis.zscore(keys.delayed, "job-retry") == far  # not waiting for it
+    assert await env.redis.zscore(keys.delayed, "job-gone") is None  # XX: never added
+    assert not await env.redis.exists(keys.lock_jobs("site"))
+
+
+def test_a_waiting_job_sleeps_longer_the_longer_it_has_waited() -> None:
+    assert [recheck_delay_s(w, 1.0) for w in (0, 5, 40, 100, 3600)] == [
         1.0,
         1.0,
         4.0,
-        MANUAL_RECHECK_MAX_S,
-        MANUAL_RECHECK_MAX_S,
+        RECHECK_MAX_S,
+        RECHECK_MAX_S,
     ]
-    assert recheck_delay_s(person, 3600, 30.0) == 30.0  # never below the setting
-    assert recheck_delay_s(None, 3600, 1.0) == 1.0
+    assert recheck_delay_s(3600, 30.0) == 30.0  # never below the setting

@@ -1,9 +1,12 @@
 -- Release service locks: by token (the holder), by owner (a person), or forced. A
 -- released lock goes straight to its oldest live waiter in line (fresh fence, message
 -- 'g:<token>:<fence>'); with nobody in line the release itself is announced.
--- KEYS: events stream, locks index, then per service: lock, fence, history, waiters
+-- KEYS: events stream, locks index, then per service: lock, fence, history, waiters;
+--       then the delayed zset, then per service its waiting jobs' set
 -- ARGV: count, mode ('token' | 'owner' | 'force'), token or owner, now_ms,
 --       events_max, actor, then per service: name, channel
+-- A release that leaves a lock free (nobody in line) also makes the jobs waiting for
+-- it in 'delayed' due now (ZADD XX: only those still there), and forgets them.
 -- Token mode returns {released count}: a lock that is no longer ours is left alone.
 -- Owner and force modes (one service) return {1, record} released, {0} not held,
 -- {-1, record} held by someone else.
@@ -27,10 +30,17 @@ local function owner_fence(raw)
   local rec = cjson.decode(raw)
   return rec.owner, rec.fence
 end
+local function wake(i)
+  local jobs = KEYS[3 + 4 * n + i]
+  local ids = redis.call('SMEMBERS', jobs)
+  for _, id in ipairs(ids) do redis.call('ZADD', KEYS[3 + 4 * n], 'XX', now, id) end
+  if #ids > 0 then redis.call('DEL', jobs) end
+end
 local function hand_over(i, name, channel)
   local entries = redis.call('HGETALL', key(i, 4))
   if #entries == 0 then
     redis.call('PUBLISH', channel, name)
+    wake(i)
     return
   end
   local best, best_since
@@ -44,6 +54,7 @@ local function hand_over(i, name, channel)
   end
   if best == nil then
     redis.call('PUBLISH', channel, name)
+    wake(i)
     return
   end
   local token = entries[best]
