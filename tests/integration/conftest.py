@@ -15,7 +15,7 @@ from cryptography.fernet import Fernet
 
 from shared.cli.embedded import EMBEDDED_AWS_ENV, free_port, start_moto, start_valkey, stop_process
 from shared.core.settings import Settings, load_settings
-from tests.integration.helpers import Stack, make_env
+from tests.integration.helpers import Stack, make_env, running_stack
 
 pytestmark = pytest.mark.integration
 
@@ -62,13 +62,8 @@ def s3_client(s3_url: str, bq_settings: Settings):  # type: ignore[no-untyped-de
 @pytest.fixture
 def stack(bq_env: dict[str, str], tmp_path: Path, s3_client: object) -> Iterator[Stack]:
     """An uploader and one deployer (2 slots) as real processes."""
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    running = Stack(bq_env, logs).start(deployers=1, slots=2)
-    try:
+    with running_stack(bq_env, tmp_path) as running:
         yield running
-    finally:
-        running.stop()
 
 
 @pytest.fixture
@@ -77,13 +72,8 @@ def secret_stack(valkey_url: str, s3_url: str, tmp_path: Path, s3_client: Any) -
     ``BUILDQ_SECRETS_KEY``."""
     env = make_env(valkey_url, s3_url, tmp_path, BUILDQ_SECRETS_KEY=Fernet.generate_key().decode())
     s3_client.create_bucket(Bucket=env["BUILDQ_S3_BUCKET"])
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    running = Stack(env, logs).start(deployers=1, slots=1)
-    try:
+    with running_stack(env, tmp_path, slots=1) as running:
         yield running
-    finally:
-        running.stop()
 
 
 @pytest.fixture

@@ -11,7 +11,8 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -184,6 +185,20 @@ class Stack:
 
     def logs_text(self, job_id: str) -> str:
         return httpx.get(f"{self.url}/deployments/{job_id}/logs", headers=self.auth).text
+
+
+@contextmanager
+def running_stack(
+    env: dict[str, str], tmp_path: Path, *, deployers: int = 1, slots: int = 2
+) -> Iterator[Stack]:
+    """A :class:`Stack` on ``env``, its logs under ``tmp_path / "logs"``, stopped after."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    running = Stack(env, logs).start(deployers=deployers, slots=slots)
+    try:
+        yield running
+    finally:
+        running.stop()
 
 
 def github_delivery(

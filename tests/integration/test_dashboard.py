@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from tests.integration.browser import need_chromium, open_chromium, ticking_repo
-from tests.integration.helpers import Stack, make_repo
+from tests.integration.helpers import Stack, make_repo, running_stack
 
 pytestmark = pytest.mark.integration
 DOCS_SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "dashboard.png"
@@ -137,13 +137,8 @@ def token_stack(
         f"dev:deployer:signed-in={browser_token},ada:admin=admin-token-0123456789"
     )
     bq_env["BUILDQ_API_TOKEN"] = "admin-token-0123456789"
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    running = Stack(bq_env, logs).start(deployers=1, slots=2)
-    try:
+    with running_stack(bq_env, tmp_path) as running:
         yield running, browser_token
-    finally:
-        running.stop()
 
 
 @pytest.mark.slow

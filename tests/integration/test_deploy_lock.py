@@ -11,7 +11,7 @@ import pytest
 
 from shared.redis.keys import Keys
 from tests.integration.faults import redis_client, summary, wait_all_ended
-from tests.integration.helpers import Stack, make_repo
+from tests.integration.helpers import Stack, make_repo, running_stack
 
 pytestmark = pytest.mark.integration
 
@@ -100,13 +100,8 @@ def test_different_services_build_in_parallel_and_one_service_serialises(
 def sleepy_stack(bq_env: dict[str, str], tmp_path: Path, s3_client: object) -> Iterator[Stack]:
     """A stack whose waiting jobs would look at the lock again only every 30 s."""
     bq_env["BUILDQ_LOCK_RECHECK_S"] = "30"
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    running = Stack(bq_env, logs).start(deployers=1, slots=2)
-    try:
+    with running_stack(bq_env, tmp_path) as running:
         yield running
-    finally:
-        running.stop()
 
 
 def test_the_unlock_wakes_a_waiting_deploy_before_its_next_look(

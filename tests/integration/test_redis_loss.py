@@ -21,7 +21,7 @@ import pytest
 from shared.cli.embedded import free_port, start_valkey, stop_process
 from shared.redis.keys import Keys
 from tests.integration.faults import FAST, redis_client
-from tests.integration.helpers import Stack, make_env, make_repo
+from tests.integration.helpers import Stack, make_env, make_repo, running_stack
 
 pytestmark = pytest.mark.integration
 
@@ -37,13 +37,10 @@ def lossy_stack(tmp_path: Path, s3_url: str) -> Iterator[Stack]:
     boto3.client("s3", endpoint_url=s3_url, region_name="us-east-1").create_bucket(
         Bucket=env["BUILDQ_S3_BUCKET"]
     )
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    stack = Stack(env, logs).start(deployers=1, slots=2)
     try:
-        yield stack
+        with running_stack(env, tmp_path) as stack:
+            yield stack
     finally:
-        stack.stop()
         stop_process(server)
 
 
