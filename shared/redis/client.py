@@ -77,25 +77,24 @@ def pack_command(*args: str | bytes | int | float) -> bytes:
     return packed
 
 
-class HiredisConnection(Connection):
-    """A TCP connection whose commands hiredis's C packer packs (:func:`pack_command`)."""
+class _HiredisPacking(AbstractConnection):
+    """Packs this connection's commands with hiredis's C packer (:func:`pack_command`);
+    mixed in before redis-py's connection class."""
 
     def pack_command(self, *args: Any) -> list[bytes]:
         return _packed(args) or super().pack_command(*args)
 
 
-class HiredisSSLConnection(SSLConnection):
-    """A TLS connection whose commands hiredis's C packer packs."""
-
-    def pack_command(self, *args: Any) -> list[bytes]:
-        return _packed(args) or super().pack_command(*args)
+class HiredisConnection(_HiredisPacking, Connection):
+    """A TCP connection whose commands hiredis packs."""
 
 
-class HiredisUnixConnection(UnixDomainSocketConnection):
-    """A Unix socket connection whose commands hiredis's C packer packs."""
+class HiredisSSLConnection(_HiredisPacking, SSLConnection):
+    """A TLS connection whose commands hiredis packs."""
 
-    def pack_command(self, *args: Any) -> list[bytes]:
-        return _packed(args) or super().pack_command(*args)
+
+class HiredisUnixConnection(_HiredisPacking, UnixDomainSocketConnection):
+    """A Unix socket connection whose commands hiredis packs."""
 
 
 _HIREDIS_CLASSES: dict[type[AbstractConnection], type[AbstractConnection]] = {
@@ -119,12 +118,8 @@ def _packed(args: tuple[Any, ...]) -> list[bytes] | None:
     splits), or a value hiredis refuses (redis-py then raises its own error)."""
     name = args[0] if args else None
     if isinstance(name, str):
-        compound = " " in name
-    elif isinstance(name, bytes):
-        compound = b" " in name
-    else:
-        return None
-    if compound:
+        name = name.encode()
+    if not isinstance(name, bytes) or b" " in name:
         return None
     try:
         return [pack_command(*args)]

@@ -38,11 +38,6 @@ local function wake(i)
 end
 local function hand_over(i, name, channel)
   local entries = redis.call('HGETALL', key(i, 4))
-  if #entries == 0 then
-    redis.call('PUBLISH', channel, name)
-    wake(i)
-    return
-  end
   local best, best_since
   for j = 1, #entries, 2 do
     local since, deadline = string.match(entries[j + 1], '^(%d+)|(%d+)|')
