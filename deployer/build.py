@@ -40,6 +40,7 @@ from shared.core.cgroups import Group
 from shared.core.errors import BuildError, ValidationError
 from shared.core.redaction import SecretRedactor
 from shared.engine.logs import MAX_LINE_CHARS, LogWriter
+from shared.storage.digests import Digests
 
 PASSTHROUGH_ENV = ("PATH", "LANG", "LC_ALL", "TZ")
 # Where the host keeps its trusted CA certificates (paths, not secrets): with a TLS-
@@ -214,6 +215,7 @@ async def run_build(
     sandbox: Sandbox | None = None,
     workdir: Path | None = None,
     redactor: SecretRedactor = NO_SECRETS,
+    digests: Digests | None = None,
 ) -> int:
     """Run ``command`` with ``/bin/sh -c`` in ``cwd``; returns its exit status
     (128 + N if signal N killed it).
@@ -222,7 +224,9 @@ async def run_build(
     sandbox (default: the ``process`` level) maps it into the build. Raises
     BuildTimeout after ``limits.timeout_s``, BuildOutOfMemory if the build ran out
     of memory, ValidationError if the build replaced its checkout directory.
-    Output lines reach ``log`` only through ``redactor``. On
+    Output lines reach ``log`` only through ``redactor``. The source's ``digests``
+    are carried across the workdir's change of owner, for the files the build left
+    untouched. On
     timeout or cancellation the whole process tree is terminated and reaped (and
     its cgroup emptied and removed) before this returns or re-raises.
     """
@@ -231,7 +235,7 @@ async def run_build(
     recent = bytearray()
     with box.borrow() as uid:
         if uid is not None:
-            await anyio.to_thread.run_sync(prepare_workdir, root, uid)
+            await anyio.to_thread.run_sync(prepare_workdir, root, uid, digests)
         group = await box.limiter.start(
             env.get("BUILDQ_JOB_ID", "build"), limits.memory_bytes, box.max_procs or 0
         )
@@ -253,7 +257,7 @@ async def run_build(
             with anyio.CancelScope(shield=True):
                 oom_kills = await box.limiter.finish(group)
                 # Before the uid is released: the next build runs as it.
-                await anyio.to_thread.run_sync(reclaim_workdir, root, uid)
+                await anyio.to_thread.run_sync(reclaim_workdir, root, uid, digests)
     await log.close()
     if oom_kills or (
         group is None and status != 0 and looks_out_of_memory(recent.decode("utf-8", "replace"))

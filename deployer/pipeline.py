@@ -36,6 +36,7 @@ from shared.engine.outcome import Outcome
 from shared.engine.stages import BUILD
 from shared.engine.stats import count_lock_wait
 from shared.redis.keys import Keys
+from shared.storage.digests import Digests
 from shared.storage.manifest import ManifestCache
 from shared.storage.s3 import Storage, alias_key
 
@@ -190,12 +191,14 @@ class JobRunner:
             return stale
         s = self.settings
         await anyio.to_thread.run_sync(shutil.rmtree, workdir, True)
+        digests = Digests()  # the source's, for the files the build leaves as they are
         files = await fetch_source(
             self.storage,
             record.id,
             workdir / "src",
             max_files=s.max_source_files,
             max_bytes=s.max_source_bytes,
+            digests=digests,
         )
         # These two lines go to the log with the next one (``_build`` always starts
         # with one): one Redis round trip instead of three. On an error, the
@@ -206,7 +209,7 @@ class JobRunner:
             raise BuildFailed(f"root_dir {record.root_dir!r} is not a directory in the repository")
         config = detect(checkout, await self._requested_build(record))
         writer.add(f"buildq: detected {config.detected}")
-        await self._build(record, config, checkout, workdir, writer)
+        await self._build(record, config, checkout, workdir, writer, digests=digests)
         output = resolve_output(checkout, config)
 
         await self.store.transition(record.id, Status.PUBLISHING)
@@ -232,6 +235,7 @@ class JobRunner:
             concurrency=s.upload_concurrency,
             on_skip=skipped,
             manifests=self.manifests,
+            digests=digests,
         )
         how = "single-page app: unknown paths serve index.html" if spa else "static files"
         await writer.line(f"buildq: published {published.summary()}; serving as {how}")
@@ -271,6 +275,8 @@ class JobRunner:
         checkout: Path,
         workdir: Path,
         writer: LogWriter,
+        *,
+        digests: Digests,
     ) -> None:
         if config.command is None:
             await writer.line("buildq: no build configured; publishing the repository as is")
@@ -323,6 +329,7 @@ class JobRunner:
             sandbox=sandbox,
             workdir=workdir,
             redactor=SecretRedactor(secrets.values()),
+            digests=digests,
         )
         if code != 0:
             raise BuildFailed(f"build exited with status {code}")

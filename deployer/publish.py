@@ -19,7 +19,9 @@ period shorter than a publish — the site's sites origin answers 503 for the
 missing file, and later publishes that still trust the blob do not upload it
 again; ``buildq gc`` refuses grace periods under an hour for that reason.
 
-Files are listed by :func:`shared.storage.archive.walk_tree`, then each is opened
+A file extracted from the source and left untouched by the build is not read again:
+its digest, taken at extraction, still holds (:mod:`shared.storage.digests`). Files
+are listed by :func:`shared.storage.archive.walk_tree`, then each other one is opened
 beneath a directory fd with ``O_NOFOLLOW`` and checked
 (:func:`shared.storage.archive.open_entry`) before it is read: a file swapped for a
 symlink after the listing is refused, never followed to a host file. A file whose
@@ -50,6 +52,7 @@ import structlog
 from deployer.packs import Member, build_pack, packable, plan_packs
 from shared.core.errors import ValidationError
 from shared.storage.archive import Entry, open_entry, open_root, walk_tree
+from shared.storage.digests import Digests
 from shared.storage.manifest import (
     FileRef,
     Loaded,
@@ -141,10 +144,11 @@ async def publish_site(
     concurrency: int,
     on_skip: Callable[[str, str], None] | None = None,
     manifests: ManifestCache | None = None,
+    digests: Digests | None = None,
 ) -> Published:
     """Store every regular file under ``root`` as a blob or in a pack (skipping
     ``known`` contents, reused where they are stored) and then the deployment's
-    manifest."""
+    manifest. A file ``digests`` still vouches for is not read to be hashed."""
 
     def listed() -> tuple[int, list[Entry]]:
         """The root, opened, and its listing: one worker-thread call for both."""
@@ -159,7 +163,7 @@ async def publish_site(
 
     root_fd, entries = await anyio.to_thread.run_sync(listed)
     try:
-        hashes = await _hash_all(root_fd, entries)
+        hashes = await _hash_all(root_fd, entries, digests or Digests())
         stored = dict(known or {})
         missing: dict[str, Entry] = {}
         for entry, digest in zip(entries, hashes, strict=True):
@@ -189,13 +193,15 @@ async def publish_site(
     )
 
 
-async def _hash_all(root_fd: int, entries: list[Entry]) -> list[str]:
-    """The SHA-256 of every entry, in order, read in batches on a few threads."""
-    hashes: list[str] = [""] * len(entries)
+async def _hash_all(root_fd: int, entries: list[Entry], digests: Digests) -> list[str]:
+    """The SHA-256 of every entry, in order: trusted from ``digests``, or read in
+    batches on a few threads."""
+    hashes = [digests.trusted(entry.stamp) or "" for entry in entries]
+    unread = [index for index, digest in enumerate(hashes) if not digest]
     limiter = anyio.CapacityLimiter(HASH_THREADS)
 
     def hash_batch(start: int) -> None:
-        for index in range(start, min(start + HASH_BATCH, len(entries))):
+        for index in unread[start : start + HASH_BATCH]:
             entry = entries[index]
             with os.fdopen(open_entry(root_fd, entry), "rb", buffering=0) as fh:
                 if entry.size <= INLINE_UPLOAD_BYTES:  # one read; file_digest's 256 KiB
@@ -204,15 +210,15 @@ async def _hash_all(root_fd: int, entries: list[Entry]) -> list[str]:
                     digest = hashlib.file_digest(fh, "sha256")
             hashes[index] = digest.hexdigest()
 
-    if len(entries) <= HASH_BATCH:  # one batch at most (a small site): no task group
-        if entries:
+    if len(unread) <= HASH_BATCH:  # one batch at most (a small site): no task group
+        if unread:
             await anyio.to_thread.run_sync(hash_batch, 0)
         return hashes
 
     async def run(start: int) -> None:
         await anyio.to_thread.run_sync(hash_batch, start, limiter=limiter)
 
-    await _gather([functools.partial(run, s) for s in range(0, len(entries), HASH_BATCH)])
+    await _gather([functools.partial(run, s) for s in range(0, len(unread), HASH_BATCH)])
     return hashes
 
 

@@ -42,6 +42,7 @@ from deployer.limits import RLIMIT_ONLY, BuildLimiter
 from deployer.limits import probe as probe_limits
 from shared.core.errors import CapacityError, ConfigError
 from shared.core.settings import Settings
+from shared.storage.digests import Digests
 
 log = structlog.get_logger("sandbox")
 
@@ -195,25 +196,29 @@ class LaunchLimits:
     max_procs: int | None
 
 
-def prepare_workdir(workdir: Path, uid: int | None) -> None:
-    """Hand the job directory to the build's uid (only regular files and dirs exist)."""
+def prepare_workdir(workdir: Path, uid: int | None, digests: Digests | None = None) -> None:
+    """Hand the job directory to the build's uid (only regular files and dirs exist),
+    carrying the source's ``digests`` across the change of owner."""
     if uid is None:
         return
     for root, dirs, files in os.walk(workdir):
         for name in dirs + files:
-            os.lchown(os.path.join(root, name), uid, uid)
+            _chown(os.path.join(root, name), uid, uid, digests)
     os.lchown(workdir, uid, uid)
     workdir.chmod(0o700)
+    if digests is not None:
+        digests.seal(workdir)  # before the build starts
 
 
-def reclaim_workdir(workdir: Path, uid: int | None) -> None:
+def reclaim_workdir(workdir: Path, uid: int | None, digests: Digests | None = None) -> None:
     """Hand the job directory back to the deployer's uid after the build (blocking).
 
     Called while the build's uid is still borrowed and every process of the build is
     gone: once it is given back, the next build runs as that uid and could otherwise
     rewrite this job's output while the deployer publishes it. Links are never
     followed; a hard-linked file (never published) is left as it is, so no inode
-    outside the tree changes owner.
+    outside the tree changes owner. A digest trusted before the build is carried
+    across only for a file the build left untouched (see :mod:`shared.storage.digests`).
     """
     if uid is None:
         return
@@ -223,8 +228,23 @@ def reclaim_workdir(workdir: Path, uid: int | None) -> None:
             path = os.path.join(root, name)
             st = os.lstat(path)
             if st.st_uid == uid and (stat.S_ISDIR(st.st_mode) or st.st_nlink == 1):
-                os.lchown(path, me, group)
+                _chown(path, me, group, digests, st)
     os.lchown(workdir, me, group)
+    if digests is not None:
+        digests.seal(workdir)
+
+
+def _chown(
+    path: str, uid: int, gid: int, digests: Digests | None, st: os.stat_result | None = None
+) -> None:
+    """``lchown``, carrying a trusted digest to the file's new stamp."""
+    if digests is None:
+        os.lchown(path, uid, gid)
+        return
+    before = st or os.lstat(path)
+    os.lchown(path, uid, gid)
+    if stat.S_ISREG(before.st_mode):
+        digests.carry(before, os.lstat(path))
 
 
 # The launcher runs from its code compiled once per deployer (``launcher_code``),

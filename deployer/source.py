@@ -18,6 +18,7 @@ import anyio.from_thread
 import anyio.to_thread
 
 from shared.storage.archive import extract_stream
+from shared.storage.digests import Digests
 from shared.storage.s3 import Blob, ObjectNotFound, Storage, source_key
 
 if TYPE_CHECKING:
@@ -61,12 +62,19 @@ class BlobReader(io.RawIOBase):
 
 
 async def fetch_source(
-    storage: Storage, job_id: str, dest: Path, *, max_files: int, max_bytes: int
+    storage: Storage,
+    job_id: str,
+    dest: Path,
+    *,
+    max_files: int,
+    max_bytes: int,
+    digests: Digests | None = None,
 ) -> int:
     """Download and extract the job's source archive into ``dest``; returns the file
     count. The zstd archive, or the tar.gz of a job ingested before sources were zstd
-    (when the zstd one is absent). Extraction errors as :func:`extract_stream`;
-    S3 faults propagate (StorageError) for the consumer to retry."""
+    (when the zstd one is absent). Each file's digest goes into ``digests`` (sealed)
+    when given. Extraction errors as :func:`extract_stream`; S3 faults propagate
+    (StorageError) for the consumer to retry."""
     try:
         blob = await storage.read(source_key(job_id))
     except ObjectNotFound:
@@ -74,7 +82,9 @@ async def fetch_source(
     stream = io.BufferedReader(BlobReader(blob), buffer_size=1 << 20)
     try:
         return await anyio.to_thread.run_sync(
-            lambda: extract_stream(stream, dest, max_files=max_files, max_bytes=max_bytes)
+            lambda: extract_stream(
+                stream, dest, max_files=max_files, max_bytes=max_bytes, digests=digests
+            )
         )
     finally:
         if isinstance(blob.rest, AsyncGenerator):  # closes the response, also on failure

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import hashlib
 import io
 import os
+import re
 import stat
 import tarfile
 import zlib
@@ -27,6 +29,7 @@ from typing import Any, BinaryIO
 import zstandard
 
 from shared.core.errors import DiskError, ValidationError, is_disk_fault
+from shared.storage.digests import Digests, Stamp, stamp_of
 from shared.storage.tarstream import END_OF_ARCHIVE, READ_BYTES, Kind, TarFormatError, TarReader
 
 MAX_NAME_BYTES = 1024
@@ -36,6 +39,7 @@ ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 GZIP_MAGIC = b"\x1f\x8b"
 MAX_OPEN_DIRS = 64
 WRITE_FILE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+UNSAFE_CHARACTER = re.compile(r"[\x00-\x1f\x7f\\]")  # control characters, backslash
 
 Skipped = Callable[[str, str], None]
 
@@ -45,8 +49,9 @@ class Entry:
     """A regular file found by :func:`walk_tree`."""
 
     rel: str
-    path: Path
+    path: str
     size: int
+    stamp: Stamp | None = None  # as listed: for :meth:`Digests.trusted`
 
 
 def check_name(rel: str) -> str:
@@ -57,7 +62,7 @@ def check_name(rel: str) -> str:
         rel.encode("utf-8")
     except UnicodeEncodeError:
         raise ValidationError(f"path name is not valid UTF-8: {rel!r}") from None
-    if any(ord(c) < 32 or ord(c) == 127 for c in rel) or "\\" in rel:
+    if UNSAFE_CHARACTER.search(rel):
         raise ValidationError(f"path name has a control character or backslash: {rel!r}")
     parts = rel.split("/")
     if rel.startswith("/") or any(p in ("", ".", "..") for p in parts):
@@ -80,7 +85,7 @@ def walk_tree(
     bad name.
     """
     files = total = 0
-    stack = [(root, "")]
+    stack: list[tuple[str | Path, str]] = [(root, "")]
     while stack:
         directory, prefix = stack.pop()
         with os.scandir(directory) as it:
@@ -90,7 +95,7 @@ def walk_tree(
             st = entry.stat(follow_symlinks=False)
             if stat.S_ISDIR(st.st_mode):
                 if entry.name not in skip_dirs:
-                    stack.append((Path(entry.path), rel + "/"))
+                    stack.append((entry.path, rel + "/"))
             elif stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
                 # A hard link may share its inode with a file outside the tree.
                 if on_skip is not None:
@@ -102,7 +107,7 @@ def walk_tree(
                     raise ValidationError(f"more than {max_files} files")
                 if total > max_bytes:
                     raise ValidationError(f"more than {max_bytes} bytes of files")
-                yield Entry(rel, Path(entry.path), st.st_size)
+                yield Entry(rel, entry.path, st.st_size, stamp_of(st))
             elif on_skip is not None:
                 kind = "symlink" if stat.S_ISLNK(st.st_mode) else "special file"
                 on_skip(rel, kind)
@@ -175,11 +180,11 @@ def pack(
     ):
         for entry in walk_tree(root, max_files=max_files, max_bytes=max_bytes, on_skip=on_skip):
             info = tarfile.TarInfo(entry.rel)
-            st = entry.path.lstat()
+            st = os.lstat(entry.path)
             info.size = st.st_size
             info.mtime = int(st.st_mtime)
             info.mode = 0o755 if st.st_mode & stat.S_IXUSR else 0o644
-            with entry.path.open("rb") as fh_in:
+            with open(entry.path, "rb") as fh_in:
                 tar.addfile(info, fh_in)
             count += 1
     return count
@@ -241,17 +246,31 @@ def decoded(fh: io.BufferedReader[Any]) -> Iterator[Callable[[int], bytes]]:
         yield reader.read
 
 
-def write_file(dir_fd: int, name: str, mode: int, mtime: int, chunks: Iterable[memoryview]) -> None:
+def write_file(
+    dir_fd: int,
+    name: str,
+    mode: int,
+    mtime: int,
+    chunks: Iterable[memoryview],
+    *,
+    digests: Digests | None = None,
+) -> None:
     """Create (or truncate) the regular file ``name`` beneath ``dir_fd``, never through
-    a symlink, with exactly ``mode`` (whatever the umask) and ``mtime``."""
+    a symlink, with exactly ``mode`` (whatever the umask) and ``mtime``; its SHA-256
+    goes into ``digests`` when given."""
     fd = os.open(name, WRITE_FILE, mode, dir_fd=dir_fd)
+    digest = hashlib.sha256() if digests is not None else None
     try:
         for chunk in chunks:
+            if digest is not None:
+                digest.update(chunk)
             left = chunk
             while left:
                 left = left[os.write(fd, left) :]
         os.fchmod(fd, mode)
         os.utime(fd, (mtime, mtime))
+        if digests is not None and digest is not None:
+            digests.take(fd, digest.hexdigest())
     finally:
         os.close(fd)
 
@@ -302,10 +321,16 @@ def extract(archive: Path, dest: Path, *, max_files: int, max_bytes: int) -> int
 
 
 def extract_stream(
-    fh: io.BufferedReader[Any], dest: Path, *, max_files: int, max_bytes: int
+    fh: io.BufferedReader[Any],
+    dest: Path,
+    *,
+    max_files: int,
+    max_bytes: int,
+    digests: Digests | None = None,
 ) -> int:
     """Extract the archive read from ``fh`` (a file, or a download as it arrives)
-    into ``dest`` refusing anything unsafe; returns the file count.
+    into ``dest`` refusing anything unsafe; returns the file count. With ``digests``,
+    each file's SHA-256 is recorded as it is written, and the record sealed at the end.
 
     The stream is read to its end so that zstd verifies its checksum (gzip its CRC):
     a damaged archive never yields a partial, "successful" source.
@@ -334,11 +359,15 @@ def extract_stream(
                         continue
                     parent, _, leaf = name.rpartition("/")
                     mode = 0o755 if member.mode & stat.S_IXUSR else 0o644
-                    write_file(dirs.get(parent), leaf, mode, member.mtime, reader.data())
+                    write_file(
+                        dirs.get(parent), leaf, mode, member.mtime, reader.data(), digests=digests
+                    )
             finally:
                 dirs.close()
             while read(READ_BYTES):
                 pass
+        if digests is not None:
+            digests.seal(dest)
     except TarFormatError as exc:
         raise ValidationError(f"source archive is corrupt or unreadable: {exc}") from exc
     except OSError as exc:

@@ -18,7 +18,7 @@ from shared.cli.demo_repo import GIT_IDENTITY
 from shared.core.settings import Settings
 from shared.storage.manifest import ManifestCache, manifest_key
 from shared.storage.s3 import S3Storage, make_s3_client
-from tests.integration.helpers import Stack, make_repo
+from tests.integration.helpers import Stack, make_repo, running_stack
 
 pytestmark = pytest.mark.integration
 
@@ -117,3 +117,38 @@ def test_the_stack_reuses_blobs_and_gc_keeps_what_is_served(
     assert gc.returncode == 0, gc.stderr
     assert "would delete 0 manifest(s) and 0 blob(s)" in gc.stdout
     assert stack.preview(first["id"], "assets/app.js").status_code == 200
+
+
+# Rewrites index.html in place: the same inode and size, its mtime put back to the
+# other files' (the commit's). Only its ctime tells the publish it changed.
+IN_PLACE = "printf '<h1>v2</h1>' 1<> index.html && touch -r a.txt index.html"
+
+
+@pytest.mark.parametrize("sandbox", ["auto", "process"])
+def test_a_file_the_build_rewrote_in_place_is_published_as_rewritten(
+    bq_env: dict[str, str], tmp_path: Path, sandbox: str
+) -> None:
+    """Digests taken at extraction are trusted only for files the build left alone,
+    whether the tree changed owner for the build (``auto``: a borrowed uid under
+    bubblewrap, as root) or not (``process``)."""
+    files = {f"p{i}.html": f"<p>{i}</p>" for i in range(30)}
+    repo = make_repo(
+        tmp_path / "inplace",
+        files
+        | {
+            "index.html": "<h1>v1</h1>",
+            "a.txt": "a",
+            "buildq.toml": f'[build]\ncommand = "{IN_PLACE}"\noutput = "."\n',
+        },
+    )
+    env = {**bq_env, "BUILDQ_BUILD_SANDBOX": sandbox}
+    with running_stack(env, tmp_path) as stack:
+        first = stack.wait(stack.deploy(repo, service="inplace"))
+        again = stack.wait(stack.deploy(repo, service="inplace"))
+
+        assert [first["status"], again["status"]] == ["live", "live"], stack.logs_text(first["id"])
+        assert stack.site("inplace", "index.html").text == "<h1>v2</h1>"
+        assert stack.preview(first["id"], "index.html").text == "<h1>v2</h1>"
+        assert stack.site("inplace", "p7.html").text == "<p>7</p>"
+        total = len(files) + 3
+        assert f"0 uploaded, {total} already stored" in stack.logs_text(again["id"])

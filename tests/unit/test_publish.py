@@ -18,6 +18,7 @@ import deployer.publish
 from deployer.publish import Published, Target, human_bytes, known_blobs, publish_site
 from shared.core.errors import StorageError, ValidationError
 from shared.storage.archive import Entry, open_entry, open_root, walk_tree
+from shared.storage.digests import Digests
 from shared.storage.manifest import (
     FileRef,
     Loaded,
@@ -309,8 +310,8 @@ async def test_a_file_rewritten_after_it_was_hashed_is_refused(
         monkeypatch.setattr(deployer.packs, "PACK_MIN_FILES", 2)
     hash_all = deployer.publish._hash_all
 
-    async def hash_then_rewrite(root_fd: int, entries: list[Entry]) -> list[str]:
-        hashes = await hash_all(root_fd, entries)
+    async def hash_then_rewrite(root_fd: int, entries: list[Entry], digests: Digests) -> list[str]:
+        hashes = await hash_all(root_fd, entries, digests)
         (tree / "assets" / "app.js").write_text("console.log(2)")  # same size
         return hashes
 
