@@ -34,6 +34,7 @@ import time
 Stamp = tuple[int, int, int, int, int]  # st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns
 
 SEAL_FLAGS = os.O_WRONLY | os.O_CLOEXEC | getattr(os, "O_TMPFILE", 0)
+MAX_DIGESTS = 20_000  # ~390 bytes each: a bigger source's other files are read at publish
 SEAL_WAIT_S = 0.05  # at most, for the clock to pass the last file recorded
 SEAL_POLL_S = 0.001
 
@@ -57,8 +58,9 @@ class Digests:
     def take(self, fd: int, digest: str) -> None:
         """Record ``digest`` for the file open as ``fd``, just written in full (its
         mtime and mode already set: any later change moves its ctime). Trusted from
-        the next :meth:`seal`."""
-        self._pending[stamp_of(os.fstat(fd))] = digest
+        the next :meth:`seal`. Past MAX_DIGESTS files, nothing more is recorded."""
+        if len(self._pending) < MAX_DIGESTS:
+            self._pending[stamp_of(os.fstat(fd))] = digest
 
     def carry(self, before: os.stat_result, after: os.stat_result) -> None:
         """The deployer itself changed a file's metadata (its owner, for the build's

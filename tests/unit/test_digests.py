@@ -192,3 +192,12 @@ async def test_publish_reads_only_the_files_it_cannot_vouch_for(
     }
     # Only these two were read to be hashed (their upload reads them again, in a pack).
     assert sorted(opened) == ["index.html", "new.css"]
+
+
+def test_past_the_cap_files_are_left_to_be_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(shared.storage.digests, "MAX_DIGESTS", 2)
+    dest, digests = written(tmp_path)  # three files
+    assert list(trusted(dest, digests).values()).count(None) == 1
+    assert len(digests) == 2
