@@ -7,7 +7,8 @@ names is stored. An unchanged redeploy uploads nothing but its manifest; a
 one-file change uploads one blob.
 
 Which contents are stored, without a HEAD per file: those named by the service's live
-manifest and its ancestors (``REUSE_DEPTH`` manifests, the ``parent`` chain). A
+manifest and its ancestors (``REUSE_DEPTH`` manifests, the ``parent`` chain, each
+older one read only for contents the newer ones do not name). A
 manifest is only ever written after its blobs, and garbage collection
 (:mod:`shared.storage.gc`) keeps every blob of a live deployment's chain, of a
 manifest younger than its grace period, and every blob younger than it: so a blob
@@ -40,8 +41,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
-from collections.abc import Callable, Coroutine, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Coroutine, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
@@ -54,6 +55,7 @@ from shared.core.errors import ValidationError
 from shared.storage.archive import Entry, open_entry, open_root, walk_tree
 from shared.storage.digests import Digests
 from shared.storage.manifest import (
+    REUSE_DEPTH,
     FileRef,
     Loaded,
     Manifest,
@@ -114,22 +116,57 @@ def human_bytes(size: int) -> str:
     raise AssertionError("unreachable")
 
 
-async def known_blobs(
-    manifests: ManifestCache, live_id: str | None
-) -> tuple[str | None, dict[str, Stored]]:
-    """The live deployment (the new manifest's ``parent``) and where each content its
-    manifest chain names is stored: what this publish may skip. A chain with an
-    unreadable manifest is no knowledge: everything is uploaded (and this deploy
-    heals it)."""
+@dataclass
+class Known:
+    """Where contents are already stored, as the service's live manifest and its
+    ancestors say. The newest placement of a content wins, and an older manifest is
+    read only for contents the newer ones do not name: an unchanged or nearly
+    unchanged redeploy reads one manifest, not REUSE_DEPTH."""
+
+    stored: dict[str, Stored] = field(default_factory=dict)
+    manifests: ManifestCache | None = None
+    older: str | None = None  # the next manifest up the chain
+    left: int = 0  # manifests that may still be read
+    seen: set[str] = field(default_factory=set)
+
+    async def where(self, digests: Collection[str]) -> dict[str, Stored]:
+        """Where each of ``digests`` the chain names is stored."""
+        wanted = {d for d in digests if d not in self.stored}
+        while wanted and self.older is not None and self.left > 0 and self.manifests:
+            job_id, self.older, self.left = self.older, None, self.left - 1
+            if job_id in self.seen:
+                break
+            self.seen.add(job_id)
+            try:
+                loaded = await self.manifests.get(job_id)
+            except ManifestError as exc:  # what the newer manifests said still holds
+                log.warning("publish.ancestor_manifest_unreadable", id=job_id, error=str(exc))
+                break
+            if loaded is None:
+                break
+            for digest, where in loaded.manifest.stored().items():
+                if digest in wanted:
+                    self.stored[digest] = where
+                    wanted.discard(digest)
+            self.older = loaded.manifest.parent
+        return {d: self.stored[d] for d in digests if d in self.stored}
+
+
+async def known_blobs(manifests: ManifestCache, live_id: str | None) -> tuple[str | None, Known]:
+    """The live deployment (the new manifest's ``parent``) and what its manifest chain
+    knows is stored (:class:`Known`): what this publish may skip. An unreadable live
+    manifest is no knowledge: everything is uploaded (and this deploy heals it)."""
+    if live_id is None:
+        return None, Known()
     try:
-        chain = await manifests.chain(live_id)
+        loaded = await manifests.get(live_id)
     except ManifestError as exc:
         log.warning("publish.base_manifest_unreadable", live_id=live_id, error=str(exc))
-        return None, {}
-    known: dict[str, Stored] = {}
-    for manifest in reversed(chain):  # the newest placement wins
-        known |= manifest.stored()
-    return (live_id if chain else None), known
+        return None, Known()
+    if loaded is None:
+        return None, Known()
+    manifest = loaded.manifest
+    return live_id, Known(manifest.stored(), manifests, manifest.parent, REUSE_DEPTH - 1, {live_id})
 
 
 async def publish_site(
@@ -137,7 +174,7 @@ async def publish_site(
     root: Path,
     target: Target,
     *,
-    known: Mapping[str, Stored] | None = None,
+    known: Known | Mapping[str, Stored] | None = None,
     parent: str | None = None,
     max_files: int,
     max_bytes: int,
@@ -164,7 +201,9 @@ async def publish_site(
     root_fd, entries = await anyio.to_thread.run_sync(listed)
     try:
         hashes = await _hash_all(root_fd, entries, digests or Digests())
-        stored = dict(known or {})
+        if not isinstance(known, Known):
+            known = Known(dict(known or {}))
+        stored = await known.where(set(hashes))
         missing: dict[str, Entry] = {}
         for entry, digest in zip(entries, hashes, strict=True):
             if digest not in stored:

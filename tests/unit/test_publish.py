@@ -337,10 +337,62 @@ def test_sizes_read_as_people_write_them() -> None:
 @pytest.mark.anyio
 async def test_an_unreadable_live_manifest_means_uploading_everything() -> None:
     class BadManifests:
-        async def chain(self, job_id: str | None) -> list[Manifest]:
+        async def get(self, job_id: str) -> Loaded | None:
             raise ManifestError("bad hash")
 
-    assert await known_blobs(BadManifests(), "job-0") == (None, {})  # type: ignore[arg-type]
+    parent, known = await known_blobs(BadManifests(), "job-0")  # type: ignore[arg-type]
+    assert parent is None
+    assert await known.where({sha(b"anything")}) == {}
+
+
+class CountingManifests(ManifestCache):
+    """Manifests in memory, each read counted; ``bad`` ones raise."""
+
+    def __init__(self, chain: dict[str, tuple[str | None, list[bytes]]], bad: set[str]) -> None:
+        super().__init__(storage=None)  # type: ignore[arg-type]
+        self.reads: list[str] = []
+        self.bad = bad
+        for job_id, (parent, contents) in chain.items():
+            files = {f"f{i}": FileRef(sha(c), len(c), "text/plain") for i, c in enumerate(contents)}
+            self.put(job_id, Loaded(Manifest("web", 1, parent, False, files), ""))
+
+    async def get(self, job_id: str) -> Loaded | None:
+        self.reads.append(job_id)
+        if job_id in self.bad:
+            raise ManifestError("unreadable")
+        return await super().get(job_id)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("wanted", "bad", "reads", "found"),
+    [
+        ([b"live"], set(), ["d"], [b"live"]),  # in the live manifest: nothing older read
+        ([b"live", b"c"], set(), ["d", "c"], [b"live", b"c"]),
+        ([b"b", b"a"], set(), ["d", "c", "b"], [b"b"]),  # REUSE_DEPTH: "a" is too old
+        ([b"live", b"b"], {"c"}, ["d", "c"], [b"live"]),  # the newer knowledge holds
+    ],
+)
+async def test_older_manifests_are_read_only_for_contents_the_newer_do_not_name(
+    wanted: list[bytes], bad: set[str], reads: list[str], found: list[bytes]
+) -> None:
+    manifests = CountingManifests(
+        {
+            "d": (
+                "c",
+                [b"live", b"shared"],
+            ),
+            "c": ("b", [b"c", b"shared"]),
+            "b": ("a", [b"b"]),
+            "a": (None, [b"a"]),
+        },
+        bad,
+    )
+    parent, known = await known_blobs(manifests, "d")
+    where = await known.where({sha(c) for c in wanted})
+    assert parent == "d"
+    assert manifests.reads == reads
+    assert set(where) == {sha(c) for c in found}
 
 
 @pytest.mark.anyio
