@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 from deployer.pipeline import JobRunner
 from deployer.workdirs import claim, sweep
 from shared.coord.ended import release_locks_of_ended
-from shared.core.heap import settle_after_first
+from shared.core.heap import settle
 from shared.core.settings import Settings
 from shared.engine.consumer import Consumer
 from shared.engine.jobs import JobStore
@@ -58,7 +58,8 @@ class Deployer:
             stage=BUILD,
             worker_id=worker_id,
             slots=slots,
-            handler=settle_after_first(self.runner.run),  # boto3 loads with the first job
+            handler=self.runner.run,
+            after_first_run=settle,  # boto3 has loaded: shared/core/heap.py
             blocking_redis=blocking_redis,
             obey_fleet=True,
             on_end=self.runner.save_record,

@@ -14,7 +14,7 @@ from shared import __version__
 from shared.coord.ended import release_locks_of_ended
 from shared.coord.lockbook import LockBook
 from shared.core.errors import StorageError
-from shared.core.heap import settle_after_first
+from shared.core.heap import settle
 from shared.core.settings import Settings
 from shared.engine.consumer import Consumer
 from shared.engine.history import keep_ended
@@ -102,7 +102,8 @@ def create_app(settings: Settings, *, run_ingest: bool = True) -> SitesOrigin:
                     stage=INGEST,
                     worker_id=worker_id,
                     slots=settings.ingest_slots,
-                    handler=settle_after_first(ingest.run),  # boto3 loads with the first
+                    handler=ingest.run,
+                    after_first_run=settle,  # boto3 has loaded: shared/core/heap.py
                     blocking_redis=lambda: make_redis(settings, blocking=True),
                     # A job that ends here (its clone failed, or it was cancelled)
                     # keeps its record and log in S3 like one that ends in a deployer.

@@ -5,9 +5,11 @@ Once a deployer has run its first job it holds ~110,000 of them, most of them
 boto3's and botocore's parsed service models, loaded for good; a full pass then
 stalls the event loop — and every job, heartbeat and lock watchdog on it — for
 40-75 ms, every few jobs (measured with ``gc.callbacks`` on a deployer publishing
-a 1,701-file site). Those objects never become garbage, so after the first job the
-process collects once and moves everything alive into the permanent generation
-(:func:`gc.freeze`); later full passes walk only what came after: 3-5 ms.
+a 1,701-file site). Those objects never become garbage, so once its first job has
+fully ended (``Consumer(after_first_run=settle)``: after the job's final transition,
+so that job is not delayed) the process collects once and moves everything alive
+into the permanent generation (:func:`gc.freeze`); later full passes walk only what
+came after: 3-5 ms.
 
 Objects frozen are still freed by reference counting when released; only a cycle
 among them would never be collected, and what is alive at that moment is
@@ -16,16 +18,10 @@ start-up state plus at most the jobs then running, once.
 
 from __future__ import annotations
 
-import functools
 import gc
 import time
-from collections.abc import Awaitable, Callable
-from typing import ParamSpec, TypeVar
 
 import structlog
-
-P = ParamSpec("P")
-T = TypeVar("T")
 
 log = structlog.get_logger("heap")
 
@@ -40,20 +36,3 @@ def settle() -> None:
         frozen=gc.get_freeze_count(),
         took_ms=round((time.perf_counter() - started) * 1000, 1),
     )
-
-
-def settle_after_first(handler: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
-    """``handler``, which settles the heap once, when its first call returns."""
-    settled = False
-
-    @functools.wraps(handler)
-    async def run(*args: P.args, **kwargs: P.kwargs) -> T:
-        nonlocal settled
-        try:
-            return await handler(*args, **kwargs)
-        finally:
-            if not settled:
-                settled = True
-                settle()
-
-    return run

@@ -70,6 +70,7 @@ class Consumer:
         obey_fleet: bool = False,
         on_end: EndHook | None = None,
         on_worker_ended: EndedHook | None = None,
+        after_first_run: Callable[[], None] | None = None,
         clock: Clock = time.time,
     ) -> None:
         self.redis = redis
@@ -84,6 +85,7 @@ class Consumer:
         self.blocking_redis = blocking_redis
         self.on_end = on_end
         self.on_worker_ended = on_worker_ended  # frees what a dead worker of this host held
+        self.after_first_run = after_first_run  # once, after a run has fully ended
         self.clock = clock
         self.active_key = keys.active(worker_id)
         self.registry = Registry(
@@ -371,6 +373,9 @@ class Consumer:
             return None
         claimed = None if ended.taken is None else self._claimed(ended.taken)
         await report_end(ended.result, outcome, on_end=self.on_end, began=began, log=self.log)
+        if self.after_first_run is not None:
+            after, self.after_first_run = self.after_first_run, None
+            after()
         return claimed
 
     # -- background duties -------------------------------------------------------

@@ -46,6 +46,7 @@ def make_consumer(
     worker_id: str = WORKER,
     slots: int = 1,
     on_end: Callable[[dict[str, str]], Awaitable[None]] | None = None,
+    after_first_run: Callable[[], None] | None = None,
 ) -> Consumer:
     server = redis.connection_pool.connection_kwargs["server"]
     return Consumer(
@@ -58,6 +59,7 @@ def make_consumer(
         handler=handler,
         blocking_redis=lambda: fakeredis.FakeAsyncRedis(server=server, decode_responses=True),
         on_end=on_end,
+        after_first_run=after_first_run,
         clock=clock,
     )
 
@@ -123,6 +125,40 @@ async def test_a_successful_job_is_acked_and_recorded_with_its_fields(
     assert await redis.llen(keys.active(WORKER)) == 0
     assert await redis.llen(keys.ingest) == 0
     assert [raw["status"] for raw in ended] == ["live"]
+
+
+async def test_after_the_first_run_has_fully_ended_the_hook_runs_once(
+    redis: fakeredis.FakeAsyncRedis, keys: Keys, store: JobStore, clock: FakeClock
+) -> None:
+    for job_id in ("job-a", "job-b", "job-c"):
+        await submit(store, job_id)
+    stopping = anyio.Event()
+    seen: list[str] = []
+
+    async def handler(record: JobRecord, writer: LogWriter) -> Outcome:
+        seen.append(record.id)
+        if record.id == "job-c":
+            stopping.set()
+        # The first job moves on to the next list: the hook waits for that, too.
+        return (
+            Outcome(Status.QUEUED, push=keys.queue)
+            if record.id == "job-a"
+            else Outcome(Status.LIVE)
+        )
+
+    async def status_of_a() -> str:
+        record = await store.get("job-a")
+        assert record is not None
+        return record.status.value
+
+    def after() -> None:
+        seen.append("hook")
+
+    consumer = make_consumer(redis, keys, fast_settings(), clock, handler, after_first_run=after)
+    await run_until_stopped(consumer, stopping)
+
+    assert seen == ["job-a", "hook", "job-b", "job-c"]
+    assert await status_of_a() == "queued"
 
 
 async def test_an_outcome_with_a_push_hands_the_job_to_the_next_list(

@@ -1,14 +1,15 @@
-"""A daemon settles its heap once, after its first job: everything alive then is
-frozen out of later full collections, whatever the job's outcome."""
+"""Settling the heap: a collection, then everything still alive is frozen out of
+later full collections."""
 
 from __future__ import annotations
 
 import gc
+import weakref
 from collections.abc import Iterator
 
 import pytest
 
-from shared.core.heap import settle_after_first
+from shared.core.heap import settle
 
 
 @pytest.fixture(autouse=True)
@@ -18,25 +19,18 @@ def unfrozen() -> Iterator[None]:
     gc.unfreeze()  # the rest of the test session collects as before
 
 
-@pytest.mark.anyio
-async def test_the_first_job_settles_the_heap_once_even_when_it_fails() -> None:
-    calls: list[str] = []
-    freezes: list[int] = []
+def test_settling_collects_cycles_then_freezes_what_is_alive() -> None:
+    class Node:
+        def __init__(self) -> None:
+            self.me = self  # a cycle: only the collector frees it
 
-    async def handler(job: str) -> str:
-        calls.append(job)
-        freezes.append(gc.get_freeze_count())
-        if job == "boom":
-            raise RuntimeError(job)
-        return job.upper()
+    gc.disable()  # no automatic pass may run between making the garbage and settling
+    try:
+        dead = weakref.ref(Node())
+        assert dead() is not None
+        settle()
+    finally:
+        gc.enable()
 
-    run = settle_after_first(handler)
-    with pytest.raises(RuntimeError):
-        await run("boom")
-    frozen = gc.get_freeze_count()
-    assert freezes == [0]  # settled after the first call, not before
-    assert frozen > 1000
-
-    assert await run("two") == "TWO"
-    assert gc.get_freeze_count() == frozen  # once
-    assert calls == ["boom", "two"]
+    assert dead() is None
+    assert gc.get_freeze_count() > 1000
