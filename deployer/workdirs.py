@@ -13,17 +13,27 @@ pid namespace, a directory being created right now). Call these in a worker thre
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+import structlog
 
 from shared.core.host import Host, process_ended, this_host, this_process
 from shared.engine.recovery import PROCESS_FIELDS, Reach, Registered, reach
 from shared.engine.workers import process_fields
 
+log = structlog.get_logger("deployer")
+
 OWNER_FILE = ".owner"
+FS_IOC_GETFLAGS = 0x80086601  # linux/fs.h: _IOR('f', 1, long); the kernel moves an int
+FS_IOC_SETFLAGS = 0x40086602
+FS_TOPDIR_FL = 0x00020000
 CLAIMED_AT = "claimed_at_ms"  # for an owner record, what a heartbeat is to a worker
 
 
@@ -39,10 +49,37 @@ def claim(root: Path) -> None:
     """Create this process's work directory ``root`` and record its owner (the fields a
     worker registers for same-host recovery, and when)."""
     root.mkdir(parents=True, exist_ok=True)
+    spread_children(root)
     owner = {**process_fields(this_process()), CLAIMED_AT: int(time.time() * 1000)}
     tmp = root / f"{OWNER_FILE}.tmp"
     tmp.write_text(json.dumps(owner), "utf-8")
     tmp.replace(root / OWNER_FILE)
+
+
+def spread_children(directory: Path) -> bool:
+    """Mark ``directory`` as a top of unrelated trees (ext2/3/4's ``chattr +T``), so
+    each job directory made in it starts in a block group of its own; returns whether
+    the filesystem took the mark (others have no such flag: nothing changes).
+
+    Each job creates and then deletes thousands of files. Next to the previous job's
+    freshly deleted inodes, ext4 without a journal skips every one deleted in the
+    last minute (``recently_deleted``) for each file it creates: extracting 1,701
+    files took 0.4-0.6 s of kernel time there, against ~0.08 s in a marked directory."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        flags = bytearray(4)
+        fcntl.ioctl(fd, FS_IOC_GETFLAGS, flags)
+        wanted = int.from_bytes(flags, sys.byteorder) | FS_TOPDIR_FL
+        fcntl.ioctl(fd, FS_IOC_SETFLAGS, wanted.to_bytes(4, sys.byteorder))
+    except OSError as exc:  # not ext2/3/4 (tmpfs, xfs, overlayfs...), or not allowed
+        log.debug("workdirs.no_topdir_flag", directory=str(directory), error=exc.strerror)
+        return False
+    finally:
+        os.close(fd)
+    return True
 
 
 def owner_ended(owner: dict[str, object], host: Host) -> bool:

@@ -3,12 +3,23 @@ those of deployers that have certainly ended, and nothing else."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
-from deployer.workdirs import CLAIMED_AT, OWNER_FILE, claim, owner_ended, sweep
+from deployer.workdirs import (
+    CLAIMED_AT,
+    FS_IOC_GETFLAGS,
+    FS_TOPDIR_FL,
+    OWNER_FILE,
+    claim,
+    owner_ended,
+    spread_children,
+    sweep,
+)
 from shared.core.host import Host, locate, this_host, this_process
 from shared.engine.workers import process_fields
 
@@ -95,3 +106,29 @@ def test_a_deployer_of_this_machine_before_its_last_boot_has_ended() -> None:
 
 def test_a_missing_work_dir_sweeps_nothing(tmp_path: Path) -> None:
     assert sweep(tmp_path / "absent", tmp_path / "absent" / "me").removed == ()
+
+
+def topdir_flag(path: Path) -> bool | None:
+    """Whether ``path`` carries ext4's TOPDIR flag; None where flags cannot be read."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        flags = bytearray(4)
+        fcntl.ioctl(fd, FS_IOC_GETFLAGS, flags)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return bool(int.from_bytes(flags, sys.byteorder) & FS_TOPDIR_FL)
+
+
+def test_a_claimed_directory_spreads_its_job_directories_where_the_filesystem_can(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "deployer-1"
+    claim(root)
+    marked = topdir_flag(root)
+    # ext2/3/4 take the flag; elsewhere (tmpfs, xfs) nothing changes, and it says so.
+    assert spread_children(root) is (marked is True)
+    assert (root / OWNER_FILE).is_file()
+    if marked is not None:
+        assert spread_children(tmp_path / "missing") is False
