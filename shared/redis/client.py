@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any
 
 import hiredis
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.connection import (
     AbstractConnection,
     Connection,
@@ -53,7 +54,7 @@ def make_redis(settings: Settings, *, blocking: bool = False) -> Redis:
     retry = Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3)
     # A bounded pool: a burst of requests waits for a connection instead of opening
     # one Redis client each (hundreds of log followers must not mean hundreds).
-    pool = BlockingConnectionPool.from_url(
+    pool = BoundedPool.from_url(
         settings.redis_url,
         max_connections=settings.redis_max_connections,
         timeout=POOL_WAIT_S,
@@ -67,6 +68,58 @@ def make_redis(settings: Settings, *, blocking: bool = False) -> Redis:
     )
     pool.connection_class = packing_with_hiredis(pool.connection_class)
     return Redis.from_pool(pool)
+
+
+class BoundedPool(ConnectionPool):
+    """A pool of at most ``max_connections`` whose callers wait up to ``timeout`` s
+    for a free connection (then ConnectionError) instead of failing at once.
+
+    What redis-py's BlockingConnectionPool does, at the cost of its plain pool: a
+    free slot is taken from a semaphore without waiting, where the blocking pool
+    enters a Condition and arms a timeout timer for every command (~15 us of client
+    CPU per command here: 105-108 against 120-126 us per GET, 20,000 GETs a round).
+    Waiters are served first come, first served."""
+
+    def __init__(self, *, timeout: float | None = POOL_WAIT_S, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.timeout = timeout
+        self._slots: asyncio.Semaphore | None = None  # made on the loop that uses it
+        self._charged: set[AbstractConnection] = set()  # handed out, holding a slot
+
+    async def get_connection(
+        self, command_name: str | None = None, *keys: Any, **options: Any
+    ) -> AbstractConnection:
+        slots = self._slots
+        if slots is None:
+            slots = self._slots = asyncio.Semaphore(self.max_connections)
+        if not slots.locked():
+            await slots.acquire()  # free: returns at once
+        else:
+            try:
+                async with asyncio.timeout(self.timeout):
+                    await slots.acquire()
+            except TimeoutError:
+                raise RedisConnectionError("No connection available.") from None
+        take = super().get_connection
+        try:
+            if command_name is None and not keys and not options:
+                connection: AbstractConnection = await take()  # type: ignore[no-untyped-call]
+            else:  # redis-py before 5.3 names the command
+                connection = await take(command_name, *keys, **options)  # type: ignore[no-untyped-call]
+        except BaseException:
+            slots.release()  # (a connection that failed to connect was released uncharged)
+            raise
+        self._charged.add(connection)
+        return connection
+
+    async def release(self, connection: AbstractConnection) -> None:
+        charged = connection in self._charged
+        self._charged.discard(connection)
+        try:
+            await super().release(connection)
+        finally:
+            if charged and self._slots is not None:
+                self._slots.release()
 
 
 def pack_command(*args: str | bytes | int | float) -> bytes:
